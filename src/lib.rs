@@ -1,0 +1,12 @@
+//! recordgate: an inline enforcement gateway for Capture-style user-record APIs.
+//!
+//! Data flows one way: request -> auth -> policy decision -> request body filter
+//! -> upstream -> response body filter -> client.
+
+pub mod allowlist;
+pub mod auth;
+pub mod client_ip;
+pub mod demo_upstream;
+pub mod filter;
+pub mod json;
+pub mod schema;
