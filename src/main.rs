@@ -1,1 +1,102 @@
-fn main() {}
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use recordgate::policy::store::load_policy_file;
+use recordgate::server::{serve, ServeOptions};
+use recordgate::settings::{LogFormat, Settings};
+
+/// Inline enforcement gateway for Capture-style user-record APIs.
+#[derive(Parser)]
+#[command(name = "recordgate", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// Settings file (YAML).
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Take over the listening sockets of a running instance (graceful upgrade).
+        #[arg(short, long)]
+        upgrade: bool,
+        /// Run in the background.
+        #[arg(short, long)]
+        daemon: bool,
+    },
+    /// Validate settings and policy; print every error with its file and key.
+    Check {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Human => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Serve { config, upgrade, daemon } => {
+            let settings = match Settings::load(&config) {
+                Ok(s) => s,
+                Err(errors) => {
+                    for e in errors {
+                        eprintln!("error: {e}");
+                    }
+                    return ExitCode::from(2);
+                }
+            };
+            init_logging(settings.log.format);
+            match serve(settings, ServeOptions { upgrade, daemon }) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+    }
+}
+
+fn check(config: &std::path::Path) -> ExitCode {
+    let settings = match Settings::load(config) {
+        Ok(s) => s,
+        Err(errors) => {
+            for e in errors {
+                eprintln!("error: {e}");
+            }
+            return ExitCode::from(1);
+        }
+    };
+    match load_policy_file(&settings.policy, 1) {
+        Ok(snap) => {
+            println!(
+                "ok: {} and {}: {} clients, {} entity types",
+                config.display(),
+                settings.policy.display(),
+                snap.clients.len(),
+                snap.entity_types.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for e in errors {
+                eprintln!("error: {e}");
+            }
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,508 @@
+//! The Pingora proxy. Every request is answered from `request_filter`:
+//! request -> auth -> policy decision -> request filter -> upstream ->
+//! response filter -> client. Pingora's own forwarding path is not used for
+//! record routes because it sends the upstream request header before the body
+//! can be checked, and the client response header before the body can be
+//! filtered; both would break "decide first, fail closed".
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::{HttpPeer, ProxyHttp, Session};
+use pingora::{Error, ErrorType, Result};
+use serde_json::Value;
+
+use crate::allowlist::CidrSet;
+use crate::client_ip::resolve_client_ip;
+use crate::enforce::{self, AuthInput, CREDENTIAL_PARAMS};
+use crate::errors::ApiError;
+use crate::json::parse_strict;
+use crate::metrics;
+use crate::params::Params;
+use crate::policy::PolicyStore;
+use crate::response_filter::{filter_response, FilterFailure};
+use crate::routes::{Access, RequestRecords, ResponseRecords, Route, RouteTable};
+use crate::settings::Settings;
+use crate::upstream::{Upstream, UpstreamError};
+
+pub struct Gateway {
+    pub policy: Arc<PolicyStore>,
+    pub routes: RouteTable,
+    pub upstream: Upstream,
+    pub trusted_proxies: CidrSet,
+    pub settings: Arc<Settings>,
+    /// `Authorization` value the gateway presents upstream, if configured.
+    pub upstream_authorization: Option<String>,
+}
+
+/// Per-request state, read by `logging` for the access log and metrics.
+pub struct Ctx {
+    start: Instant,
+    request_id: String,
+    route: &'static str,
+    client_id: Option<String>,
+    decision: &'static str,
+    status: u16,
+    upstream_time: Duration,
+}
+
+/// Hop-by-hop and framing headers never copied from the upstream response;
+/// `ETag`/`Accept-Ranges`/`Content-MD5` describe the unfiltered body.
+const RESPONSE_HEADERS_DROPPED: [&str; 13] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "content-length",
+    "etag",
+    "accept-ranges",
+    "content-md5",
+    "digest",
+    "content-range",
+];
+
+/// Request headers forwarded upstream. An allow-list: credentials, cookies and
+/// ranges of the caller have no business at the upstream.
+const REQUEST_HEADERS_FORWARDED: [&str; 3] = ["user-agent", "accept", "accept-language"];
+
+fn route_label(route: &Route) -> &'static str {
+    // Metric labels must stay bounded: built-in paths map to static names,
+    // overridden routes to one shared label.
+    match route.path.as_str() {
+        "/entity" => "/entity",
+        "/entity.find" => "/entity.find",
+        "/entity.count" => "/entity.count",
+        "/entity.create" => "/entity.create",
+        "/entity.bulkCreate" => "/entity.bulkCreate",
+        "/entity.update" => "/entity.update",
+        "/entity.replace" => "/entity.replace",
+        "/entity.delete" => "/entity.delete",
+        _ => "custom",
+    }
+}
+
+fn new_request_id() -> String {
+    use rand::Rng;
+    const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::thread_rng();
+    (0..16).map(|_| CHARS[rng.gen_range(0..CHARS.len())] as char).collect()
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
+/// What the gateway will send back when the exchange succeeded.
+struct Reply {
+    header: ResponseHeader,
+    body: Option<Bytes>,
+}
+
+impl Gateway {
+    async fn handle(&self, session: &mut Session, ctx: &mut Ctx) -> std::result::Result<Reply, ApiError> {
+        let req = session.req_header();
+        let path = req.uri.path().to_string();
+        let route = self
+            .routes
+            .find(&path)
+            .ok_or_else(|| ApiError::unknown_endpoint(&path))?;
+        ctx.route = route_label(route);
+        let method = req.method.clone();
+        let is_head = method == http::Method::HEAD;
+        if !(method == http::Method::GET || method == http::Method::POST || is_head) {
+            return Err(ApiError::method_not_allowed(method.as_str()));
+        }
+        let limits = &self.settings.limits;
+
+        let content_type = header_str(req, "content-type").unwrap_or("").to_ascii_lowercase();
+        if let Some(enc) = header_str(req, "content-encoding") {
+            if !enc.eq_ignore_ascii_case("identity") {
+                metrics::FILTER_FAILURES.with_label_values(&["request", "encoding"]).inc();
+                return Err(ApiError::unsupported_encoding(&format!("with Content-Encoding {enc}")));
+            }
+        }
+        let query = req.uri.query().map(str::to_string);
+        let body = self.read_body(session).await?;
+        metrics::BYTES.with_label_values(&["in"]).inc_by(body.len() as u64);
+
+        let media = content_type.split(';').next().unwrap_or("").trim();
+        let mut json_body: Option<Value> = None;
+        let form_body = if body.is_empty() {
+            None
+        } else if media == "application/x-www-form-urlencoded" {
+            Some(&body[..])
+        } else if media == "application/json" && route.request_records == RequestRecords::JsonBody {
+            let v = parse_strict(&body, limits.max_json_depth).map_err(|e| {
+                metrics::FILTER_FAILURES.with_label_values(&["request", "malformed"]).inc();
+                ApiError::invalid_argument("body", e)
+            })?;
+            json_body = Some(v);
+            None
+        } else {
+            metrics::FILTER_FAILURES.with_label_values(&["request", "encoding"]).inc();
+            return Err(ApiError::unsupported_encoding(&format!(
+                "of type {:?}",
+                if media.is_empty() { "none" } else { media }
+            )));
+        };
+        let mut params = Params::parse(query.as_deref(), form_body)?;
+
+        let snap = self.policy.load();
+        let req = session.req_header();
+        let auth_input = AuthInput {
+            authorization: req.headers.get("authorization").map(|v| v.as_bytes()),
+            date: header_str(req, "date"),
+            endpoint: &path,
+            now_secs: now_secs(),
+            max_skew_secs: self.settings.auth.signature_max_skew_secs,
+        };
+        let client = enforce::authenticate(&snap, &auth_input, &params)?;
+        ctx.client_id = Some(client.id.clone());
+        let ip = self.client_ip(session)?;
+        enforce::check_ip(client, ip)?;
+        enforce::check_feature(client, route)?;
+        let grants = enforce::grants(&snap, client, &params)?;
+        let attribute_name = enforce::check_oracles(route, &grants, &params)?;
+        let outcome = enforce::filter_write(
+            route,
+            client,
+            &grants,
+            attribute_name.as_ref(),
+            &mut params,
+            json_body.as_mut(),
+            limits.max_json_depth,
+        )?;
+        if outcome.removed > 0 {
+            metrics::FILTERED_ATTRIBUTES
+                .with_label_values(&["request"])
+                .inc_by(outcome.removed as u64);
+        }
+        for p in CREDENTIAL_PARAMS {
+            params.remove(p);
+        }
+
+        let (upstream_req, upstream_body) = self.upstream_request(session, &method, route, &params, json_body, &ctx.request_id, ip)?;
+        let sent_at = Instant::now();
+        let response = self
+            .upstream
+            .send(&upstream_req, upstream_body, limits.max_response_body_bytes)
+            .await;
+        ctx.upstream_time = sent_at.elapsed();
+        let response = response.map_err(|e| {
+            metrics::UPSTREAM_ERRORS.with_label_values(&[e.kind()]).inc();
+            match e {
+                UpstreamError::Timeout => ApiError::gateway_timeout(),
+                UpstreamError::TooLarge => {
+                    metrics::FILTER_FAILURES.with_label_values(&["response", "too_large"]).inc();
+                    ApiError::bad_gateway("the upstream response exceeds the size limit")
+                }
+                UpstreamError::Connect(_) => ApiError::bad_gateway("the upstream refused the connection"),
+                UpstreamError::Protocol(_) => ApiError::bad_gateway("the upstream broke the exchange"),
+            }
+        })?;
+
+        let relative_to = if route.access == Access::Read {
+            attribute_name.as_ref()
+        } else {
+            None
+        };
+        self.reply(route, is_head, response.header, response.body, grants.read, relative_to)
+    }
+
+    async fn read_body(&self, session: &mut Session) -> std::result::Result<Vec<u8>, ApiError> {
+        let limit = self.settings.limits.max_request_body_bytes;
+        if let Some(len) = header_str(session.req_header(), "content-length").and_then(|v| v.parse::<usize>().ok()) {
+            if len > limit {
+                metrics::FILTER_FAILURES.with_label_values(&["request", "too_large"]).inc();
+                return Err(ApiError::request_too_large(limit));
+            }
+        }
+        session.set_read_timeout(Some(Duration::from_millis(self.settings.timeouts.downstream_read_ms)));
+        let mut body = BytesMut::new();
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => {
+                    if body.len() + chunk.len() > limit {
+                        metrics::FILTER_FAILURES.with_label_values(&["request", "too_large"]).inc();
+                        return Err(ApiError::request_too_large(limit));
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    return Err(ApiError::invalid_argument("body", format!("the request body could not be read ({})", e.etype().as_str())))
+                }
+            }
+        }
+        Ok(body.to_vec())
+    }
+
+    fn client_ip(&self, session: &Session) -> std::result::Result<IpAddr, ApiError> {
+        // A peer that is not an IP socket (UDS, subrequest) is denied.
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+            .ok_or_else(ApiError::ip_denied)?;
+        let xff = session
+            .req_header()
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .map(|v| v.as_bytes());
+        resolve_client_ip(peer, xff, &self.trusted_proxies)
+            .map_err(|e| ApiError::invalid_argument("X-Forwarded-For", e).with_reason(crate::errors::DenyReason::Ip))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn upstream_request(
+        &self,
+        session: &Session,
+        method: &http::Method,
+        route: &Route,
+        params: &Params,
+        json_body: Option<Value>,
+        request_id: &str,
+        client_ip: IpAddr,
+    ) -> std::result::Result<(RequestHeader, Bytes), ApiError> {
+        let encoded = params.encode();
+        let (path, body, content_type) = match json_body {
+            Some(v) => (
+                with_query(&route.path, &encoded),
+                Bytes::from(serde_json::to_vec(&v).map_err(|e| ApiError::internal(e.to_string()))?),
+                Some("application/json"),
+            ),
+            None if *method == http::Method::POST => (
+                route.path.clone(),
+                Bytes::from(encoded),
+                Some("application/x-www-form-urlencoded"),
+            ),
+            None => (with_query(&route.path, &encoded), Bytes::new(), None),
+        };
+        let build = || -> Result<RequestHeader> {
+            let mut r = RequestHeader::build(method.clone(), path.as_bytes(), None)?;
+            let downstream = session.req_header();
+            for name in REQUEST_HEADERS_FORWARDED {
+                if let Some(v) = downstream.headers.get(name) {
+                    r.insert_header(name, v.clone())?;
+                }
+            }
+            if let Some(host) = self.settings.upstream.servers.first() {
+                r.insert_header("host", host.as_str())?;
+            }
+            // Identity only: a compressed body could not be filtered.
+            r.insert_header("accept-encoding", "identity")?;
+            if let Some(ct) = content_type {
+                r.insert_header("content-type", ct)?;
+            }
+            if !body.is_empty() || *method == http::Method::POST {
+                r.insert_header("content-length", body.len().to_string())?;
+            }
+            if let Some(a) = &self.upstream_authorization {
+                r.insert_header("authorization", a.as_str())?;
+            }
+            r.insert_header("x-request-id", request_id)?;
+            r.insert_header("x-forwarded-for", client_ip.to_string())?;
+            Ok(r)
+        };
+        let header = build().map_err(|e| ApiError::internal(format!("could not build the upstream request: {e}")))?;
+        Ok((header, body))
+    }
+
+    fn reply(
+        &self,
+        route: &Route,
+        is_head: bool,
+        upstream: ResponseHeader,
+        body: Bytes,
+        read: &crate::schema::AccessTree,
+        relative_to: Option<&crate::schema::AttrPath>,
+    ) -> std::result::Result<Reply, ApiError> {
+        let status = upstream.status.as_u16();
+        let bodiless = is_head || status == 204 || status == 304 || (100..200).contains(&status);
+        let mut header = ResponseHeader::build(status, None).map_err(|e| ApiError::internal(e.to_string()))?;
+        for (name, value) in upstream.headers.iter() {
+            if RESPONSE_HEADERS_DROPPED.contains(&name.as_str()) {
+                continue;
+            }
+            header
+                .append_header(name.clone(), value.clone())
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+        }
+        if bodiless {
+            // HEAD keeps no Content-Length: the unfiltered length would tell
+            // the caller how much it is not allowed to see.
+            return Ok(Reply { header, body: None });
+        }
+        if let Some(enc) = upstream.headers.get("content-encoding") {
+            if !enc.as_bytes().eq_ignore_ascii_case(b"identity") {
+                metrics::FILTER_FAILURES.with_label_values(&["response", "encoding"]).inc();
+                return Err(ApiError::bad_gateway("the upstream sent an encoded body that cannot be filtered"));
+            }
+        }
+        let body = if route.response_records == ResponseRecords::None {
+            body
+        } else {
+            let is_json = upstream
+                .headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.to_ascii_lowercase().contains("json"));
+            if !is_json {
+                metrics::FILTER_FAILURES.with_label_values(&["response", "encoding"]).inc();
+                return Err(ApiError::bad_gateway("the upstream sent a body that is not JSON"));
+            }
+            let filtered = filter_response(&body, route.response_records, read, relative_to, self.settings.limits.max_json_depth)
+                .map_err(|f: FilterFailure| {
+                    metrics::FILTER_FAILURES.with_label_values(&["response", f.label()]).inc();
+                    ApiError::bad_gateway("the upstream sent a response that could not be filtered")
+                })?;
+            if filtered.removed > 0 {
+                metrics::FILTERED_ATTRIBUTES
+                    .with_label_values(&["response"])
+                    .inc_by(filtered.removed as u64);
+            }
+            Bytes::from(filtered.body)
+        };
+        header
+            .insert_header("content-length", body.len().to_string())
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        Ok(Reply { header, body: Some(body) })
+    }
+
+    async fn write_error(&self, session: &mut Session, ctx: &mut Ctx, e: &ApiError) -> Result<()> {
+        ctx.decision = e.reason.label();
+        let status = e.status(self.settings.capture_compat_status);
+        ctx.status = status;
+        let body = e.body(&ctx.request_id);
+        let mut header = ResponseHeader::build(status, Some(4))?;
+        header.insert_header("content-type", "application/json")?;
+        header.insert_header("content-length", body.len().to_string())?;
+        header.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if e.http_status == 401 {
+            header.insert_header("www-authenticate", "Basic realm=\"recordgate\"")?;
+        }
+        metrics::BYTES.with_label_values(&["out"]).inc_by(body.len() as u64);
+        let head = session.req_header().method == http::Method::HEAD;
+        session.write_response_header(Box::new(header), head).await?;
+        if !head {
+            session.write_response_body(Some(Bytes::from(body)), true).await?;
+        }
+        Ok(())
+    }
+}
+
+impl ApiError {
+    fn with_reason(mut self, reason: crate::errors::DenyReason) -> Self {
+        self.reason = reason;
+        self
+    }
+}
+
+fn header_str<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
+    req.headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn with_query(path: &str, encoded: &str) -> String {
+    if encoded.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{encoded}")
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            start: Instant::now(),
+            request_id: String::new(),
+            route: "unknown",
+            client_id: None,
+            decision: "allowed",
+            status: 0,
+            upstream_time: Duration::ZERO,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        ctx.request_id = session
+            .req_header()
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+            .filter(|_| self.peer_is_trusted(session))
+            .map(str::to_string)
+            .unwrap_or_else(new_request_id);
+        match self.handle(session, ctx).await {
+            Ok(mut reply) => {
+                ctx.status = reply.header.status.as_u16();
+                reply.header.insert_header("x-request-id", ctx.request_id.as_str())?;
+                let end = reply.body.is_none();
+                session.write_response_header(Box::new(reply.header), end).await?;
+                if let Some(body) = reply.body {
+                    metrics::BYTES.with_label_values(&["out"]).inc_by(body.len() as u64);
+                    session.write_response_body(Some(body), true).await?;
+                }
+            }
+            Err(e) => self.write_error(session, ctx, &e).await?,
+        }
+        Ok(true)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        // Unreachable: request_filter answers every request itself.
+        Err(Error::explain(ErrorType::HTTPStatus(500), "no forwarding path"))
+    }
+
+    async fn logging(&self, _session: &mut Session, e: Option<&pingora::Error>, ctx: &mut Ctx) {
+        let total = ctx.start.elapsed();
+        let status = if ctx.status == 0 { 499 } else { ctx.status };
+        let status_label = status.to_string();
+        metrics::REQUESTS
+            .with_label_values(&[ctx.route, ctx.decision, status_label.as_str()])
+            .inc();
+        metrics::DURATION.with_label_values(&["total"]).observe(total.as_secs_f64());
+        if !ctx.upstream_time.is_zero() {
+            metrics::DURATION
+                .with_label_values(&["upstream"])
+                .observe(ctx.upstream_time.as_secs_f64());
+        }
+        metrics::DURATION
+            .with_label_values(&["gateway"])
+            .observe(total.saturating_sub(ctx.upstream_time).as_secs_f64());
+        tracing::info!(
+            target: "access",
+            request_id = %ctx.request_id,
+            client_id = ctx.client_id.as_deref().unwrap_or("-"),
+            route = ctx.route,
+            decision = ctx.decision,
+            status,
+            total_ms = total.as_secs_f64() * 1e3,
+            upstream_ms = ctx.upstream_time.as_secs_f64() * 1e3,
+            error = e.map(|e| e.etype().as_str()).unwrap_or(""),
+        );
+    }
+}
+
+impl Gateway {
+    fn peer_is_trusted(&self, session: &Session) -> bool {
+        session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .is_some_and(|a| self.trusted_proxies.contains(a.ip()))
+    }
+}

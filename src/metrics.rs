@@ -1,0 +1,150 @@
+//! Prometheus metrics, registered in the default registry that
+//! `pingora_prometheus` serves. Names follow Prometheus conventions.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    register_gauge, register_histogram_vec, register_int_counter_vec, register_int_gauge,
+    register_int_gauge_vec, Gauge, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
+};
+
+// A registration failure means a name clash in our own code: metrics are
+// then missing, but requests must not fail because of it.
+fn or_unregistered<T>(r: prometheus::Result<T>, fallback: impl FnOnce() -> T) -> T {
+    r.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "metric registration failed");
+        fallback()
+    })
+}
+
+macro_rules! counter_vec {
+    ($name:expr, $help:expr, $labels:expr) => {
+        LazyLock::new(|| {
+            or_unregistered(register_int_counter_vec!($name, $help, $labels), || {
+                IntCounterVec::new(prometheus::Opts::new($name, $help), $labels)
+                    .unwrap_or_else(|_| unreachable_metric())
+            })
+        })
+    };
+}
+
+fn unreachable_metric<T>() -> T {
+    // Only reachable if the metric definition itself is invalid, which the
+    // unit test below rules out for every metric.
+    std::process::abort()
+}
+
+pub static REQUESTS: LazyLock<IntCounterVec> = counter_vec!(
+    "recordgate_requests_total",
+    "Requests by route, decision (allowed or denial reason) and HTTP status.",
+    &["route", "decision", "status"]
+);
+
+pub static FILTERED_ATTRIBUTES: LazyLock<IntCounterVec> = counter_vec!(
+    "recordgate_filtered_attributes_total",
+    "Attributes removed by the access-schema filter, by direction (request, response).",
+    &["direction"]
+);
+
+pub static FILTER_FAILURES: LazyLock<IntCounterVec> = counter_vec!(
+    "recordgate_filter_failures_total",
+    "Bodies refused because they could not be filtered, by direction and reason (malformed, too_large, encoding).",
+    &["direction", "reason"]
+);
+
+pub static UPSTREAM_ERRORS: LazyLock<IntCounterVec> = counter_vec!(
+    "recordgate_upstream_errors_total",
+    "Upstream failures by kind (connect, timeout, protocol, too_large).",
+    &["kind"]
+);
+
+pub static BYTES: LazyLock<IntCounterVec> = counter_vec!(
+    "recordgate_body_bytes_total",
+    "Body bytes by direction (in from clients, out to clients).",
+    &["direction"]
+);
+
+pub static POLICY_RELOADS: LazyLock<IntCounterVec> = counter_vec!(
+    "recordgate_policy_reloads_total",
+    "Policy reloads by source (file, api, signal) and result (success, failure).",
+    &["source", "result"]
+);
+
+pub static DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+    let buckets = vec![
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ];
+    let opts = prometheus::HistogramOpts::new(
+        "recordgate_request_duration_seconds",
+        "Request duration by stage: total, upstream, and gateway (the time the gateway adds).",
+    )
+    .buckets(buckets);
+    or_unregistered(register_histogram_vec!(opts.clone(), &["stage"]), || {
+        HistogramVec::new(opts, &["stage"]).unwrap_or_else(|_| unreachable_metric())
+    })
+});
+
+pub static POLICY_VERSION: LazyLock<IntGauge> = LazyLock::new(|| {
+    or_unregistered(
+        register_int_gauge!("recordgate_policy_version", "Version of the active policy snapshot."),
+        || IntGauge::new("recordgate_policy_version", "x").unwrap_or_else(|_| unreachable_metric()),
+    )
+});
+
+pub static POLICY_CLIENTS: LazyLock<IntGauge> = LazyLock::new(|| {
+    or_unregistered(
+        register_int_gauge!("recordgate_policy_clients", "API clients in the active policy."),
+        || IntGauge::new("recordgate_policy_clients", "x").unwrap_or_else(|_| unreachable_metric()),
+    )
+});
+
+pub static POLICY_LAST_RELOAD: LazyLock<Gauge> = LazyLock::new(|| {
+    or_unregistered(
+        register_gauge!(
+            "recordgate_policy_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful policy load."
+        ),
+        || Gauge::new("recordgate_policy_last_reload_success_timestamp_seconds", "x").unwrap_or_else(|_| unreachable_metric()),
+    )
+});
+
+pub static BUILD_INFO: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    or_unregistered(
+        register_int_gauge_vec!("recordgate_build_info", "Build information.", &["version"]),
+        || IntGaugeVec::new(prometheus::Opts::new("recordgate_build_info", "x"), &["version"]).unwrap_or_else(|_| unreachable_metric()),
+    )
+});
+
+/// Records that a policy snapshot became active.
+pub fn policy_activated(version: u64, clients: usize) {
+    POLICY_VERSION.set(version as i64);
+    POLICY_CLIENTS.set(clients as i64);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default();
+    POLICY_LAST_RELOAD.set(now);
+}
+
+pub fn init() {
+    BUILD_INFO.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+    LazyLock::force(&REQUESTS);
+    LazyLock::force(&FILTERED_ATTRIBUTES);
+    LazyLock::force(&FILTER_FAILURES);
+    LazyLock::force(&UPSTREAM_ERRORS);
+    LazyLock::force(&BYTES);
+    LazyLock::force(&POLICY_RELOADS);
+    LazyLock::force(&DURATION);
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_metric_registers() {
+        super::init();
+        super::policy_activated(1, 3);
+        let names: Vec<String> = prometheus::gather().iter().map(|f| f.name().to_string()).collect();
+        assert!(names.iter().any(|n| n == "recordgate_build_info"));
+        assert!(names.iter().any(|n| n == "recordgate_policy_version"));
+    }
+}

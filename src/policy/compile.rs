@@ -1,0 +1,225 @@
+//! Validates a `PolicyFile` and compiles it into a `Snapshot`: plain immutable
+//! data (feature bit sets, CIDR range tables, attribute trees) that requests
+//! only read. Every problem is collected, located by key, and reported at once.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+use super::features::{Feature, FeatureSet};
+use super::model::{AccessSchemasDef, PolicyFile, WriteViolationMode};
+use crate::allowlist::{parse_cidr, CidrSet};
+use crate::schema::{AccessTree, AttrPath, EntityType};
+use crate::settings::ConfigError;
+
+pub struct Snapshot {
+    /// Increases by one with every accepted change in this process.
+    pub version: u64,
+    /// SHA-256 of the canonical policy, to compare with what is in Git.
+    pub hash: String,
+    pub clients: HashMap<String, Client>,
+    pub entity_types: HashMap<String, CompiledEntityType>,
+    /// The policy this snapshot was compiled from, for the management API.
+    pub source: PolicyFile,
+}
+
+pub struct CompiledEntityType {
+    pub def: EntityType,
+    pub full: AccessTree,
+}
+
+pub struct Client {
+    pub id: String,
+    secret: Vec<u8>,
+    pub features: FeatureSet,
+    /// `None` allows every address.
+    pub whitelist: Option<CidrSet>,
+    pub on_write_violation: WriteViolationMode,
+    pub tenant: Option<String>,
+    pub roles: Vec<String>,
+    pub schemas: HashMap<String, ClientSchemas>,
+}
+
+impl Client {
+    pub fn secret(&self) -> &[u8] {
+        &self.secret
+    }
+}
+
+/// One client's grants on one entity type; `None` means no schema (full access).
+#[derive(Default)]
+pub struct ClientSchemas {
+    pub read: Option<AccessTree>,
+    pub write: Option<AccessTree>,
+    pub read_with_token: Option<AccessTree>,
+    pub write_with_token: Option<AccessTree>,
+    /// `write: []`: the client may not write this entity type at all.
+    pub read_only: bool,
+}
+
+/// Where secret references (`file:`) are resolved from.
+pub struct CompileContext<'a> {
+    pub file: &'a Path,
+    pub version: u64,
+}
+
+pub fn compile(policy: PolicyFile, ctx: &CompileContext<'_>) -> Result<Snapshot, Vec<ConfigError>> {
+    let file = ctx.file.display().to_string();
+    let base_dir = ctx.file.parent().unwrap_or(Path::new("."));
+    let mut errors = Vec::new();
+    let mut err = |key: String, message: String| {
+        errors.push(ConfigError {
+            file: file.clone(),
+            key,
+            message,
+        })
+    };
+
+    let mut entity_types = HashMap::new();
+    for (name, def) in &policy.entity_types {
+        let et = EntityType {
+            name: name.clone(),
+            attr_defs: def.attr_defs.clone(),
+        };
+        if let Err(e) = et.validate() {
+            err(format!("entity_types.{name}.attr_defs"), e);
+            continue;
+        }
+        let full = et.full_tree();
+        entity_types.insert(name.clone(), CompiledEntityType { def: et, full });
+    }
+
+    let mut clients = HashMap::new();
+    for (id, def) in &policy.clients {
+        let key = format!("clients.{id}");
+        if id.is_empty() {
+            err(key.clone(), "client id must not be empty".into());
+        }
+        let secret = match def.secret.resolve(base_dir) {
+            Ok(s) if s.is_empty() => {
+                err(format!("{key}.secret"), "secret must not be empty".into());
+                String::new()
+            }
+            Ok(s) => s,
+            Err(e) => {
+                err(format!("{key}.secret"), e);
+                String::new()
+            }
+        };
+        let mut features = FeatureSet::empty();
+        for (i, f) in def.features.iter().enumerate() {
+            match Feature::parse(f) {
+                Ok(f) => features.insert(f),
+                Err(e) => err(format!("{key}.features[{i}]"), e),
+            }
+        }
+        let whitelist = match &def.whitelist {
+            None => None,
+            Some(list) => {
+                let mut nets = Vec::with_capacity(list.len());
+                for (i, c) in list.iter().enumerate() {
+                    match parse_cidr(c) {
+                        Ok(n) => nets.push(n),
+                        Err(e) => err(format!("{key}.whitelist[{i}]"), e.to_string()),
+                    }
+                }
+                Some(CidrSet::new(&nets))
+            }
+        };
+        let mut schemas = HashMap::new();
+        for (type_name, s) in &def.access_schemas {
+            let skey = format!("{key}.access_schemas.{type_name}");
+            let Some(et) = entity_types.get(type_name) else {
+                if policy.entity_types.contains_key(type_name) {
+                    continue; // already reported as an invalid entity type
+                }
+                err(skey, format!("{type_name} is not a defined entity type"));
+                continue;
+            };
+            match compile_schemas(&et.def, s, &skey) {
+                Ok(c) => {
+                    schemas.insert(type_name.clone(), c);
+                }
+                Err(es) => {
+                    for (k, m) in es {
+                        err(k, m);
+                    }
+                }
+            }
+        }
+        clients.insert(
+            id.clone(),
+            Client {
+                id: id.clone(),
+                secret: secret.into_bytes(),
+                features,
+                whitelist,
+                on_write_violation: def.on_write_violation,
+                tenant: def.tenant.clone(),
+                roles: def.roles.clone(),
+                schemas,
+            },
+        );
+    }
+
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(Snapshot {
+        version: ctx.version,
+        hash: policy_hash(&policy),
+        clients,
+        entity_types,
+        source: policy,
+    })
+}
+
+fn compile_schemas(
+    et: &EntityType,
+    s: &AccessSchemasDef,
+    key: &str,
+) -> Result<ClientSchemas, Vec<(String, String)>> {
+    let mut errors = Vec::new();
+    let mut one = |kind: &str, list: &Option<Vec<String>>, write: bool| -> Option<AccessTree> {
+        let list = list.as_ref()?;
+        let mut paths = Vec::with_capacity(list.len());
+        for (i, p) in list.iter().enumerate() {
+            match AttrPath::parse(p) {
+                Ok(p) => paths.push(p),
+                Err(e) => errors.push((format!("{key}.{kind}[{i}]"), e.to_string())),
+            }
+        }
+        let tree = if write {
+            et.write_tree(&paths)
+        } else {
+            et.read_tree(&paths)
+        };
+        match tree {
+            Ok(t) => Some(t),
+            Err(e) => {
+                errors.push((format!("{key}.{kind}"), e.to_string()));
+                None
+            }
+        }
+    };
+    let out = ClientSchemas {
+        read: one("read", &s.read, false),
+        write: one("write", &s.write, true),
+        read_with_token: one("read_with_token", &s.read_with_token, false),
+        write_with_token: one("write_with_token", &s.write_with_token, true),
+        read_only: s.write.as_ref().is_some_and(|w| w.is_empty()),
+    };
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
+}
+
+pub fn policy_hash(policy: &PolicyFile) -> String {
+    // BTreeMaps make the JSON canonical, so equal policies hash equally.
+    let bytes = serde_json::to_vec(policy).unwrap_or_default();
+    let digest = Sha256::digest(&bytes);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}

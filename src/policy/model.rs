@@ -1,0 +1,103 @@
+//! The policy file as written by operators (YAML). This is the source of truth;
+//! `compile` turns it into the immutable snapshot that requests read.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::schema::AttrDef;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFile {
+    #[serde(default)]
+    pub entity_types: BTreeMap<String, EntityTypeDef>,
+    #[serde(default)]
+    pub clients: BTreeMap<String, ClientDef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntityTypeDef {
+    pub attr_defs: Vec<AttrDef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientDef {
+    pub secret: SecretSource,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    #[serde(default)]
+    pub features: Vec<String>,
+    /// CIDRs; absent means allow all, like Capture's default `["0.0.0.0/0"]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub whitelist: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub on_write_violation: WriteViolationMode,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub access_schemas: BTreeMap<String, AccessSchemasDef>,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+/// A client secret, inline or by reference so that policy files can live in Git.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SecretSource {
+    Inline(String),
+    Reference(SecretRef),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "lowercase")]
+pub enum SecretRef {
+    Env(String),
+    File(String),
+}
+
+impl SecretSource {
+    /// Resolves the secret; the error names the reference, never the value.
+    pub fn resolve(&self, base_dir: &std::path::Path) -> Result<String, String> {
+        match self {
+            SecretSource::Inline(s) => Ok(s.clone()),
+            SecretSource::Reference(SecretRef::Env(var)) => std::env::var(var)
+                .map_err(|_| format!("environment variable {var} is not set")),
+            SecretSource::Reference(SecretRef::File(path)) => {
+                let p = base_dir.join(path);
+                std::fs::read_to_string(&p)
+                    .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
+                    .map_err(|e| format!("cannot read secret file {}: {e}", p.display()))
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WriteViolationMode {
+    /// Remove attributes outside the write schema and forward the rest.
+    #[default]
+    Strip,
+    /// Refuse the whole call with 403 naming the attribute.
+    Reject,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessSchemasDef {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_with_token: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_with_token: Option<Vec<String>>,
+}

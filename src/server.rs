@@ -1,0 +1,150 @@
+//! Assembles the Pingora server: the gateway, the metrics listener, the
+//! optional embedded demo upstream, and the policy reload on SIGHUP.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use base64::Engine;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::{Server, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+
+use crate::allowlist::{parse_cidr, CidrSet};
+use crate::gateway::Gateway;
+use crate::metrics;
+use crate::policy::PolicyStore;
+use crate::routes::RouteTable;
+use crate::settings::Settings;
+use crate::upstream::Upstream;
+
+pub struct ServeOptions {
+    pub upgrade: bool,
+    pub daemon: bool,
+}
+
+/// Builds everything that can fail before the server starts, so that a bad
+/// setting is reported as an error rather than a half-started process.
+pub fn build_gateway(settings: Arc<Settings>, policy: Arc<PolicyStore>) -> Result<Gateway, String> {
+    let routes = match &settings.routes {
+        Some(defs) => RouteTable::from_defs(defs)?,
+        None => RouteTable::builtin(),
+    };
+    let mut nets = Vec::new();
+    for c in &settings.trusted_proxies {
+        nets.push(parse_cidr(c).map_err(|e| format!("trusted_proxies: {e}"))?);
+    }
+    let upstream = Upstream::new(&settings.upstream, &settings.timeouts)?;
+    let upstream_authorization = match &settings.upstream.credentials {
+        None => None,
+        Some(c) => {
+            let base = settings.policy.parent().unwrap_or(std::path::Path::new("."));
+            let secret = c.secret.resolve(base).map_err(|e| format!("upstream.credentials.secret: {e}"))?;
+            let token = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", c.client_id, secret));
+            Some(format!("Basic {token}"))
+        }
+    };
+    Ok(Gateway {
+        policy,
+        routes,
+        upstream,
+        trusted_proxies: CidrSet::new(&nets),
+        settings,
+        upstream_authorization,
+    })
+}
+
+pub fn serve(settings: Settings, opts: ServeOptions) -> Result<(), String> {
+    let settings = Arc::new(settings);
+    let policy = Arc::new(PolicyStore::open(&settings.policy).map_err(|errors| {
+        errors
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    })?);
+    metrics::init();
+    let snap = policy.load();
+    metrics::policy_activated(snap.version, snap.clients.len());
+    drop(snap);
+
+    let gateway = build_gateway(settings.clone(), policy.clone())?;
+
+    let mut conf = ServerConf {
+        threads: settings.server.threads,
+        grace_period_seconds: Some(settings.server.grace_period_secs),
+        graceful_shutdown_timeout_seconds: Some(settings.server.graceful_shutdown_timeout_secs),
+        pid_file: settings.server.pid_file.clone(),
+        upgrade_sock: settings.server.upgrade_sock.clone(),
+        ..ServerConf::default()
+    };
+    conf.daemon = opts.daemon;
+    let opt = Opt {
+        upgrade: opts.upgrade,
+        daemon: opts.daemon,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "recordgate");
+    for addr in &settings.listen {
+        proxy.add_tcp(addr);
+    }
+    server.add_service(proxy);
+
+    if let Some(listen) = &settings.metrics.listen {
+        let mut m = pingora_prometheus::prometheus_http_service();
+        m.add_tcp(listen);
+        m.threads = Some(1);
+        server.add_service(m);
+    }
+    if let Some(demo) = &settings.demo_upstream {
+        server.add_service(crate::demo_upstream::demo_upstream_service(&demo.listen, demo.records));
+    }
+    server.add_service(background_service("policy reload", PolicyReloader { policy }));
+
+    tracing::info!(listen = ?settings.listen, "recordgate started");
+    server.run_forever()
+}
+
+/// Reloads the policy file on SIGHUP; a bad file leaves the running policy.
+struct PolicyReloader {
+    policy: Arc<PolicyStore>,
+}
+
+impl PolicyReloader {
+    pub fn reload(&self, source: &str) {
+        match self.policy.reload() {
+            Ok(snap) => {
+                metrics::POLICY_RELOADS.with_label_values(&[source, "success"]).inc();
+                metrics::policy_activated(snap.version, snap.clients.len());
+                tracing::info!(source, version = snap.version, hash = %snap.hash, "policy reloaded");
+            }
+            Err(errors) => {
+                metrics::POLICY_RELOADS.with_label_values(&[source, "failure"]).inc();
+                for e in errors {
+                    tracing::error!(source, error = %e, "policy reload rejected; keeping the running policy");
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for PolicyReloader {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGHUP; policy reload by signal disabled");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = hup.recv() => self.reload("signal"),
+            }
+        }
+    }
+}

@@ -1,0 +1,302 @@
+//! Gateway settings (YAML). Unknown keys are errors: a typo in a limit must not
+//! silently fall back to a default at the edge.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::routes::RouteDef;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Addresses the gateway listens on (`127.0.0.1:8080`, `[::1]:8080`).
+    pub listen: Vec<String>,
+    pub upstream: UpstreamSettings,
+    /// Path of the policy file, relative to the settings file.
+    pub policy: PathBuf,
+    /// Peers allowed to set `X-Forwarded-For`.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    #[serde(default)]
+    pub auth: AuthSettings,
+    #[serde(default)]
+    pub metrics: MetricsSettings,
+    #[serde(default)]
+    pub server: ServerSettings,
+    /// Answer gateway errors with HTTP 200, as Capture itself does.
+    #[serde(default)]
+    pub capture_compat_status: bool,
+    /// Replaces the built-in Capture route table when present.
+    #[serde(default)]
+    pub routes: Option<Vec<RouteDef>>,
+    /// Starts the embedded sample user-record API (demo and load tests).
+    #[serde(default)]
+    pub demo_upstream: Option<DemoUpstreamSettings>,
+    #[serde(default)]
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSettings {
+    /// One or more `host:port`; tried in turn when a connection fails.
+    pub servers: Vec<String>,
+    #[serde(default)]
+    pub tls: bool,
+    /// SNI and certificate name; defaults to the host part of the server.
+    #[serde(default)]
+    pub sni: Option<String>,
+    /// Credentials the gateway itself presents upstream (HTTP Basic).
+    #[serde(default)]
+    pub credentials: Option<UpstreamCredentials>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamCredentials {
+    pub client_id: String,
+    pub secret: crate::policy::model::SecretSource,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub max_request_body_bytes: usize,
+    pub max_response_body_bytes: usize,
+    pub max_json_depth: usize,
+    /// Largest request header block the gateway accepts (bytes).
+    pub max_header_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_request_body_bytes: 1 << 20,
+            max_response_body_bytes: 32 << 20,
+            max_json_depth: 32,
+            max_header_bytes: 16 << 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    pub upstream_connect_ms: u64,
+    pub upstream_read_ms: u64,
+    pub upstream_write_ms: u64,
+    pub downstream_read_ms: u64,
+    pub upstream_idle_ms: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            upstream_connect_ms: 2_000,
+            upstream_read_ms: 30_000,
+            upstream_write_ms: 10_000,
+            downstream_read_ms: 10_000,
+            upstream_idle_ms: 60_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    /// Allowed distance between a signed request's `Date` and the gateway clock.
+    pub signature_max_skew_secs: u64,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings {
+            signature_max_skew_secs: 300,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    /// Prometheus listener, e.g. `127.0.0.1:9090`; none when absent.
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    pub threads: usize,
+    pub grace_period_secs: u64,
+    pub graceful_shutdown_timeout_secs: u64,
+    pub pid_file: String,
+    pub upgrade_sock: String,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            threads: 2,
+            grace_period_secs: 5,
+            graceful_shutdown_timeout_secs: 5,
+            pid_file: "/tmp/recordgate.pid".into(),
+            upgrade_sock: "/tmp/recordgate_upgrade.sock".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DemoUpstreamSettings {
+    pub listen: String,
+    #[serde(default = "default_demo_records")]
+    pub records: usize,
+}
+
+fn default_demo_records() -> usize {
+    300
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    pub format: LogFormat,
+}
+
+/// A settings or policy problem, located by file and key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub key: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.key.is_empty() || self.key == "." {
+            write!(f, "{}: {}", self.file, self.message)
+        } else {
+            write!(f, "{}: {}: {}", self.file, self.key, self.message)
+        }
+    }
+}
+
+/// Deserialises YAML, reporting the failing key path rather than only a line.
+pub fn from_yaml<T: serde::de::DeserializeOwned>(file: &Path, text: &str) -> Result<T, ConfigError> {
+    let de = serde_yaml::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| ConfigError {
+        file: file.display().to_string(),
+        key: e.path().to_string(),
+        message: e.inner().to_string(),
+    })
+}
+
+impl Settings {
+    pub fn load(path: &Path) -> Result<Settings, Vec<ConfigError>> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            vec![ConfigError {
+                file: path.display().to_string(),
+                key: String::new(),
+                message: format!("cannot read: {e}"),
+            }]
+        })?;
+        let mut s: Settings = from_yaml(path, &text).map_err(|e| vec![e])?;
+        if s.policy.is_relative() {
+            if let Some(dir) = path.parent() {
+                s.policy = dir.join(&s.policy);
+            }
+        }
+        let errors = s.validate(path);
+        if errors.is_empty() {
+            Ok(s)
+        } else {
+            Err(errors)
+        }
+    }
+
+    fn validate(&self, path: &Path) -> Vec<ConfigError> {
+        let file = path.display().to_string();
+        let mut errors = Vec::new();
+        let mut err = |key: String, message: String| {
+            errors.push(ConfigError {
+                file: file.clone(),
+                key,
+                message,
+            })
+        };
+        if self.listen.is_empty() {
+            err("listen".into(), "at least one address is required".into());
+        }
+        for (i, a) in self.listen.iter().enumerate() {
+            if a.parse::<std::net::SocketAddr>().is_err() {
+                err(format!("listen[{i}]"), format!("{a:?} is not an addr:port"));
+            }
+        }
+        if self.upstream.servers.is_empty() {
+            err("upstream.servers".into(), "at least one server is required".into());
+        }
+        for (i, a) in self.upstream.servers.iter().enumerate() {
+            if !a.contains(':') {
+                err(
+                    format!("upstream.servers[{i}]"),
+                    format!("{a:?} is not a host:port"),
+                );
+            }
+        }
+        for (i, c) in self.trusted_proxies.iter().enumerate() {
+            if let Err(e) = crate::allowlist::parse_cidr(c) {
+                err(format!("trusted_proxies[{i}]"), e.to_string());
+            }
+        }
+        if let Some(m) = &self.metrics.listen {
+            if m.parse::<std::net::SocketAddr>().is_err() {
+                err("metrics.listen".into(), format!("{m:?} is not an addr:port"));
+            }
+        }
+        if let Some(d) = &self.demo_upstream {
+            if d.listen.parse::<std::net::SocketAddr>().is_err() {
+                err(
+                    "demo_upstream.listen".into(),
+                    format!("{:?} is not an addr:port", d.listen),
+                );
+            }
+        }
+        let l = &self.limits;
+        if l.max_json_depth == 0 || l.max_json_depth > 128 {
+            err(
+                "limits.max_json_depth".into(),
+                "must be between 1 and 128".into(),
+            );
+        }
+        if l.max_request_body_bytes == 0 {
+            err("limits.max_request_body_bytes".into(), "must be > 0".into());
+        }
+        if l.max_response_body_bytes == 0 {
+            err("limits.max_response_body_bytes".into(), "must be > 0".into());
+        }
+        if self.server.threads == 0 {
+            err("server.threads".into(), "must be > 0".into());
+        }
+        if let Some(routes) = &self.routes {
+            for (i, r) in routes.iter().enumerate() {
+                if !r.path.starts_with('/') {
+                    err(format!("routes[{i}].path"), "must start with /".into());
+                }
+            }
+        }
+        errors
+    }
+}
