@@ -15,7 +15,7 @@ use crate::params::Params;
 use crate::policy::model::WriteViolationMode;
 use crate::policy::{Client, Snapshot};
 use crate::routes::{Access, RequestRecords, Route};
-use crate::schema::{AccessTree, AttrPath, RESERVED};
+use crate::schema::{AccessTree, AttrPath};
 
 /// Parameters that carry credentials: checked here, never forwarded.
 pub const CREDENTIAL_PARAMS: [&str; 2] = ["client_id", "client_secret"];
@@ -35,7 +35,7 @@ const DUMMY_SECRET: &[u8] = b"recordgate-no-such-client-secret";
 pub fn authenticate<'s>(snap: &'s Snapshot, input: &AuthInput<'_>, params: &Params) -> Result<&'s Client, ApiError> {
     if let Some(header) = input.authorization {
         return match auth::parse_authorization(header) {
-            Ok(Presented::Basic { client_id, secret }) => check_secret(snap, &client_id, secret.as_bytes()),
+            Ok(Presented::Basic { client_id, secret }) => check_secret(snap, &client_id, secret.as_bytes(), input.now_secs),
             Ok(Presented::Signed { client_id, signature }) => check_signature(snap, input, params, &client_id, &signature),
             Err(auth::AuthError::UnsupportedScheme) => Err(ApiError {
                 http_status: 401,
@@ -49,15 +49,16 @@ pub fn authenticate<'s>(snap: &'s Snapshot, input: &AuthInput<'_>, params: &Para
         };
     }
     match (params.get("client_id"), params.get("client_secret")) {
-        (Some(id), Some(secret)) => check_secret(snap, id, secret.as_bytes()),
+        (Some(id), Some(secret)) => check_secret(snap, id, secret.as_bytes(), input.now_secs),
         (Some(_), None) => Err(ApiError::missing_argument("client_secret").with_credentials_reason()),
         _ => Err(ApiError::missing_credentials()),
     }
 }
 
-fn check_secret<'s>(snap: &'s Snapshot, client_id: &str, presented: &[u8]) -> Result<&'s Client, ApiError> {
+fn check_secret<'s>(snap: &'s Snapshot, client_id: &str, presented: &[u8], now_secs: i64) -> Result<&'s Client, ApiError> {
     match snap.clients.get(client_id) {
         Some(c) if auth::secrets_equal(presented, c.secret()) => Ok(c),
+        Some(c) if c.previous_secret(now_secs).is_some_and(|old| auth::secrets_equal(presented, old)) => Ok(c),
         Some(_) => Err(ApiError::invalid_credentials()),
         None => {
             let _ = auth::secrets_equal(presented, DUMMY_SECRET);
@@ -183,14 +184,10 @@ pub fn check_oracles(route: &Route, g: &Grants<'_>, params: &Params) -> Result<O
     let p = parse_path("attribute_name", a)?;
     match route.access {
         Access::Read if !g.read.reaches(&p) => Err(ApiError::not_readable("attribute_name", &p.to_string())),
-        Access::Write if is_reserved(&p) => Err(ApiError::reserved_attribute("attribute_name", &p.to_string())),
+        Access::Write if p.is_reserved() => Err(ApiError::reserved_attribute("attribute_name", &p.to_string())),
         Access::Write if !g.write.reaches(&p) => Err(ApiError::not_writable("attribute_name", &p.to_string())),
         _ => Ok(Some(p)),
     }
-}
-
-fn is_reserved(p: &AttrPath) -> bool {
-    p.segments().len() == 1 && RESERVED.contains(&p.segments()[0].as_str())
 }
 
 /// Result of write filtering: how many attributes were stripped.
@@ -227,12 +224,17 @@ pub fn filter_write(
             removed += filter_field(params, "attributes", g.write, mode, max_depth, true)?;
         }
         RequestRecords::AttributesOrValue => match (attribute_name, params.get("value")) {
-            (Some(path), Some(_)) => {
-                let tree = g
-                    .write
-                    .subtree(path)
-                    .ok_or_else(|| ApiError::not_writable("attribute_name", &path.to_string()))?;
-                removed += filter_field(params, "value", tree, mode, max_depth, false)?;
+            (Some(path), Some(raw)) => {
+                let mut v = parse_json_arg("value", raw, max_depth)?;
+                if mode == WriteViolationMode::Strip {
+                    if let Some(tree) = g.write.subtree(path) {
+                        removed += filter::strip_write(&mut v, tree);
+                    }
+                }
+                // Checked against the whole tree at `path`, after stripping, so
+                // a null or scalar cannot clear what the client may not write.
+                filter::check_write_at(&v, g.write, path).map_err(|e| violation("value", e))?;
+                params.set("value", v.to_string());
             }
             _ => removed += filter_field(params, "attributes", g.write, mode, max_depth, true)?,
         },
@@ -261,6 +263,14 @@ impl ApiError {
     fn read_only(mut self) -> Self {
         self.description = "this client has an empty write access schema for this entity type".into();
         self
+    }
+}
+
+fn violation(argument: &str, e: WriteViolation) -> ApiError {
+    match e {
+        WriteViolation::Reserved(name) => ApiError::reserved_attribute(argument, &name),
+        WriteViolation::NotWritable(path) if path.is_empty() => ApiError::not_writable(argument, "the written value"),
+        WriteViolation::NotWritable(path) => ApiError::not_writable(argument, &path),
     }
 }
 
@@ -299,16 +309,12 @@ fn filter_record(
         }
     }
     match mode {
-        WriteViolationMode::Reject => match filter::check_write(record, tree) {
-            Ok(()) => Ok(0),
-            Err(WriteViolation::Reserved(name)) => Err(ApiError::reserved_attribute(argument, &name)),
-            Err(WriteViolation::NotWritable(path)) => Err(ApiError::not_writable(argument, &path)),
-        },
+        WriteViolationMode::Reject => filter::check_write(record, tree).map(|_| 0).map_err(|e| violation(argument, e)),
         WriteViolationMode::Strip => {
-            if !top_level && !tree.is_all() && !(record.is_object() || record.is_array() || record.is_null()) {
-                return Err(ApiError::not_writable(argument, "value"));
-            }
-            Ok(filter::strip_write(record, tree))
+            let removed = filter::strip_write(record, tree);
+            // strip_write leaves a bare value alone; what remains must pass.
+            filter::check_write(record, tree).map_err(|e| violation(argument, e))?;
+            Ok(removed)
         }
     }
 }

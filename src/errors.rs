@@ -163,6 +163,17 @@ impl ApiError {
         .with_argument(argument)
     }
 
+    pub fn unknown_attribute(argument: &str, path: &str) -> Self {
+        ApiError::new(
+            400,
+            223,
+            "unknown_attribute",
+            DenyReason::BadRequest,
+            format!("{path} is not an attribute of this entity type"),
+        )
+        .with_argument(argument)
+    }
+
     pub fn unknown_entity_type(name: &str) -> Self {
         ApiError::new(
             400,

@@ -37,15 +37,16 @@ pub struct Gateway {
     pub settings: Arc<Settings>,
     /// `Authorization` value the gateway presents upstream, if configured.
     pub upstream_authorization: Option<String>,
+    pub audit: Arc<crate::policy::audit::AuditLog>,
 }
 
 /// Per-request state, read by `logging` for the access log and metrics.
 pub struct Ctx {
     start: Instant,
-    request_id: String,
-    route: &'static str,
-    client_id: Option<String>,
-    decision: &'static str,
+    pub(crate) request_id: String,
+    pub(crate) route: &'static str,
+    pub(crate) client_id: Option<String>,
+    pub(crate) decision: &'static str,
     status: u16,
     upstream_time: Duration,
 }
@@ -95,7 +96,7 @@ fn new_request_id() -> String {
     (0..16).map(|_| CHARS[rng.gen_range(0..CHARS.len())] as char).collect()
 }
 
-fn now_secs() -> i64 {
+pub(crate) fn now_secs() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -103,15 +104,18 @@ fn now_secs() -> i64 {
 }
 
 /// What the gateway will send back when the exchange succeeded.
-struct Reply {
-    header: ResponseHeader,
-    body: Option<Bytes>,
+pub(crate) struct Reply {
+    pub(crate) header: ResponseHeader,
+    pub(crate) body: Option<Bytes>,
 }
 
 impl Gateway {
     async fn handle(&self, session: &mut Session, ctx: &mut Ctx) -> std::result::Result<Reply, ApiError> {
         let req = session.req_header();
         let path = req.uri.path().to_string();
+        if crate::management::classify(&path).is_some() {
+            return self.handle_management(session, ctx, &path).await;
+        }
         let route = self
             .routes
             .find(&path)
@@ -219,7 +223,7 @@ impl Gateway {
         self.reply(route, is_head, response.header, response.body, grants.read, relative_to)
     }
 
-    async fn read_body(&self, session: &mut Session) -> std::result::Result<Vec<u8>, ApiError> {
+    pub(crate) async fn read_body(&self, session: &mut Session) -> std::result::Result<Vec<u8>, ApiError> {
         let limit = self.settings.limits.max_request_body_bytes;
         if let Some(len) = header_str(session.req_header(), "content-length").and_then(|v| v.parse::<usize>().ok()) {
             if len > limit {
@@ -247,7 +251,7 @@ impl Gateway {
         Ok(body.to_vec())
     }
 
-    fn client_ip(&self, session: &Session) -> std::result::Result<IpAddr, ApiError> {
+    pub(crate) fn client_ip(&self, session: &Session) -> std::result::Result<IpAddr, ApiError> {
         // A peer that is not an IP socket (UDS, subrequest) is denied.
         let peer = session
             .client_addr()
@@ -409,7 +413,7 @@ impl ApiError {
     }
 }
 
-fn header_str<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
+pub(crate) fn header_str<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
     req.headers.get(name).and_then(|v| v.to_str().ok())
 }
 

@@ -13,6 +13,7 @@ pub mod schema;
 pub mod enforce;
 pub mod errors;
 pub mod gateway;
+pub mod management;
 pub mod metrics;
 pub mod oracle;
 pub mod params;

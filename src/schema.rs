@@ -143,7 +143,7 @@ impl AttrPath {
 
     /// A single-segment path naming one of [`RESERVED`].
     pub fn is_reserved(&self) -> bool {
-        self.segments.len() == 1 && is_reserved(&self.segments[0])
+        matches!(self.segments.as_slice(), [only] if is_reserved(only))
     }
 
     /// Dotted form including element selectors (`statuses#5253.status`), for
@@ -263,7 +263,7 @@ impl EntityType {
         let mut defs: &[AttrDef] = &self.attr_defs;
         let mut parent: Option<&AttrDef> = None;
         let mut node = root;
-        let last = path.segments.len() - 1;
+        let last = path.segments.len().saturating_sub(1);
         for (i, seg) in path.segments.iter().enumerate() {
             let def = lookup(defs, parent, seg).ok_or_else(|| self.unknown(path.to_string()))?;
             if i < last && !def.is_container() {

@@ -48,6 +48,7 @@ pub fn build_gateway(settings: Arc<Settings>, policy: Arc<PolicyStore>) -> Resul
         routes,
         upstream,
         trusted_proxies: CidrSet::new(&nets),
+        audit: Arc::new(crate::policy::audit::AuditLog::new(settings.audit_log_path())),
         settings,
         upstream_authorization,
     })
@@ -107,15 +108,22 @@ pub fn serve(settings: Settings, opts: ServeOptions) -> Result<(), String> {
     server.run_forever()
 }
 
-/// Reloads the policy file on SIGHUP; a bad file leaves the running policy.
+/// Reloads the policy file on SIGHUP and when it changes; a bad file leaves
+/// the running policy.
 struct PolicyReloader {
     policy: Arc<PolicyStore>,
 }
 
 impl PolicyReloader {
-    pub fn reload(&self, source: &str) {
-        match self.policy.reload() {
-            Ok(snap) => {
+    fn reload(&self, source: &str, only_if_changed: bool) {
+        let result = if only_if_changed {
+            self.policy.reload_if_changed(source)
+        } else {
+            self.policy.reload(source)
+        };
+        match result {
+            Ok(None) => {}
+            Ok(Some(snap)) => {
                 metrics::POLICY_RELOADS.with_label_values(&[source, "success"]).inc();
                 metrics::policy_activated(snap.version, snap.clients.len());
                 tracing::info!(source, version = snap.version, hash = %snap.hash, "policy reloaded");
@@ -140,10 +148,16 @@ impl BackgroundService for PolicyReloader {
                 return;
             }
         };
+        // Polling the file's stamp rather than inotify: editors and Kubernetes
+        // ConfigMaps replace the file (rename, symlink swap), which a watch on
+        // the old inode misses. A stat every 250 ms is negligible.
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
-                _ = hup.recv() => self.reload("signal"),
+                _ = hup.recv() => self.reload("signal", false),
+                _ = tick.tick() => self.reload("file", true),
             }
         }
     }

@@ -39,6 +39,9 @@ pub struct Settings {
     pub demo_upstream: Option<DemoUpstreamSettings>,
     #[serde(default)]
     pub log: LogSettings,
+    /// JSON-lines audit log of policy changes; defaults to `<policy>.audit.jsonl`.
+    #[serde(default)]
+    pub audit_log: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -214,9 +217,12 @@ impl Settings {
             }]
         })?;
         let mut s: Settings = from_yaml(path, &text).map_err(|e| vec![e])?;
-        if s.policy.is_relative() {
-            if let Some(dir) = path.parent() {
+        if let Some(dir) = path.parent() {
+            if s.policy.is_relative() {
                 s.policy = dir.join(&s.policy);
+            }
+            if let Some(a) = s.audit_log.as_mut().filter(|a| a.is_relative()) {
+                *a = dir.join(&*a);
             }
         }
         let errors = s.validate(path);
@@ -225,6 +231,12 @@ impl Settings {
         } else {
             Err(errors)
         }
+    }
+
+    pub fn audit_log_path(&self) -> PathBuf {
+        self.audit_log
+            .clone()
+            .unwrap_or_else(|| self.policy.with_extension("audit.jsonl"))
     }
 
     fn validate(&self, path: &Path) -> Vec<ConfigError> {

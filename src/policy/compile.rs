@@ -32,6 +32,8 @@ pub struct CompiledEntityType {
 pub struct Client {
     pub id: String,
     secret: Vec<u8>,
+    /// A replaced secret still accepted until the unix time given.
+    previous_secret: Option<(Vec<u8>, i64)>,
     pub features: FeatureSet,
     /// `None` allows every address.
     pub whitelist: Option<CidrSet>,
@@ -44,6 +46,14 @@ pub struct Client {
 impl Client {
     pub fn secret(&self) -> &[u8] {
         &self.secret
+    }
+
+    /// The previous secret while its grace period (`reset_secret`) lasts.
+    pub fn previous_secret(&self, now_secs: i64) -> Option<&[u8]> {
+        match &self.previous_secret {
+            Some((s, expires)) if now_secs < *expires => Some(s),
+            _ => None,
+        }
     }
 }
 
@@ -107,6 +117,10 @@ pub fn compile(policy: PolicyFile, ctx: &CompileContext<'_>) -> Result<Snapshot,
                 String::new()
             }
         };
+        let previous_secret = def.previous_secret.as_ref().and_then(|p| match p.secret.resolve(base_dir) {
+            Ok(s) if !s.is_empty() => Some((s.into_bytes(), p.expires_at)),
+            _ => None,
+        });
         let mut features = FeatureSet::empty();
         for (i, f) in def.features.iter().enumerate() {
             match Feature::parse(f) {
@@ -127,6 +141,11 @@ pub fn compile(policy: PolicyFile, ctx: &CompileContext<'_>) -> Result<Snapshot,
                 Some(CidrSet::new(&nets))
             }
         };
+        for (i, r) in def.roles.iter().enumerate() {
+            if crate::management::roles::role_by_name(r).is_none() {
+                err(format!("{key}.roles[{i}]"), format!("{r} is not a built-in role"));
+            }
+        }
         let mut schemas = HashMap::new();
         for (type_name, s) in &def.access_schemas {
             let skey = format!("{key}.access_schemas.{type_name}");
@@ -153,6 +172,7 @@ pub fn compile(policy: PolicyFile, ctx: &CompileContext<'_>) -> Result<Snapshot,
             Client {
                 id: id.clone(),
                 secret: secret.into_bytes(),
+                previous_secret,
                 features,
                 whitelist,
                 on_write_violation: def.on_write_violation,

@@ -89,6 +89,11 @@ impl FeatureSet {
         self.effective().0 & any_of.0 != 0
     }
 
+    /// True when the two sets share a feature as held (no implications).
+    pub fn overlaps(self, other: FeatureSet) -> bool {
+        self.0 & other.0 != 0
+    }
+
     pub fn iter(self) -> impl Iterator<Item = Feature> {
         Feature::ALL.into_iter().filter(move |f| self.contains(*f))
     }

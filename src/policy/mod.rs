@@ -2,7 +2,9 @@
 
 pub mod compile;
 pub mod features;
+pub mod audit;
 pub mod model;
+pub mod persist;
 pub mod store;
 
 pub use compile::{Client, ClientSchemas, Snapshot};

@@ -41,6 +41,17 @@ pub struct ClientDef {
     pub on_write_violation: WriteViolationMode,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub access_schemas: BTreeMap<String, AccessSchemasDef>,
+    /// The secret replaced by `/clients/reset_secret`, still accepted until
+    /// `expires_at` (unix seconds) so callers can roll over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_secret: Option<PreviousSecret>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreviousSecret {
+    pub secret: SecretSource,
+    pub expires_at: i64,
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {

@@ -1,24 +1,66 @@
 //! The live policy: one `ArcSwap<Snapshot>`. Requests `load()` it once and keep
 //! that snapshot to the end, so a change never tears a request in half.
+//! Changes (API or file) are serialized by one lock: each builds a new
+//! snapshot from the current source, validates it, persists it, then swaps.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 
 use super::compile::{compile, CompileContext, Snapshot};
 use super::model::PolicyFile;
+use super::persist::write_atomically;
 use crate::settings::{from_yaml, ConfigError};
+
+/// Identity of the policy file's current contents, to notice edits cheaply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct FileStamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    inode: u64,
+}
+
+fn stamp(path: &Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some(FileStamp {
+        modified: m.modified().ok(),
+        len: m.len(),
+        inode: m.ino(),
+    })
+}
+
+/// The outcome of the last load attempt, for the status endpoint and metrics.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReloadStatus {
+    pub source: String,
+    pub result: String,
+    pub at_unix: u64,
+    pub errors: Vec<String>,
+}
+
+pub enum ChangeError<E> {
+    /// The change itself refused (bad argument, not allowed).
+    Refused(E),
+    /// The result would not be a valid policy.
+    Invalid(Vec<ConfigError>),
+    /// The new policy could not be made durable; nothing changed.
+    Persist(std::io::Error),
+}
 
 pub struct PolicyStore {
     current: ArcSwap<Snapshot>,
     path: PathBuf,
     next_version: AtomicU64,
+    /// Serializes every change; holds the stamp of the file we last loaded or wrote.
+    writer: Mutex<Option<FileStamp>>,
+    last: Mutex<ReloadStatus>,
 }
 
-/// Reads and compiles a policy file without touching any live state.
-pub fn load_policy_file(path: &Path, version: u64) -> Result<Snapshot, Vec<ConfigError>> {
+fn read_policy(path: &Path) -> Result<PolicyFile, Vec<ConfigError>> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         vec![ConfigError {
             file: path.display().to_string(),
@@ -26,23 +68,42 @@ pub fn load_policy_file(path: &Path, version: u64) -> Result<Snapshot, Vec<Confi
             message: format!("cannot read: {e}"),
         }]
     })?;
-    let policy: PolicyFile = from_yaml(path, &text).map_err(|e| vec![e])?;
-    compile(
-        policy,
-        &CompileContext {
-            file: path,
-            version,
-        },
-    )
+    from_yaml(path, &text).map_err(|e| vec![e])
+}
+
+/// Reads and compiles a policy file without touching any live state.
+pub fn load_policy_file(path: &Path, version: u64) -> Result<Snapshot, Vec<ConfigError>> {
+    compile(read_policy(path)?, &CompileContext { file: path, version })
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock cannot leave the policy torn (the swap is
+    // the last step), so a poisoned lock is safe to keep using.
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl PolicyStore {
     pub fn open(path: &Path) -> Result<PolicyStore, Vec<ConfigError>> {
+        let before = stamp(path);
         let snap = load_policy_file(path, 1)?;
         Ok(PolicyStore {
             current: ArcSwap::from_pointee(snap),
             path: path.to_path_buf(),
             next_version: AtomicU64::new(2),
+            writer: Mutex::new(before),
+            last: Mutex::new(ReloadStatus {
+                source: "startup".into(),
+                result: "success".into(),
+                at_unix: now_unix(),
+                errors: Vec::new(),
+            }),
         })
     }
 
@@ -54,11 +115,96 @@ impl PolicyStore {
         &self.path
     }
 
-    /// Re-reads the file. On any error the running policy stays.
-    pub fn reload(&self) -> Result<Arc<Snapshot>, Vec<ConfigError>> {
+    pub fn last_status(&self) -> ReloadStatus {
+        lock(&self.last).clone()
+    }
+
+    fn record(&self, source: &str, errors: &[ConfigError]) {
+        *lock(&self.last) = ReloadStatus {
+            source: source.into(),
+            result: if errors.is_empty() { "success" } else { "failure" }.into(),
+            at_unix: now_unix(),
+            errors: errors.iter().map(|e| e.to_string()).collect(),
+        };
+    }
+
+    /// Re-reads the file if it changed since it was last loaded or written.
+    /// `Ok(None)`: nothing new. On any error the running policy stays.
+    pub fn reload_if_changed(&self, source: &str) -> Result<Option<Arc<Snapshot>>, Vec<ConfigError>> {
+        let mut seen = lock(&self.writer);
+        let now = stamp(&self.path);
+        if now.is_some() && now == *seen {
+            return Ok(None);
+        }
+        self.reload_locked(&mut seen, now, source)
+    }
+
+    /// Re-reads the file unconditionally (SIGHUP).
+    pub fn reload(&self, source: &str) -> Result<Option<Arc<Snapshot>>, Vec<ConfigError>> {
+        let mut seen = lock(&self.writer);
+        let now = stamp(&self.path);
+        self.reload_locked(&mut seen, now, source)
+    }
+
+    fn reload_locked(
+        &self,
+        seen: &mut Option<FileStamp>,
+        now: Option<FileStamp>,
+        source: &str,
+    ) -> Result<Option<Arc<Snapshot>>, Vec<ConfigError>> {
+        // Remember the stamp even when the file is bad, so a broken file is
+        // reported once per edit rather than on every poll.
+        *seen = now;
+        let policy = match read_policy(&self.path) {
+            Ok(p) => p,
+            Err(e) => {
+                self.record(source, &e);
+                return Err(e);
+            }
+        };
+        if super::compile::policy_hash(&policy) == self.current.load().hash {
+            return Ok(None);
+        }
         let version = self.next_version.fetch_add(1, Ordering::SeqCst);
-        let snap = Arc::new(load_policy_file(&self.path, version)?);
+        match compile(policy, &CompileContext { file: &self.path, version }) {
+            Ok(snap) => {
+                let snap = Arc::new(snap);
+                self.current.store(snap.clone());
+                self.record(source, &[]);
+                Ok(Some(snap))
+            }
+            Err(e) => {
+                self.record(source, &e);
+                Err(e)
+            }
+        }
+    }
+
+    /// Applies one change: new policy from the current source, compiled
+    /// (validated), written durably, then swapped in. `after_persist` runs
+    /// under the same lock once the change is on disk (the audit log).
+    pub fn apply<R, E>(
+        &self,
+        change: impl FnOnce(&mut PolicyFile, &Snapshot) -> Result<R, E>,
+        after_persist: impl FnOnce(&PolicyFile, &PolicyFile, &R),
+    ) -> Result<(R, Arc<Snapshot>), ChangeError<E>> {
+        let mut seen = lock(&self.writer);
+        let current = self.current.load_full();
+        let before = current.source.clone();
+        let mut next = before.clone();
+        let out = change(&mut next, &current).map_err(ChangeError::Refused)?;
+        let version = self.next_version.fetch_add(1, Ordering::SeqCst);
+        let snap = compile(next.clone(), &CompileContext { file: &self.path, version }).map_err(ChangeError::Invalid)?;
+        let yaml = serde_yaml::to_string(&next).map_err(|e| ChangeError::Persist(std::io::Error::other(e)))?;
+        let text = format!(
+            "# Written by recordgate's management API; edits are picked up live.\n{yaml}"
+        );
+        write_atomically(&self.path, text.as_bytes()).map_err(ChangeError::Persist)?;
+        *seen = stamp(&self.path);
+        after_persist(&before, &next, &out);
+        let snap = Arc::new(snap);
         self.current.store(snap.clone());
-        Ok(snap)
+        self.record("api", &[]);
+        Ok((out, snap))
     }
 }
