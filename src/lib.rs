@@ -3,6 +3,7 @@
 //! Data flows one way: request -> auth -> policy decision -> request body filter
 //! -> upstream -> response body filter -> client.
 
+pub mod admin;
 pub mod allowlist;
 pub mod auth;
 pub mod client_ip;

@@ -94,7 +94,14 @@ pub fn serve(settings: Settings, opts: ServeOptions) -> Result<(), String> {
     server.add_service(proxy);
 
     if let Some(listen) = &settings.metrics.listen {
-        let mut m = pingora_prometheus::prometheus_http_service();
+        let admin = crate::admin::Admin {
+            policy: policy.clone(),
+            upstreams: settings.upstream.servers.clone(),
+        };
+        let mut m = pingora::services::listening::Service::new(
+            "recordgate admin".to_string(),
+            pingora::apps::http_app::HttpServer::new_app(admin),
+        );
         m.add_tcp(listen);
         m.threads = Some(1);
         server.add_service(m);

@@ -1,0 +1,81 @@
+//! The operator listener (`metrics.listen`): `/metrics` for Prometheus,
+//! `/healthz` (the process answers), `/readyz` (policy loaded and upstream
+//! reachable) and `/status` (active policy version, hash, last reload).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use http::Response;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use prometheus::{Encoder, TextEncoder};
+use serde_json::json;
+
+use crate::policy::PolicyStore;
+
+pub struct Admin {
+    pub policy: Arc<PolicyStore>,
+    pub upstreams: Vec<String>,
+}
+
+fn respond(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .header("content-length", body.len())
+        .header("cache-control", "no-store")
+        .body(body)
+        .unwrap_or_else(|_| Response::new(Vec::new()))
+}
+
+impl Admin {
+    async fn upstream_reachable(&self) -> bool {
+        for server in &self.upstreams {
+            let connect = tokio::net::TcpStream::connect(server.as_str());
+            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(500), connect).await {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+#[async_trait]
+impl ServeHttp for Admin {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        match session.req_header().uri.path() {
+            "/metrics" => {
+                let mut buf = Vec::new();
+                match TextEncoder::new().encode(&prometheus::gather(), &mut buf) {
+                    Ok(()) => respond(200, "text/plain; version=0.0.4", buf),
+                    Err(e) => respond(500, "text/plain", e.to_string().into_bytes()),
+                }
+            }
+            "/healthz" => respond(200, "text/plain", b"ok\n".to_vec()),
+            "/readyz" => {
+                if self.upstream_reachable().await {
+                    respond(200, "text/plain", b"ready\n".to_vec())
+                } else {
+                    respond(503, "text/plain", b"upstream unreachable\n".to_vec())
+                }
+            }
+            "/status" => {
+                let snap = self.policy.load();
+                let body = json!({
+                    "policy": {
+                        "path": self.policy.path().display().to_string(),
+                        "version": snap.version,
+                        "hash": snap.hash,
+                        "clients": snap.clients.len(),
+                        "entity_types": snap.entity_types.len(),
+                        "last_reload": self.policy.last_status(),
+                    },
+                    "build": {"version": env!("CARGO_PKG_VERSION")},
+                });
+                respond(200, "application/json", serde_json::to_vec_pretty(&body).unwrap_or_default())
+            }
+            _ => respond(404, "text/plain", b"not found\n".to_vec()),
+        }
+    }
+}
