@@ -73,7 +73,11 @@ impl ServeHttp for Admin {
                     },
                     "build": {"version": env!("CARGO_PKG_VERSION")},
                 });
-                respond(200, "application/json", serde_json::to_vec_pretty(&body).unwrap_or_default())
+                respond(
+                    200,
+                    "application/json",
+                    serde_json::to_vec_pretty(&body).unwrap_or_default(),
+                )
             }
             _ => respond(404, "text/plain", b"not found\n".to_vec()),
         }

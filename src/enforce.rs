@@ -32,11 +32,20 @@ pub struct AuthInput<'a> {
 /// unknown id costs the same time as a wrong secret.
 const DUMMY_SECRET: &[u8] = b"recordgate-no-such-client-secret";
 
-pub fn authenticate<'s>(snap: &'s Snapshot, input: &AuthInput<'_>, params: &Params) -> Result<&'s Client, ApiError> {
+pub fn authenticate<'s>(
+    snap: &'s Snapshot,
+    input: &AuthInput<'_>,
+    params: &Params,
+) -> Result<&'s Client, ApiError> {
     if let Some(header) = input.authorization {
         return match auth::parse_authorization(header) {
-            Ok(Presented::Basic { client_id, secret }) => check_secret(snap, &client_id, secret.as_bytes(), input.now_secs),
-            Ok(Presented::Signed { client_id, signature }) => check_signature(snap, input, params, &client_id, &signature),
+            Ok(Presented::Basic { client_id, secret }) => {
+                check_secret(snap, &client_id, secret.as_bytes(), input.now_secs)
+            }
+            Ok(Presented::Signed {
+                client_id,
+                signature,
+            }) => check_signature(snap, input, params, &client_id, &signature),
             Err(auth::AuthError::UnsupportedScheme) => Err(ApiError {
                 http_status: 401,
                 code: 205,
@@ -50,15 +59,27 @@ pub fn authenticate<'s>(snap: &'s Snapshot, input: &AuthInput<'_>, params: &Para
     }
     match (params.get("client_id"), params.get("client_secret")) {
         (Some(id), Some(secret)) => check_secret(snap, id, secret.as_bytes(), input.now_secs),
-        (Some(_), None) => Err(ApiError::missing_argument("client_secret").with_credentials_reason()),
+        (Some(_), None) => {
+            Err(ApiError::missing_argument("client_secret").with_credentials_reason())
+        }
         _ => Err(ApiError::missing_credentials()),
     }
 }
 
-fn check_secret<'s>(snap: &'s Snapshot, client_id: &str, presented: &[u8], now_secs: i64) -> Result<&'s Client, ApiError> {
+fn check_secret<'s>(
+    snap: &'s Snapshot,
+    client_id: &str,
+    presented: &[u8],
+    now_secs: i64,
+) -> Result<&'s Client, ApiError> {
     match snap.clients.get(client_id) {
         Some(c) if auth::secrets_equal(presented, c.secret()) => Ok(c),
-        Some(c) if c.previous_secret(now_secs).is_some_and(|old| auth::secrets_equal(presented, old)) => Ok(c),
+        Some(c)
+            if c.previous_secret(now_secs)
+                .is_some_and(|old| auth::secrets_equal(presented, old)) =>
+        {
+            Ok(c)
+        }
         Some(_) => Err(ApiError::invalid_credentials()),
         None => {
             let _ = auth::secrets_equal(presented, DUMMY_SECRET);
@@ -74,9 +95,12 @@ fn check_signature<'s>(
     client_id: &str,
     signature: &str,
 ) -> Result<&'s Client, ApiError> {
-    let date = input.date.ok_or_else(|| ApiError::missing_argument("Date").with_credentials_reason())?;
+    let date = input
+        .date
+        .ok_or_else(|| ApiError::missing_argument("Date").with_credentials_reason())?;
     let signed_at = auth::parse_signed_date(date).ok_or_else(|| {
-        ApiError::invalid_argument("Date", "expected UTC time as YYYY-MM-DD HH:MM:SS").with_credentials_reason()
+        ApiError::invalid_argument("Date", "expected UTC time as YYYY-MM-DD HH:MM:SS")
+            .with_credentials_reason()
     })?;
     if !auth::within_skew(signed_at, input.now_secs, input.max_skew_secs) {
         return Err(ApiError::invalid_credentials());
@@ -124,8 +148,14 @@ pub struct Grants<'s> {
     pub read_only: bool,
 }
 
-pub fn grants<'s>(snap: &'s Snapshot, client: &'s Client, params: &Params) -> Result<Grants<'s>, ApiError> {
-    let type_name = params.get("type_name").ok_or_else(|| ApiError::missing_argument("type_name"))?;
+pub fn grants<'s>(
+    snap: &'s Snapshot,
+    client: &'s Client,
+    params: &Params,
+) -> Result<Grants<'s>, ApiError> {
+    let type_name = params
+        .get("type_name")
+        .ok_or_else(|| ApiError::missing_argument("type_name"))?;
     let (name, et) = snap
         .entity_types
         .get_key_value(type_name)
@@ -148,16 +178,24 @@ fn parse_path(argument: &str, value: &str) -> Result<AttrPath, ApiError> {
 
 /// Refuses parameters that would let a caller select, sort or address records
 /// by attributes outside its read schema.
-pub fn check_oracles(route: &Route, g: &Grants<'_>, params: &Params) -> Result<Option<AttrPath>, ApiError> {
+pub fn check_oracles(
+    route: &Route,
+    g: &Grants<'_>,
+    params: &Params,
+) -> Result<Option<AttrPath>, ApiError> {
     if let Some(f) = params.get("filter") {
-        for p in oracle::filter_attributes(f).map_err(|e| ApiError::invalid_argument("filter", e))? {
+        for p in
+            oracle::filter_attributes(f).map_err(|e| ApiError::invalid_argument("filter", e))?
+        {
             if !g.read.allows_fully(&p) {
                 return Err(ApiError::not_readable("filter", &p.to_string()));
             }
         }
     }
     if let Some(s) = params.get("sort_on") {
-        for p in oracle::json_path_list(s, true).map_err(|e| ApiError::invalid_argument("sort_on", e))? {
+        for p in
+            oracle::json_path_list(s, true).map_err(|e| ApiError::invalid_argument("sort_on", e))?
+        {
             if !g.read.allows_fully(&p) {
                 return Err(ApiError::not_readable("sort_on", &p.to_string()));
             }
@@ -171,7 +209,9 @@ pub fn check_oracles(route: &Route, g: &Grants<'_>, params: &Params) -> Result<O
     }
     if route.access == Access::Read {
         if let Some(a) = params.get("attributes") {
-            for p in oracle::json_path_list(a, false).map_err(|e| ApiError::invalid_argument("attributes", e))? {
+            for p in oracle::json_path_list(a, false)
+                .map_err(|e| ApiError::invalid_argument("attributes", e))?
+            {
                 if !g.read.reaches(&p) {
                     return Err(ApiError::not_readable("attributes", &p.to_string()));
                 }
@@ -183,9 +223,16 @@ pub fn check_oracles(route: &Route, g: &Grants<'_>, params: &Params) -> Result<O
     };
     let p = parse_path("attribute_name", a)?;
     match route.access {
-        Access::Read if !g.read.reaches(&p) => Err(ApiError::not_readable("attribute_name", &p.to_string())),
-        Access::Write if p.is_reserved() => Err(ApiError::reserved_attribute("attribute_name", &p.to_string())),
-        Access::Write if !g.write.reaches(&p) => Err(ApiError::not_writable("attribute_name", &p.to_string())),
+        Access::Read if !g.read.reaches(&p) => {
+            Err(ApiError::not_readable("attribute_name", &p.to_string()))
+        }
+        Access::Write if p.is_reserved() => Err(ApiError::reserved_attribute(
+            "attribute_name",
+            &p.to_string(),
+        )),
+        Access::Write if !g.write.reaches(&p) => {
+            Err(ApiError::not_writable("attribute_name", &p.to_string()))
+        }
         _ => Ok(Some(p)),
     }
 }
@@ -244,7 +291,10 @@ pub fn filter_write(
                 .ok_or_else(|| ApiError::missing_argument("all_attributes"))?;
             let mut v = parse_json_arg("all_attributes", raw, max_depth)?;
             let Value::Array(items) = &mut v else {
-                return Err(ApiError::invalid_argument("all_attributes", "expected a JSON array of objects"));
+                return Err(ApiError::invalid_argument(
+                    "all_attributes",
+                    "expected a JSON array of objects",
+                ));
             };
             for item in items.iter_mut() {
                 removed += filter_record("all_attributes", item, g.write, mode, true)?;
@@ -261,7 +311,8 @@ pub fn filter_write(
 
 impl ApiError {
     fn read_only(mut self) -> Self {
-        self.description = "this client has an empty write access schema for this entity type".into();
+        self.description =
+            "this client has an empty write access schema for this entity type".into();
         self
     }
 }
@@ -269,7 +320,9 @@ impl ApiError {
 fn violation(argument: &str, e: WriteViolation) -> ApiError {
     match e {
         WriteViolation::Reserved(name) => ApiError::reserved_attribute(argument, &name),
-        WriteViolation::NotWritable(path) if path.is_empty() => ApiError::not_writable(argument, "the written value"),
+        WriteViolation::NotWritable(path) if path.is_empty() => {
+            ApiError::not_writable(argument, "the written value")
+        }
         WriteViolation::NotWritable(path) => ApiError::not_writable(argument, &path),
     }
 }
@@ -286,7 +339,9 @@ fn filter_field(
     max_depth: usize,
     top_level: bool,
 ) -> Result<usize, ApiError> {
-    let raw = params.get(argument).ok_or_else(|| ApiError::missing_argument(argument))?;
+    let raw = params
+        .get(argument)
+        .ok_or_else(|| ApiError::missing_argument(argument))?;
     let mut v = parse_json_arg(argument, raw, max_depth)?;
     let removed = filter_record(argument, &mut v, tree, mode, top_level)?;
     params.set(argument, v.to_string());
@@ -302,14 +357,19 @@ fn filter_record(
 ) -> Result<usize, ApiError> {
     if top_level {
         if !record.is_object() {
-            return Err(ApiError::invalid_argument(argument, "expected a JSON object of attributes"));
+            return Err(ApiError::invalid_argument(
+                argument,
+                "expected a JSON object of attributes",
+            ));
         }
         if let Some(name) = filter::reserved_in(record) {
             return Err(ApiError::reserved_attribute(argument, name));
         }
     }
     match mode {
-        WriteViolationMode::Reject => filter::check_write(record, tree).map(|_| 0).map_err(|e| violation(argument, e)),
+        WriteViolationMode::Reject => filter::check_write(record, tree)
+            .map(|_| 0)
+            .map_err(|e| violation(argument, e)),
         WriteViolationMode::Strip => {
             let removed = filter::strip_write(record, tree);
             // strip_write leaves a bare value alone; what remains must pass.

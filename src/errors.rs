@@ -44,7 +44,13 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(http_status: u16, code: u16, error: &'static str, reason: DenyReason, description: String) -> Self {
+    fn new(
+        http_status: u16,
+        code: u16,
+        error: &'static str,
+        reason: DenyReason,
+        description: String,
+    ) -> Self {
         ApiError {
             http_status,
             code,
@@ -61,8 +67,14 @@ impl ApiError {
     }
 
     pub fn missing_argument(name: &str) -> Self {
-        ApiError::new(400, 100, "missing_argument", DenyReason::BadRequest, format!("missing required argument: {name}"))
-            .with_argument(name)
+        ApiError::new(
+            400,
+            100,
+            "missing_argument",
+            DenyReason::BadRequest,
+            format!("missing required argument: {name}"),
+        )
+        .with_argument(name)
     }
 
     /// Capture's wording: "<arg> was not valid for the following reason: <why>".
@@ -226,7 +238,13 @@ impl ApiError {
     }
 
     pub fn bad_gateway(description: impl Into<String>) -> Self {
-        ApiError::new(502, 500, "unexpected_error", DenyReason::Upstream, description.into())
+        ApiError::new(
+            502,
+            500,
+            "unexpected_error",
+            DenyReason::Upstream,
+            description.into(),
+        )
     }
 
     pub fn gateway_timeout() -> Self {
@@ -240,7 +258,13 @@ impl ApiError {
     }
 
     pub fn internal(description: impl Into<String>) -> Self {
-        ApiError::new(500, 500, "unexpected_error", DenyReason::Upstream, description.into())
+        ApiError::new(
+            500,
+            500,
+            "unexpected_error",
+            DenyReason::Upstream,
+            description.into(),
+        )
     }
 
     /// The status line to send: Capture itself answers errors with 200.

@@ -93,7 +93,9 @@ fn new_request_id() -> String {
     use rand::Rng;
     const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::thread_rng();
-    (0..16).map(|_| CHARS[rng.gen_range(0..CHARS.len())] as char).collect()
+    (0..16)
+        .map(|_| CHARS[rng.gen_range(0..CHARS.len())] as char)
+        .collect()
 }
 
 pub(crate) fn now_secs() -> i64 {
@@ -110,7 +112,11 @@ pub(crate) struct Reply {
 }
 
 impl Gateway {
-    async fn handle(&self, session: &mut Session, ctx: &mut Ctx) -> std::result::Result<Reply, ApiError> {
+    async fn handle(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+    ) -> std::result::Result<Reply, ApiError> {
         let req = session.req_header();
         let path = req.uri.path().to_string();
         if crate::management::classify(&path).is_some() {
@@ -128,16 +134,24 @@ impl Gateway {
         }
         let limits = &self.settings.limits;
 
-        let content_type = header_str(req, "content-type").unwrap_or("").to_ascii_lowercase();
+        let content_type = header_str(req, "content-type")
+            .unwrap_or("")
+            .to_ascii_lowercase();
         if let Some(enc) = header_str(req, "content-encoding") {
             if !enc.eq_ignore_ascii_case("identity") {
-                metrics::FILTER_FAILURES.with_label_values(&["request", "encoding"]).inc();
-                return Err(ApiError::unsupported_encoding(&format!("with Content-Encoding {enc}")));
+                metrics::FILTER_FAILURES
+                    .with_label_values(&["request", "encoding"])
+                    .inc();
+                return Err(ApiError::unsupported_encoding(&format!(
+                    "with Content-Encoding {enc}"
+                )));
             }
         }
         let query = req.uri.query().map(str::to_string);
         let body = self.read_body(session).await?;
-        metrics::BYTES.with_label_values(&["in"]).inc_by(body.len() as u64);
+        metrics::BYTES
+            .with_label_values(&["in"])
+            .inc_by(body.len() as u64);
 
         let media = content_type.split(';').next().unwrap_or("").trim();
         let mut json_body: Option<Value> = None;
@@ -147,13 +161,17 @@ impl Gateway {
             Some(&body[..])
         } else if media == "application/json" && route.request_records == RequestRecords::JsonBody {
             let v = parse_strict(&body, limits.max_json_depth).map_err(|e| {
-                metrics::FILTER_FAILURES.with_label_values(&["request", "malformed"]).inc();
+                metrics::FILTER_FAILURES
+                    .with_label_values(&["request", "malformed"])
+                    .inc();
                 ApiError::invalid_argument("body", e)
             })?;
             json_body = Some(v);
             None
         } else {
-            metrics::FILTER_FAILURES.with_label_values(&["request", "encoding"]).inc();
+            metrics::FILTER_FAILURES
+                .with_label_values(&["request", "encoding"])
+                .inc();
             return Err(ApiError::unsupported_encoding(&format!(
                 "of type {:?}",
                 if media.is_empty() { "none" } else { media }
@@ -195,7 +213,15 @@ impl Gateway {
             params.remove(p);
         }
 
-        let (upstream_req, upstream_body) = self.upstream_request(session, &method, route, &params, json_body, &ctx.request_id, ip)?;
+        let (upstream_req, upstream_body) = self.upstream_request(
+            session,
+            &method,
+            route,
+            &params,
+            json_body,
+            &ctx.request_id,
+            ip,
+        )?;
         let sent_at = Instant::now();
         let response = self
             .upstream
@@ -203,15 +229,23 @@ impl Gateway {
             .await;
         ctx.upstream_time = sent_at.elapsed();
         let response = response.map_err(|e| {
-            metrics::UPSTREAM_ERRORS.with_label_values(&[e.kind()]).inc();
+            metrics::UPSTREAM_ERRORS
+                .with_label_values(&[e.kind()])
+                .inc();
             match e {
                 UpstreamError::Timeout => ApiError::gateway_timeout(),
                 UpstreamError::TooLarge => {
-                    metrics::FILTER_FAILURES.with_label_values(&["response", "too_large"]).inc();
+                    metrics::FILTER_FAILURES
+                        .with_label_values(&["response", "too_large"])
+                        .inc();
                     ApiError::bad_gateway("the upstream response exceeds the size limit")
                 }
-                UpstreamError::Connect(_) => ApiError::bad_gateway("the upstream refused the connection"),
-                UpstreamError::Protocol(_) => ApiError::bad_gateway("the upstream broke the exchange"),
+                UpstreamError::Connect(_) => {
+                    ApiError::bad_gateway("the upstream refused the connection")
+                }
+                UpstreamError::Protocol(_) => {
+                    ApiError::bad_gateway("the upstream broke the exchange")
+                }
             }
         })?;
 
@@ -220,31 +254,55 @@ impl Gateway {
         } else {
             None
         };
-        self.reply(route, is_head, response.header, response.body, grants.read, relative_to)
+        self.reply(
+            route,
+            is_head,
+            response.header,
+            response.body,
+            grants.read,
+            relative_to,
+        )
     }
 
-    pub(crate) async fn read_body(&self, session: &mut Session) -> std::result::Result<Vec<u8>, ApiError> {
+    pub(crate) async fn read_body(
+        &self,
+        session: &mut Session,
+    ) -> std::result::Result<Vec<u8>, ApiError> {
         let limit = self.settings.limits.max_request_body_bytes;
-        if let Some(len) = header_str(session.req_header(), "content-length").and_then(|v| v.parse::<usize>().ok()) {
+        if let Some(len) =
+            header_str(session.req_header(), "content-length").and_then(|v| v.parse::<usize>().ok())
+        {
             if len > limit {
-                metrics::FILTER_FAILURES.with_label_values(&["request", "too_large"]).inc();
+                metrics::FILTER_FAILURES
+                    .with_label_values(&["request", "too_large"])
+                    .inc();
                 return Err(ApiError::request_too_large(limit));
             }
         }
-        session.set_read_timeout(Some(Duration::from_millis(self.settings.timeouts.downstream_read_ms)));
+        session.set_read_timeout(Some(Duration::from_millis(
+            self.settings.timeouts.downstream_read_ms,
+        )));
         let mut body = BytesMut::new();
         loop {
             match session.read_request_body().await {
                 Ok(Some(chunk)) => {
                     if body.len() + chunk.len() > limit {
-                        metrics::FILTER_FAILURES.with_label_values(&["request", "too_large"]).inc();
+                        metrics::FILTER_FAILURES
+                            .with_label_values(&["request", "too_large"])
+                            .inc();
                         return Err(ApiError::request_too_large(limit));
                     }
                     body.extend_from_slice(&chunk);
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    return Err(ApiError::invalid_argument("body", format!("the request body could not be read ({})", e.etype().as_str())))
+                    return Err(ApiError::invalid_argument(
+                        "body",
+                        format!(
+                            "the request body could not be read ({})",
+                            e.etype().as_str()
+                        ),
+                    ))
                 }
             }
         }
@@ -264,8 +322,10 @@ impl Gateway {
             .get_all("x-forwarded-for")
             .iter()
             .map(|v| v.as_bytes());
-        resolve_client_ip(peer, xff, &self.trusted_proxies)
-            .map_err(|e| ApiError::invalid_argument("X-Forwarded-For", e).with_reason(crate::errors::DenyReason::Ip))
+        resolve_client_ip(peer, xff, &self.trusted_proxies).map_err(|e| {
+            ApiError::invalid_argument("X-Forwarded-For", e)
+                .with_reason(crate::errors::DenyReason::Ip)
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -319,7 +379,9 @@ impl Gateway {
             r.insert_header("x-forwarded-for", client_ip.to_string())?;
             Ok(r)
         };
-        let header = build().map_err(|e| ApiError::internal(format!("could not build the upstream request: {e}")))?;
+        let header = build().map_err(|e| {
+            ApiError::internal(format!("could not build the upstream request: {e}"))
+        })?;
         Ok((header, body))
     }
 
@@ -334,7 +396,8 @@ impl Gateway {
     ) -> std::result::Result<Reply, ApiError> {
         let status = upstream.status.as_u16();
         let bodiless = is_head || status == 204 || status == 304 || (100..200).contains(&status);
-        let mut header = ResponseHeader::build(status, None).map_err(|e| ApiError::internal(e.to_string()))?;
+        let mut header =
+            ResponseHeader::build(status, None).map_err(|e| ApiError::internal(e.to_string()))?;
         for (name, value) in upstream.headers.iter() {
             if RESPONSE_HEADERS_DROPPED.contains(&name.as_str()) {
                 continue;
@@ -350,8 +413,12 @@ impl Gateway {
         }
         if let Some(enc) = upstream.headers.get("content-encoding") {
             if !enc.as_bytes().eq_ignore_ascii_case(b"identity") {
-                metrics::FILTER_FAILURES.with_label_values(&["response", "encoding"]).inc();
-                return Err(ApiError::bad_gateway("the upstream sent an encoded body that cannot be filtered"));
+                metrics::FILTER_FAILURES
+                    .with_label_values(&["response", "encoding"])
+                    .inc();
+                return Err(ApiError::bad_gateway(
+                    "the upstream sent an encoded body that cannot be filtered",
+                ));
             }
         }
         let body = if route.response_records == ResponseRecords::None {
@@ -363,14 +430,26 @@ impl Gateway {
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.to_ascii_lowercase().contains("json"));
             if !is_json {
-                metrics::FILTER_FAILURES.with_label_values(&["response", "encoding"]).inc();
-                return Err(ApiError::bad_gateway("the upstream sent a body that is not JSON"));
+                metrics::FILTER_FAILURES
+                    .with_label_values(&["response", "encoding"])
+                    .inc();
+                return Err(ApiError::bad_gateway(
+                    "the upstream sent a body that is not JSON",
+                ));
             }
-            let filtered = filter_response(&body, route.response_records, read, relative_to, self.settings.limits.max_json_depth)
-                .map_err(|f: FilterFailure| {
-                    metrics::FILTER_FAILURES.with_label_values(&["response", f.label()]).inc();
-                    ApiError::bad_gateway("the upstream sent a response that could not be filtered")
-                })?;
+            let filtered = filter_response(
+                &body,
+                route.response_records,
+                read,
+                relative_to,
+                self.settings.limits.max_json_depth,
+            )
+            .map_err(|f: FilterFailure| {
+                metrics::FILTER_FAILURES
+                    .with_label_values(&["response", f.label()])
+                    .inc();
+                ApiError::bad_gateway("the upstream sent a response that could not be filtered")
+            })?;
             if filtered.removed > 0 {
                 metrics::FILTERED_ATTRIBUTES
                     .with_label_values(&["response"])
@@ -381,7 +460,10 @@ impl Gateway {
         header
             .insert_header("content-length", body.len().to_string())
             .map_err(|e| ApiError::internal(e.to_string()))?;
-        Ok(Reply { header, body: Some(body) })
+        Ok(Reply {
+            header,
+            body: Some(body),
+        })
     }
 
     async fn write_error(&self, session: &mut Session, ctx: &mut Ctx, e: &ApiError) -> Result<()> {
@@ -396,11 +478,17 @@ impl Gateway {
         if e.http_status == 401 {
             header.insert_header("www-authenticate", "Basic realm=\"recordgate\"")?;
         }
-        metrics::BYTES.with_label_values(&["out"]).inc_by(body.len() as u64);
+        metrics::BYTES
+            .with_label_values(&["out"])
+            .inc_by(body.len() as u64);
         let head = session.req_header().method == http::Method::HEAD;
-        session.write_response_header(Box::new(header), head).await?;
+        session
+            .write_response_header(Box::new(header), head)
+            .await?;
         if !head {
-            session.write_response_body(Some(Bytes::from(body)), true).await?;
+            session
+                .write_response_body(Some(Bytes::from(body)), true)
+                .await?;
         }
         Ok(())
     }
@@ -447,18 +535,28 @@ impl ProxyHttp for Gateway {
             .headers
             .get("x-request-id")
             .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+            .filter(|v| {
+                !v.is_empty()
+                    && v.len() <= 64
+                    && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            })
             .filter(|_| self.peer_is_trusted(session))
             .map(str::to_string)
             .unwrap_or_else(new_request_id);
         match self.handle(session, ctx).await {
             Ok(mut reply) => {
                 ctx.status = reply.header.status.as_u16();
-                reply.header.insert_header("x-request-id", ctx.request_id.as_str())?;
+                reply
+                    .header
+                    .insert_header("x-request-id", ctx.request_id.as_str())?;
                 let end = reply.body.is_none();
-                session.write_response_header(Box::new(reply.header), end).await?;
+                session
+                    .write_response_header(Box::new(reply.header), end)
+                    .await?;
                 if let Some(body) = reply.body {
-                    metrics::BYTES.with_label_values(&["out"]).inc_by(body.len() as u64);
+                    metrics::BYTES
+                        .with_label_values(&["out"])
+                        .inc_by(body.len() as u64);
                     session.write_response_body(Some(body), true).await?;
                 }
             }
@@ -469,7 +567,10 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         // Unreachable: request_filter answers every request itself.
-        Err(Error::explain(ErrorType::HTTPStatus(500), "no forwarding path"))
+        Err(Error::explain(
+            ErrorType::HTTPStatus(500),
+            "no forwarding path",
+        ))
     }
 
     async fn logging(&self, _session: &mut Session, e: Option<&pingora::Error>, ctx: &mut Ctx) {
@@ -479,7 +580,9 @@ impl ProxyHttp for Gateway {
         metrics::REQUESTS
             .with_label_values(&[ctx.route, ctx.decision, status_label.as_str()])
             .inc();
-        metrics::DURATION.with_label_values(&["total"]).observe(total.as_secs_f64());
+        metrics::DURATION
+            .with_label_values(&["total"])
+            .observe(total.as_secs_f64());
         if !ctx.upstream_time.is_zero() {
             metrics::DURATION
                 .with_label_values(&["upstream"])

@@ -49,7 +49,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => check(&config),
-        Command::Serve { config, upgrade, daemon } => {
+        Command::Serve {
+            config,
+            upgrade,
+            daemon,
+        } => {
             let settings = match Settings::load(&config) {
                 Ok(s) => s,
                 Err(errors) => {

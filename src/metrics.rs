@@ -72,7 +72,8 @@ pub static POLICY_RELOADS: LazyLock<IntCounterVec> = counter_vec!(
 
 pub static DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
     let buckets = vec![
-        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        5.0, 10.0,
     ];
     let opts = prometheus::HistogramOpts::new(
         "recordgate_request_duration_seconds",
@@ -86,14 +87,20 @@ pub static DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
 
 pub static POLICY_VERSION: LazyLock<IntGauge> = LazyLock::new(|| {
     or_unregistered(
-        register_int_gauge!("recordgate_policy_version", "Version of the active policy snapshot."),
+        register_int_gauge!(
+            "recordgate_policy_version",
+            "Version of the active policy snapshot."
+        ),
         || IntGauge::new("recordgate_policy_version", "x").unwrap_or_else(|_| unreachable_metric()),
     )
 });
 
 pub static POLICY_CLIENTS: LazyLock<IntGauge> = LazyLock::new(|| {
     or_unregistered(
-        register_int_gauge!("recordgate_policy_clients", "API clients in the active policy."),
+        register_int_gauge!(
+            "recordgate_policy_clients",
+            "API clients in the active policy."
+        ),
         || IntGauge::new("recordgate_policy_clients", "x").unwrap_or_else(|_| unreachable_metric()),
     )
 });
@@ -104,14 +111,26 @@ pub static POLICY_LAST_RELOAD: LazyLock<Gauge> = LazyLock::new(|| {
             "recordgate_policy_last_reload_success_timestamp_seconds",
             "Unix time of the last successful policy load."
         ),
-        || Gauge::new("recordgate_policy_last_reload_success_timestamp_seconds", "x").unwrap_or_else(|_| unreachable_metric()),
+        || {
+            Gauge::new(
+                "recordgate_policy_last_reload_success_timestamp_seconds",
+                "x",
+            )
+            .unwrap_or_else(|_| unreachable_metric())
+        },
     )
 });
 
 pub static BUILD_INFO: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     or_unregistered(
         register_int_gauge_vec!("recordgate_build_info", "Build information.", &["version"]),
-        || IntGaugeVec::new(prometheus::Opts::new("recordgate_build_info", "x"), &["version"]).unwrap_or_else(|_| unreachable_metric()),
+        || {
+            IntGaugeVec::new(
+                prometheus::Opts::new("recordgate_build_info", "x"),
+                &["version"],
+            )
+            .unwrap_or_else(|_| unreachable_metric())
+        },
     )
 });
 
@@ -127,7 +146,9 @@ pub fn policy_activated(version: u64, clients: usize) {
 }
 
 pub fn init() {
-    BUILD_INFO.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+    BUILD_INFO
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1);
     LazyLock::force(&REQUESTS);
     LazyLock::force(&FILTERED_ATTRIBUTES);
     LazyLock::force(&FILTER_FAILURES);
@@ -143,7 +164,10 @@ mod tests {
     fn every_metric_registers() {
         super::init();
         super::policy_activated(1, 3);
-        let names: Vec<String> = prometheus::gather().iter().map(|f| f.name().to_string()).collect();
+        let names: Vec<String> = prometheus::gather()
+            .iter()
+            .map(|f| f.name().to_string())
+            .collect();
         assert!(names.iter().any(|n| n == "recordgate_build_info"));
         assert!(names.iter().any(|n| n == "recordgate_policy_version"));
     }

@@ -34,14 +34,17 @@ pub fn filter_attributes(expr: &str) -> Result<Vec<AttrPath>, String> {
             }
             b'0'..=b'9' | b'-' | b'+' => {
                 i += 1;
-                while i < bytes.len() && matches!(bytes[i], b'0'..=b'9' | b'.' | b'e' | b'E' | b'-' | b'+') {
+                while i < bytes.len()
+                    && matches!(bytes[i], b'0'..=b'9' | b'.' | b'e' | b'E' | b'-' | b'+')
+                {
                     i += 1;
                 }
             }
             c if c.is_ascii_alphabetic() || c == b'_' || c == b'/' => {
                 let start = i;
                 while i < bytes.len()
-                    && (bytes[i].is_ascii_alphanumeric() || matches!(bytes[i], b'_' | b'.' | b'/' | b'#'))
+                    && (bytes[i].is_ascii_alphanumeric()
+                        || matches!(bytes[i], b'_' | b'.' | b'/' | b'#'))
                 {
                     i += 1;
                 }
@@ -65,8 +68,8 @@ pub fn filter_attributes(expr: &str) -> Result<Vec<AttrPath>, String> {
 /// A JSON array of attribute paths (`attributes`), or of sort keys with an
 /// optional `-` for descending order (`sort_on`).
 pub fn json_path_list(value: &str, sort_keys: bool) -> Result<Vec<AttrPath>, String> {
-    let items: Vec<serde_json::Value> =
-        serde_json::from_str(value).map_err(|_| "the JSON is not syntactically valid".to_string())?;
+    let items: Vec<serde_json::Value> = serde_json::from_str(value)
+        .map_err(|_| "the JSON is not syntactically valid".to_string())?;
     let mut out = Vec::with_capacity(items.len());
     for item in items {
         let s = match &item {
@@ -77,7 +80,11 @@ pub fn json_path_list(value: &str, sort_keys: bool) -> Result<Vec<AttrPath>, Str
             }
             _ => return Err("expected an array of attribute names".into()),
         };
-        let s = if sort_keys { s.strip_prefix('-').unwrap_or(s) } else { s };
+        let s = if sort_keys {
+            s.strip_prefix('-').unwrap_or(s)
+        } else {
+            s
+        };
         out.push(AttrPath::parse(s).map_err(|e| e.to_string())?);
     }
     Ok(out)
@@ -88,16 +95,25 @@ mod tests {
     use super::*;
 
     fn names(expr: &str) -> Vec<String> {
-        filter_attributes(expr).unwrap().iter().map(|p| p.to_string()).collect()
+        filter_attributes(expr)
+            .unwrap()
+            .iter()
+            .map(|p| p.to_string())
+            .collect()
     }
 
     #[test]
     fn finds_attribute_names_outside_strings() {
         assert_eq!(
-            names("email = 'a and b' and primaryAddress.city is not null or birthday > '1990-01-01'"),
+            names(
+                "email = 'a and b' and primaryAddress.city is not null or birthday > '1990-01-01'"
+            ),
             vec!["email", "primaryAddress.city", "birthday"]
         );
-        assert_eq!(names("not (internal.riskScore >= 10)"), vec!["internal.riskScore"]);
+        assert_eq!(
+            names("not (internal.riskScore >= 10)"),
+            vec!["internal.riskScore"]
+        );
         assert_eq!(names("givenName = 'O''Brien'"), vec!["givenName"]);
     }
 

@@ -12,10 +12,7 @@ pub struct Params {
 impl Params {
     pub fn parse(query: Option<&str>, form_body: Option<&[u8]>) -> Result<Params, ApiError> {
         let mut p = Params::default();
-        let sources = query
-            .map(str::as_bytes)
-            .into_iter()
-            .chain(form_body);
+        let sources = query.map(str::as_bytes).into_iter().chain(form_body);
         for src in sources {
             for (k, v) in form_urlencoded::parse(src) {
                 // form_urlencoded decodes lossily; a replacement character means
@@ -77,7 +74,11 @@ mod tests {
 
     #[test]
     fn merges_query_and_body() {
-        let p = Params::parse(Some("type_name=user"), Some(b"uuid=abc&attributes=%5B%22a%22%5D")).unwrap();
+        let p = Params::parse(
+            Some("type_name=user"),
+            Some(b"uuid=abc&attributes=%5B%22a%22%5D"),
+        )
+        .unwrap();
         assert_eq!(p.get("type_name"), Some("user"));
         assert_eq!(p.get("attributes"), Some("[\"a\"]"));
     }

@@ -101,9 +101,24 @@ fn builtin() -> Vec<RouteDef> {
         r("/entity.find", Access::Read, Q::None, R::Results),
         r("/entity.count", Access::Read, Q::None, R::None),
         r("/entity.create", Access::Write, Q::Attributes, R::Result),
-        r("/entity.bulkCreate", Access::Write, Q::AllAttributes, R::None),
-        r("/entity.update", Access::Write, Q::AttributesOrValue, R::Result),
-        r("/entity.replace", Access::Write, Q::AttributesOrValue, R::Result),
+        r(
+            "/entity.bulkCreate",
+            Access::Write,
+            Q::AllAttributes,
+            R::None,
+        ),
+        r(
+            "/entity.update",
+            Access::Write,
+            Q::AttributesOrValue,
+            R::Result,
+        ),
+        r(
+            "/entity.replace",
+            Access::Write,
+            Q::AttributesOrValue,
+            R::Result,
+        ),
         r("/entity.delete", Access::Write, Q::None, R::None),
     ]
 }
@@ -122,7 +137,9 @@ impl RouteTable {
                 Some(list) => {
                     let mut s = FeatureSet::empty();
                     for f in list {
-                        s.insert(Feature::parse(f).map_err(|e| format!("routes[{i}].features: {e}"))?);
+                        s.insert(
+                            Feature::parse(f).map_err(|e| format!("routes[{i}].features: {e}"))?,
+                        );
                     }
                     s
                 }
@@ -151,7 +168,13 @@ mod tests {
     fn paths_match_exactly() {
         let t = RouteTable::builtin();
         assert!(t.find("/entity.find").is_some());
-        for p in ["/entity%2Efind", "//entity.find", "/entity.find/", "/ENTITY.FIND", "/entity.find;x"] {
+        for p in [
+            "/entity%2Efind",
+            "//entity.find",
+            "/entity.find/",
+            "/ENTITY.FIND",
+            "/entity.find;x",
+        ] {
             assert!(t.find(p).is_none(), "{p}");
         }
     }
@@ -162,10 +185,19 @@ mod tests {
         let read = FeatureSet::of(&[Feature::DirectReadAccess]);
         let write = FeatureSet::of(&[Feature::DirectAccess]);
         let login = FeatureSet::of(&[Feature::LoginClient]);
-        let find = t.find("/entity.find").map(|r| r.needs_any).unwrap_or_default();
-        let update = t.find("/entity.update").map(|r| r.needs_any).unwrap_or_default();
+        let find = t
+            .find("/entity.find")
+            .map(|r| r.needs_any)
+            .unwrap_or_default();
+        let update = t
+            .find("/entity.update")
+            .map(|r| r.needs_any)
+            .unwrap_or_default();
         assert!(read.intersects(find));
-        assert!(write.intersects(find), "direct_access implies direct_read_access");
+        assert!(
+            write.intersects(find),
+            "direct_access implies direct_read_access"
+        );
         assert!(!read.intersects(update));
         assert!(write.intersects(update));
         assert!(!login.intersects(find));

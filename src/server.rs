@@ -37,9 +37,16 @@ pub fn build_gateway(settings: Arc<Settings>, policy: Arc<PolicyStore>) -> Resul
     let upstream_authorization = match &settings.upstream.credentials {
         None => None,
         Some(c) => {
-            let base = settings.policy.parent().unwrap_or(std::path::Path::new("."));
-            let secret = c.secret.resolve(base).map_err(|e| format!("upstream.credentials.secret: {e}"))?;
-            let token = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", c.client_id, secret));
+            let base = settings
+                .policy
+                .parent()
+                .unwrap_or(std::path::Path::new("."));
+            let secret = c
+                .secret
+                .resolve(base)
+                .map_err(|e| format!("upstream.credentials.secret: {e}"))?;
+            let token = base64::engine::general_purpose::STANDARD
+                .encode(format!("{}:{}", c.client_id, secret));
             Some(format!("Basic {token}"))
         }
     };
@@ -48,7 +55,9 @@ pub fn build_gateway(settings: Arc<Settings>, policy: Arc<PolicyStore>) -> Resul
         routes,
         upstream,
         trusted_proxies: CidrSet::new(&nets),
-        audit: Arc::new(crate::policy::audit::AuditLog::new(settings.audit_log_path())),
+        audit: Arc::new(crate::policy::audit::AuditLog::new(
+            settings.audit_log_path(),
+        )),
         settings,
         upstream_authorization,
     })
@@ -87,7 +96,8 @@ pub fn serve(settings: Settings, opts: ServeOptions) -> Result<(), String> {
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "recordgate");
+    let mut proxy =
+        pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "recordgate");
     for addr in &settings.listen {
         proxy.add_tcp(addr);
     }
@@ -107,9 +117,15 @@ pub fn serve(settings: Settings, opts: ServeOptions) -> Result<(), String> {
         server.add_service(m);
     }
     if let Some(demo) = &settings.demo_upstream {
-        server.add_service(crate::demo_upstream::demo_upstream_service(&demo.listen, demo.records));
+        server.add_service(crate::demo_upstream::demo_upstream_service(
+            &demo.listen,
+            demo.records,
+        ));
     }
-    server.add_service(background_service("policy reload", PolicyReloader { policy }));
+    server.add_service(background_service(
+        "policy reload",
+        PolicyReloader { policy },
+    ));
 
     tracing::info!(listen = ?settings.listen, "recordgate started");
     server.run_forever()
@@ -131,12 +147,16 @@ impl PolicyReloader {
         match result {
             Ok(None) => {}
             Ok(Some(snap)) => {
-                metrics::POLICY_RELOADS.with_label_values(&[source, "success"]).inc();
+                metrics::POLICY_RELOADS
+                    .with_label_values(&[source, "success"])
+                    .inc();
                 metrics::policy_activated(snap.version, snap.clients.len());
                 tracing::info!(source, version = snap.version, hash = %snap.hash, "policy reloaded");
             }
             Err(errors) => {
-                metrics::POLICY_RELOADS.with_label_values(&[source, "failure"]).inc();
+                metrics::POLICY_RELOADS
+                    .with_label_values(&[source, "failure"])
+                    .inc();
                 for e in errors {
                     tracing::error!(source, error = %e, "policy reload rejected; keeping the running policy");
                 }

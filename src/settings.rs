@@ -198,7 +198,10 @@ impl std::fmt::Display for ConfigError {
 }
 
 /// Deserialises YAML, reporting the failing key path rather than only a line.
-pub fn from_yaml<T: serde::de::DeserializeOwned>(file: &Path, text: &str) -> Result<T, ConfigError> {
+pub fn from_yaml<T: serde::de::DeserializeOwned>(
+    file: &Path,
+    text: &str,
+) -> Result<T, ConfigError> {
     let de = serde_yaml::Deserializer::from_str(text);
     serde_path_to_error::deserialize(de).map_err(|e| ConfigError {
         file: file.display().to_string(),
@@ -258,7 +261,10 @@ impl Settings {
             }
         }
         if self.upstream.servers.is_empty() {
-            err("upstream.servers".into(), "at least one server is required".into());
+            err(
+                "upstream.servers".into(),
+                "at least one server is required".into(),
+            );
         }
         for (i, a) in self.upstream.servers.iter().enumerate() {
             if !a.contains(':') {
@@ -275,7 +281,10 @@ impl Settings {
         }
         if let Some(m) = &self.metrics.listen {
             if m.parse::<std::net::SocketAddr>().is_err() {
-                err("metrics.listen".into(), format!("{m:?} is not an addr:port"));
+                err(
+                    "metrics.listen".into(),
+                    format!("{m:?} is not an addr:port"),
+                );
             }
         }
         if let Some(d) = &self.demo_upstream {
@@ -297,7 +306,10 @@ impl Settings {
             err("limits.max_request_body_bytes".into(), "must be > 0".into());
         }
         if l.max_response_body_bytes == 0 {
-            err("limits.max_response_body_bytes".into(), "must be > 0".into());
+            err(
+                "limits.max_response_body_bytes".into(),
+                "must be > 0".into(),
+            );
         }
         if self.server.threads == 0 {
             err("server.threads".into(), "must be > 0".into());

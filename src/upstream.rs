@@ -52,10 +52,13 @@ pub struct UpstreamResponse {
 
 fn classify(e: &pingora::Error) -> UpstreamError {
     match e.etype() {
-        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => UpstreamError::Timeout,
-        ErrorType::ConnectRefused | ErrorType::ConnectNoRoute | ErrorType::ConnectError | ErrorType::TLSHandshakeFailure => {
-            UpstreamError::Connect(e.to_string())
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+            UpstreamError::Timeout
         }
+        ErrorType::ConnectRefused
+        | ErrorType::ConnectNoRoute
+        | ErrorType::ConnectError
+        | ErrorType::TLSHandshakeFailure => UpstreamError::Connect(e.to_string()),
         _ => UpstreamError::Protocol(e.to_string()),
     }
 }
@@ -75,7 +78,8 @@ impl Upstream {
                 .clone()
                 .unwrap_or_else(|| host.trim_matches(['[', ']']).to_string());
             let mut peer = HttpPeer::new(addr, settings.tls, sni);
-            peer.options.connection_timeout = Some(Duration::from_millis(timeouts.upstream_connect_ms));
+            peer.options.connection_timeout =
+                Some(Duration::from_millis(timeouts.upstream_connect_ms));
             peer.options.read_timeout = Some(Duration::from_millis(timeouts.upstream_read_ms));
             peer.options.write_timeout = Some(Duration::from_millis(timeouts.upstream_write_ms));
             peer.options.idle_timeout = Some(Duration::from_millis(timeouts.upstream_idle_ms));
@@ -94,7 +98,12 @@ impl Upstream {
 
     /// Sends one request, trying each server in turn when a connection cannot
     /// be made; never retries once the request may have reached a server.
-    pub async fn send(&self, req: &RequestHeader, body: Bytes, max_body: usize) -> Result<UpstreamResponse, UpstreamError> {
+    pub async fn send(
+        &self,
+        req: &RequestHeader,
+        body: Bytes,
+        max_body: usize,
+    ) -> Result<UpstreamResponse, UpstreamError> {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let mut last = UpstreamError::Connect("no upstream server".into());
         for i in 0..self.peers.len() {
@@ -145,7 +154,9 @@ impl Upstream {
             let response = read_response(&mut session, max_body).await;
             match response {
                 Ok(r) => {
-                    self.connector.release_http_session(session, peer, Some(self.idle)).await;
+                    self.connector
+                        .release_http_session(session, peer, Some(self.idle))
+                        .await;
                     return Ok(r);
                 }
                 Err(e) => {
@@ -154,7 +165,9 @@ impl Upstream {
                 }
             }
         }
-        Err(Attempt::NotSent(UpstreamError::Connect("no usable connection".into())))
+        Err(Attempt::NotSent(UpstreamError::Connect(
+            "no usable connection".into(),
+        )))
     }
 }
 
@@ -167,13 +180,20 @@ async fn read_response(
     session: &mut pingora::protocols::http::client::HttpSession,
     max_body: usize,
 ) -> Result<UpstreamResponse, UpstreamError> {
-    session.read_response_header().await.map_err(|e| classify(&e))?;
+    session
+        .read_response_header()
+        .await
+        .map_err(|e| classify(&e))?;
     let header = session
         .response_header()
         .cloned()
         .ok_or_else(|| UpstreamError::Protocol("no response header".into()))?;
     let mut body = BytesMut::new();
-    while let Some(chunk) = session.read_response_body().await.map_err(|e| classify(&e))? {
+    while let Some(chunk) = session
+        .read_response_body()
+        .await
+        .map_err(|e| classify(&e))?
+    {
         if body.len() + chunk.len() > max_body {
             return Err(UpstreamError::TooLarge);
         }

@@ -87,8 +87,11 @@ pub struct Caller<'a> {
 }
 
 fn json_arg(params: &Params, name: &str) -> Result<Value, ApiError> {
-    let raw = params.get(name).ok_or_else(|| ApiError::missing_argument(name))?;
-    serde_json::from_str(raw).map_err(|_| ApiError::invalid_argument(name, "the JSON is not syntactically valid"))
+    let raw = params
+        .get(name)
+        .ok_or_else(|| ApiError::missing_argument(name))?;
+    serde_json::from_str(raw)
+        .map_err(|_| ApiError::invalid_argument(name, "the JSON is not syntactically valid"))
 }
 
 fn string_list(params: &Params, name: &str) -> Result<Vec<String>, ApiError> {
@@ -97,10 +100,16 @@ fn string_list(params: &Params, name: &str) -> Result<Vec<String>, ApiError> {
             .into_iter()
             .map(|v| match v {
                 Value::String(s) => Ok(s),
-                _ => Err(ApiError::invalid_argument(name, "expected a JSON array of strings")),
+                _ => Err(ApiError::invalid_argument(
+                    name,
+                    "expected a JSON array of strings",
+                )),
             })
             .collect(),
-        _ => Err(ApiError::invalid_argument(name, "expected a JSON array of strings")),
+        _ => Err(ApiError::invalid_argument(
+            name,
+            "expected a JSON array of strings",
+        )),
     }
 }
 
@@ -113,11 +122,21 @@ fn parse_features(params: &Params, name: &str) -> Result<Vec<String>, ApiError> 
 }
 
 /// `for_client_id`, defaulting to the caller, must name an existing client.
-fn target<'p>(policy: &'p mut PolicyFile, params: &Params, caller: &Caller<'_>) -> Result<(String, &'p mut ClientDef), ApiError> {
-    let id = params.get("for_client_id").unwrap_or(caller.client_id).to_string();
+fn target<'p>(
+    policy: &'p mut PolicyFile,
+    params: &Params,
+    caller: &Caller<'_>,
+) -> Result<(String, &'p mut ClientDef), ApiError> {
+    let id = params
+        .get("for_client_id")
+        .unwrap_or(caller.client_id)
+        .to_string();
     match policy.clients.get_mut(&id) {
         Some(c) => Ok((id, c)),
-        None => Err(ApiError::invalid_argument("for_client_id", "for_client_id isnot avalid id")),
+        None => Err(ApiError::invalid_argument(
+            "for_client_id",
+            "for_client_id isnot avalid id",
+        )),
     }
 }
 
@@ -132,7 +151,13 @@ pub struct Change {
 }
 
 /// Applies a management write to a copy of the policy. The caller persists it.
-pub fn apply(ep: Endpoint, policy: &mut PolicyFile, snap: &Snapshot, params: &Params, caller: &Caller<'_>) -> Result<Change, ApiError> {
+pub fn apply(
+    ep: Endpoint,
+    policy: &mut PolicyFile,
+    snap: &Snapshot,
+    params: &Params,
+    caller: &Caller<'_>,
+) -> Result<Change, ApiError> {
     match ep {
         Endpoint::SetFeatures => {
             let features = parse_features(params, "features")?;
@@ -144,7 +169,10 @@ pub fn apply(ep: Endpoint, policy: &mut PolicyFile, snap: &Snapshot, params: &Pa
                 ));
             }
             client.features = features;
-            Ok(Change { response: ok(), target: id })
+            Ok(Change {
+                response: ok(),
+                target: id,
+            })
         }
         Endpoint::SetWhitelist => {
             let mut nets = Vec::new();
@@ -162,12 +190,18 @@ pub fn apply(ep: Endpoint, policy: &mut PolicyFile, snap: &Snapshot, params: &Pa
                 ));
             }
             client.whitelist = Some(nets.iter().map(|n| n.to_string()).collect());
-            Ok(Change { response: ok(), target: id })
+            Ok(Change {
+                response: ok(),
+                target: id,
+            })
         }
         Endpoint::ClearWhitelist => {
             let (id, client) = target(policy, params, caller)?;
             client.whitelist = None;
-            Ok(Change { response: ok(), target: id })
+            Ok(Change {
+                response: ok(),
+                target: id,
+            })
         }
         Endpoint::SetDescription => {
             let description = params
@@ -176,7 +210,10 @@ pub fn apply(ep: Endpoint, policy: &mut PolicyFile, snap: &Snapshot, params: &Pa
                 .to_string();
             let (id, client) = target(policy, params, caller)?;
             client.description = description;
-            Ok(Change { response: ok(), target: id })
+            Ok(Change {
+                response: ok(),
+                target: id,
+            })
         }
         Endpoint::SetAccessSchema => set_access_schema(policy, snap, params),
         Endpoint::Add => {
@@ -231,7 +268,10 @@ pub fn apply(ep: Endpoint, policy: &mut PolicyFile, snap: &Snapshot, params: &Pa
                 ));
             }
             policy.clients.remove(&id);
-            Ok(Change { response: ok(), target: id })
+            Ok(Change {
+                response: ok(),
+                target: id,
+            })
         }
         Endpoint::ResetSecret => {
             let hours = match params.get("hours_to_live") {
@@ -240,7 +280,12 @@ pub fn apply(ep: Endpoint, policy: &mut PolicyFile, snap: &Snapshot, params: &Pa
                     .parse::<i64>()
                     .ok()
                     .filter(|h| (0..=168).contains(h))
-                    .ok_or_else(|| ApiError::invalid_argument("hours_to_live", "must be an integer from 0 to 168"))?,
+                    .ok_or_else(|| {
+                        ApiError::invalid_argument(
+                            "hours_to_live",
+                            "must be an integer from 0 to 168",
+                        )
+                    })?,
             };
             let now = caller.now_secs;
             let (id, client) = target(policy, params, caller)?;
@@ -255,12 +300,16 @@ pub fn apply(ep: Endpoint, policy: &mut PolicyFile, snap: &Snapshot, params: &Pa
                 target: id,
             })
         }
-        Endpoint::GetAccessSchema | Endpoint::List => Err(ApiError::internal("not a write endpoint")),
+        Endpoint::GetAccessSchema | Endpoint::List => {
+            Err(ApiError::internal("not a write endpoint"))
+        }
     }
 }
 
 fn entity_type<'s>(snap: &'s Snapshot, params: &Params) -> Result<&'s EntityType, ApiError> {
-    let name = params.get("type_name").ok_or_else(|| ApiError::missing_argument("type_name"))?;
+    let name = params
+        .get("type_name")
+        .ok_or_else(|| ApiError::missing_argument("type_name"))?;
     snap.entity_types
         .get(name)
         .map(|e| &e.def)
@@ -304,7 +353,10 @@ fn schema_echo(et: &EntityType, list: Option<&[String]>) -> Value {
     let defs = match list {
         None => et.attr_defs.clone(),
         Some(list) => {
-            let paths: Vec<AttrPath> = list.iter().filter_map(|p| AttrPath::parse(p).ok()).collect();
+            let paths: Vec<AttrPath> = list
+                .iter()
+                .filter_map(|p| AttrPath::parse(p).ok())
+                .collect();
             match et.read_tree(&paths) {
                 Ok(tree) => et.granted_defs(&tree),
                 Err(_) => Vec::new(),
@@ -314,7 +366,11 @@ fn schema_echo(et: &EntityType, list: Option<&[String]>) -> Value {
     json!({"attr_defs": defs, "name": et.name})
 }
 
-fn set_access_schema(policy: &mut PolicyFile, snap: &Snapshot, params: &Params) -> Result<Change, ApiError> {
+fn set_access_schema(
+    policy: &mut PolicyFile,
+    snap: &Snapshot,
+    params: &Params,
+) -> Result<Change, ApiError> {
     let et = entity_type(snap, params)?;
     let id = params
         .get("for_client_id")
@@ -324,7 +380,8 @@ fn set_access_schema(policy: &mut PolicyFile, snap: &Snapshot, params: &Params) 
     let mut list: Vec<String> = Vec::new();
     let mut seen = BTreeSet::new();
     for raw in string_list(params, "attributes")? {
-        let path = AttrPath::parse(&raw).map_err(|e| ApiError::invalid_argument("attributes", e))?;
+        let path =
+            AttrPath::parse(&raw).map_err(|e| ApiError::invalid_argument("attributes", e))?;
         if path.has_selector() || et.resolve(&path).is_none() {
             return Err(ApiError::unknown_attribute("attributes", &raw));
         }
@@ -338,16 +395,28 @@ fn set_access_schema(policy: &mut PolicyFile, snap: &Snapshot, params: &Params) 
         }
     }
     let Some(client) = policy.clients.get_mut(&id) else {
-        return Err(ApiError::invalid_argument("for_client_id", "for_client_id isnot avalid id"));
+        return Err(ApiError::invalid_argument(
+            "for_client_id",
+            "for_client_id isnot avalid id",
+        ));
     };
     let schemas = client.access_schemas.entry(et.name.clone()).or_default();
     *slot(schemas, kind) = Some(list.clone());
-    let response = json!({"schema": schema_echo(et, Some(&list)), "notice": RESERVED_NOTICE, "stat": "ok"});
-    Ok(Change { response, target: id })
+    let response =
+        json!({"schema": schema_echo(et, Some(&list)), "notice": RESERVED_NOTICE, "stat": "ok"});
+    Ok(Change {
+        response,
+        target: id,
+    })
 }
 
 /// Answers the read-only endpoints from one snapshot.
-pub fn read(ep: Endpoint, snap: &Snapshot, params: &Params, caller: &Caller<'_>) -> Result<Value, ApiError> {
+pub fn read(
+    ep: Endpoint,
+    snap: &Snapshot,
+    params: &Params,
+    caller: &Caller<'_>,
+) -> Result<Value, ApiError> {
     match ep {
         Endpoint::GetAccessSchema => {
             let et = entity_type(snap, params)?;
@@ -355,14 +424,18 @@ pub fn read(ep: Endpoint, snap: &Snapshot, params: &Params, caller: &Caller<'_>)
             let id = params.get("for_client_id").unwrap_or(caller.client_id);
             // Only owners may look at another client's schema.
             if id != caller.client_id && !caller.is_owner {
-                return Err(ApiError::feature_denied("/entityType.getAccessSchema for another client"));
+                return Err(ApiError::feature_denied(
+                    "/entityType.getAccessSchema for another client",
+                ));
             }
-            let client = snap
-                .source
-                .clients
-                .get(id)
-                .ok_or_else(|| ApiError::invalid_argument("for_client_id", "for_client_id isnot avalid id"))?;
-            let mut schemas = client.access_schemas.get(&et.name).cloned().unwrap_or_default();
+            let client = snap.source.clients.get(id).ok_or_else(|| {
+                ApiError::invalid_argument("for_client_id", "for_client_id isnot avalid id")
+            })?;
+            let mut schemas = client
+                .access_schemas
+                .get(&et.name)
+                .cloned()
+                .unwrap_or_default();
             let list = slot(&mut schemas, kind).clone();
             Ok(json!({"schema": schema_echo(et, list.as_deref()), "stat": "ok"}))
         }
@@ -372,7 +445,10 @@ pub fn read(ep: Endpoint, snap: &Snapshot, params: &Params, caller: &Caller<'_>)
                 Some(_) => {
                     let mut set = FeatureSet::empty();
                     for f in string_list(params, "has_features")? {
-                        set.insert(Feature::parse(&f).map_err(|e| ApiError::invalid_argument("has_features", e))?);
+                        set.insert(
+                            Feature::parse(&f)
+                                .map_err(|e| ApiError::invalid_argument("has_features", e))?,
+                        );
                     }
                     Some(set)
                 }

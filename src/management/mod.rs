@@ -37,8 +37,12 @@ pub fn classify(path: &str) -> Option<Target<'_>> {
 }
 
 fn json_reply(status: u16, body: Vec<u8>, head: bool) -> Result<Reply, ApiError> {
-    let mut header = ResponseHeader::build(status, Some(3)).map_err(|e| ApiError::internal(e.to_string()))?;
-    let set = |h: &mut ResponseHeader, k: &'static str, v: String| h.insert_header(k, v).map_err(|e| ApiError::internal(e.to_string()));
+    let mut header =
+        ResponseHeader::build(status, Some(3)).map_err(|e| ApiError::internal(e.to_string()))?;
+    let set = |h: &mut ResponseHeader, k: &'static str, v: String| {
+        h.insert_header(k, v)
+            .map_err(|e| ApiError::internal(e.to_string()))
+    };
     set(&mut header, "content-type", "application/json".into())?;
     set(&mut header, "content-length", body.len().to_string())?;
     set(&mut header, "cache-control", "no-store".into())?;
@@ -63,7 +67,9 @@ impl WriteJob {
     /// disk, and reports the outcome in metrics.
     async fn run<R, E>(
         self,
-        change: impl FnOnce(&mut crate::policy::model::PolicyFile, &crate::policy::Snapshot) -> Result<R, E> + Send + 'static,
+        change: impl FnOnce(&mut crate::policy::model::PolicyFile, &crate::policy::Snapshot) -> Result<R, E>
+            + Send
+            + 'static,
         target_of: impl Fn(&R) -> String + Send + 'static,
     ) -> Result<R, ChangeError<E>>
     where
@@ -71,7 +77,14 @@ impl WriteJob {
         E: Send + 'static,
     {
         let task = tokio::task::spawn_blocking(move || {
-            let WriteJob { store, audit, request_id, caller, ip, endpoint } = self;
+            let WriteJob {
+                store,
+                audit,
+                request_id,
+                caller,
+                ip,
+                endpoint,
+            } = self;
             store.apply(change, |before, after, out| {
                 let target = target_of(out);
                 let entry = AuditEntry {
@@ -95,11 +108,15 @@ impl WriteJob {
         };
         match &result {
             Ok((_, snap)) => {
-                metrics::POLICY_RELOADS.with_label_values(&["api", "success"]).inc();
+                metrics::POLICY_RELOADS
+                    .with_label_values(&["api", "success"])
+                    .inc();
                 metrics::policy_activated(snap.version, snap.clients.len());
             }
             Err(ChangeError::Refused(_)) => {}
-            Err(_) => metrics::POLICY_RELOADS.with_label_values(&["api", "failure"]).inc(),
+            Err(_) => metrics::POLICY_RELOADS
+                .with_label_values(&["api", "failure"])
+                .inc(),
         }
         result.map(|(r, _)| r)
     }
@@ -110,7 +127,10 @@ fn change_error(e: ChangeError<ApiError>) -> ApiError {
         ChangeError::Refused(e) => e,
         ChangeError::Invalid(errors) => ApiError::invalid_argument(
             "policy",
-            errors.first().map(|e| e.message.clone()).unwrap_or_default(),
+            errors
+                .first()
+                .map(|e| e.message.clone())
+                .unwrap_or_default(),
         ),
         ChangeError::Persist(io) => {
             tracing::error!(error = %io, "policy change could not be persisted; nothing changed");
@@ -136,12 +156,15 @@ impl Gateway {
         let query = session.req_header().uri.query().map(str::to_string);
         match target {
             Target::Capture(ep) => {
-                if !(method == http::Method::POST || (method == http::Method::GET && ep.is_read_only())) {
+                if !(method == http::Method::POST
+                    || (method == http::Method::GET && ep.is_read_only()))
+                {
                     return Err(ApiError::method_not_allowed(method.as_str()));
                 }
                 let form = (!body.is_empty()).then_some(&body[..]);
                 let params = Params::parse(query.as_deref(), form)?;
-                let (caller_id, ip, is_owner) = self.authorize_management(session, ctx, &params, path, Some(ep))?;
+                let (caller_id, ip, is_owner) =
+                    self.authorize_management(session, ctx, &params, path, Some(ep))?;
                 let caller = Caller {
                     client_id: &caller_id,
                     ip,
@@ -153,10 +176,16 @@ impl Gateway {
                 } else {
                     self.capture_write(ep, params, &caller, ctx).await?
                 };
-                json_reply(200, serde_json::to_vec(&response).unwrap_or_default(), false)
+                json_reply(
+                    200,
+                    serde_json::to_vec(&response).unwrap_or_default(),
+                    false,
+                )
             }
             Target::Roles(rp) => {
-                let result = self.roles(session, ctx, &method, &rp, query.as_deref(), &body, path).await;
+                let result = self
+                    .roles(session, ctx, &method, &rp, query.as_deref(), &body, path)
+                    .await;
                 match result {
                     Ok(v) => json_reply(200, serde_json::to_vec(&v).unwrap_or_default(), head),
                     Err(e) => {
@@ -199,10 +228,20 @@ impl Gateway {
                 return Err(ApiError::feature_denied(ep.path()));
             }
         }
-        Ok((client.id.clone(), ip, client.features.contains(Feature::Owner)))
+        Ok((
+            client.id.clone(),
+            ip,
+            client.features.contains(Feature::Owner),
+        ))
     }
 
-    async fn capture_write(&self, ep: Endpoint, params: Params, caller: &Caller<'_>, ctx: &Ctx) -> Result<Value, ApiError> {
+    async fn capture_write(
+        &self,
+        ep: Endpoint,
+        params: Params,
+        caller: &Caller<'_>,
+        ctx: &Ctx,
+    ) -> Result<Value, ApiError> {
         let job = WriteJob {
             store: self.policy.clone(),
             audit: self.audit.clone(),
@@ -211,11 +250,21 @@ impl Gateway {
             ip: caller.ip,
             endpoint: ep.path(),
         };
-        let (caller_id, ip, is_owner, now) = (caller.client_id.to_string(), caller.ip, caller.is_owner, caller.now_secs);
+        let (caller_id, ip, is_owner, now) = (
+            caller.client_id.to_string(),
+            caller.ip,
+            caller.is_owner,
+            caller.now_secs,
+        );
         let change = job
             .run(
                 move |policy, snap| {
-                    let caller = Caller { client_id: &caller_id, ip, is_owner, now_secs: now };
+                    let caller = Caller {
+                        client_id: &caller_id,
+                        ip,
+                        is_owner,
+                        now_secs: now,
+                    };
                     capture::apply(ep, policy, snap, &params, &caller)
                 },
                 |c: &capture::Change| c.target.clone(),
@@ -236,12 +285,23 @@ impl Gateway {
         body: &[u8],
         path: &str,
     ) -> Result<Value, RoleError> {
-        let params = Params::parse(query, None).map_err(|e| RoleError::bad_request(e.description))?;
+        let params =
+            Params::parse(query, None).map_err(|e| RoleError::bad_request(e.description))?;
         let (caller, ip, _) = self
             .authorize_management(session, ctx, &params, path, None)
             .map_err(|e| match e.http_status {
-                401 => RoleError::new(401, "Unauthorized.", "Valid client credentials are required.", "Authenticate with the client id and secret."),
-                403 => RoleError::new(403, "Forbidden.", "The call is not allowed from this address.", "Call from an allowed address."),
+                401 => RoleError::new(
+                    401,
+                    "Unauthorized.",
+                    "Valid client credentials are required.",
+                    "Authenticate with the client id and secret.",
+                ),
+                403 => RoleError::new(
+                    403,
+                    "Forbidden.",
+                    "The call is not allowed from this address.",
+                    "Call from an allowed address.",
+                ),
                 _ => RoleError::bad_request(e.description),
             })?;
         let snap = self.policy.load();
@@ -249,7 +309,12 @@ impl Gateway {
             return roles::list(&snap, rp, &caller, &params);
         }
         if *method != http::Method::PUT {
-            return Err(RoleError::new(405, "Method not allowed.", format!("{method} is not supported here."), "Use GET, HEAD or PUT."));
+            return Err(RoleError::new(
+                405,
+                "Method not allowed.",
+                format!("{method} is not supported here."),
+                "Use GET, HEAD or PUT.",
+            ));
         }
         roles::authorize_put(&snap, rp, &caller)?;
         drop(snap);
@@ -264,14 +329,33 @@ impl Gateway {
         let (tenant, client, body) = (rp.tenant.to_string(), rp.client.to_string(), body.to_vec());
         let target = client.clone();
         job.run(
-            move |policy, _| roles::replace(policy, &RolesPath { tenant: &tenant, client: &client }, &body),
+            move |policy, _| {
+                roles::replace(
+                    policy,
+                    &RolesPath {
+                        tenant: &tenant,
+                        client: &client,
+                    },
+                    &body,
+                )
+            },
             move |_| target.clone(),
         )
         .await
         .map_err(|e| match e {
             ChangeError::Refused(e) => e,
-            ChangeError::Invalid(errors) => RoleError::bad_request(errors.first().map(|e| e.message.clone()).unwrap_or_default()),
-            ChangeError::Persist(_) => RoleError::new(500, "Internal server error.", "The change could not be saved; nothing changed.", "Retry later."),
+            ChangeError::Invalid(errors) => RoleError::bad_request(
+                errors
+                    .first()
+                    .map(|e| e.message.clone())
+                    .unwrap_or_default(),
+            ),
+            ChangeError::Persist(_) => RoleError::new(
+                500,
+                "Internal server error.",
+                "The change could not be saved; nothing changed.",
+                "Retry later.",
+            ),
         })
     }
 }

@@ -21,14 +21,54 @@ pub const TENANT_ADMINISTRATOR: &str = "Tenant Administrator";
 
 /// Built-in role types with their well-known `RoleTypeId`s.
 pub const BUILTIN_ROLES: [RoleType; 8] = [
-    RoleType { name: TENANT_ADMINISTRATOR, type_id: "2dc742ab-39ea-4fc0-a39e-2bcb71c26a5f", scope: 1, description: "Full administrative access to the tenant" },
-    RoleType { name: "Tenant Contributor", type_id: "f1439595-e5a2-487f-8a4f-0627fefe75df", scope: 1, description: "Can create and modify tenant resources" },
-    RoleType { name: "Tenant Data Steward", type_id: "45b66433-5f57-420b-bbdf-8bbd60c1cd9d", scope: 1, description: "Manages data in the tenant" },
-    RoleType { name: TENANT_MEMBER, type_id: "7ad2b9ef-5386-4ead-ac9f-ad99c5c5b977", scope: 1, description: "Member of the tenant; required for every client" },
-    RoleType { name: "Tenant Viewer", type_id: "e6cbf91e-0be8-4858-92b5-f88ecafd5574", scope: 1, description: "Read-only access to the tenant" },
-    RoleType { name: "Community Administrator", type_id: "b50b3349-fa9e-4a03-9220-cf99184b4645", scope: 2, description: "Administers a community" },
-    RoleType { name: "Community Moderator", type_id: "f49f69a6-61b2-423e-8ad5-d58841be441c", scope: 2, description: "Moderates a community" },
-    RoleType { name: "Community Member", type_id: "f79a55da-7c76-4600-a809-0f62ca9971d9", scope: 2, description: "Member of a community" },
+    RoleType {
+        name: TENANT_ADMINISTRATOR,
+        type_id: "2dc742ab-39ea-4fc0-a39e-2bcb71c26a5f",
+        scope: 1,
+        description: "Full administrative access to the tenant",
+    },
+    RoleType {
+        name: "Tenant Contributor",
+        type_id: "f1439595-e5a2-487f-8a4f-0627fefe75df",
+        scope: 1,
+        description: "Can create and modify tenant resources",
+    },
+    RoleType {
+        name: "Tenant Data Steward",
+        type_id: "45b66433-5f57-420b-bbdf-8bbd60c1cd9d",
+        scope: 1,
+        description: "Manages data in the tenant",
+    },
+    RoleType {
+        name: TENANT_MEMBER,
+        type_id: "7ad2b9ef-5386-4ead-ac9f-ad99c5c5b977",
+        scope: 1,
+        description: "Member of the tenant; required for every client",
+    },
+    RoleType {
+        name: "Tenant Viewer",
+        type_id: "e6cbf91e-0be8-4858-92b5-f88ecafd5574",
+        scope: 1,
+        description: "Read-only access to the tenant",
+    },
+    RoleType {
+        name: "Community Administrator",
+        type_id: "b50b3349-fa9e-4a03-9220-cf99184b4645",
+        scope: 2,
+        description: "Administers a community",
+    },
+    RoleType {
+        name: "Community Moderator",
+        type_id: "f49f69a6-61b2-423e-8ad5-d58841be441c",
+        scope: 2,
+        description: "Moderates a community",
+    },
+    RoleType {
+        name: "Community Member",
+        type_id: "f79a55da-7c76-4600-a809-0f62ca9971d9",
+        scope: 2,
+        description: "Member of a community",
+    },
 ];
 
 pub fn role_by_name(name: &str) -> Option<&'static RoleType> {
@@ -89,15 +129,30 @@ impl RoleError {
     }
 
     fn not_found() -> Self {
-        RoleError::new(404, "Client or tenant not found.", "No client with this id exists in this tenant.", "Check the tenant and client identifiers.")
+        RoleError::new(
+            404,
+            "Client or tenant not found.",
+            "No client with this id exists in this tenant.",
+            "Check the tenant and client identifiers.",
+        )
     }
 
     fn forbidden(needed: &str) -> Self {
-        RoleError::new(403, "Forbidden.", format!("This operation requires {needed}."), "Call with a client that holds the required role.")
+        RoleError::new(
+            403,
+            "Forbidden.",
+            format!("This operation requires {needed}."),
+            "Call with a client that holds the required role.",
+        )
     }
 
     pub fn bad_request(reason: impl Into<String>) -> Self {
-        RoleError::new(400, "Missing or invalid inputs.", reason, "Correct the request and try again.")
+        RoleError::new(
+            400,
+            "Missing or invalid inputs.",
+            reason,
+            "Correct the request and try again.",
+        )
     }
 }
 
@@ -121,7 +176,10 @@ fn has_role(snap: &Snapshot, client: &str, tenant: &str, role: &str) -> bool {
 }
 
 /// The client named by the path, if it belongs to that tenant.
-fn find<'s>(snap: &'s Snapshot, path: &RolesPath<'_>) -> Result<&'s crate::policy::model::ClientDef, RoleError> {
+fn find<'s>(
+    snap: &'s Snapshot,
+    path: &RolesPath<'_>,
+) -> Result<&'s crate::policy::model::ClientDef, RoleError> {
     snap.source
         .clients
         .get(path.client)
@@ -139,7 +197,12 @@ fn page(params: &Params, name: &str, default: usize) -> Result<usize, RoleError>
 }
 
 /// GET and HEAD: Self, or a Tenant Member of that tenant.
-pub fn list(snap: &Snapshot, path: &RolesPath<'_>, caller: &str, params: &Params) -> Result<Value, RoleError> {
+pub fn list(
+    snap: &Snapshot,
+    path: &RolesPath<'_>,
+    caller: &str,
+    params: &Params,
+) -> Result<Value, RoleError> {
     let skip = page(params, "skip", 0)?;
     let count = page(params, "count", 100)?;
     let client = find(snap, path)?;
@@ -167,7 +230,11 @@ pub fn authorize_put(snap: &Snapshot, path: &RolesPath<'_>, caller: &str) -> Res
 }
 
 /// PUT: replaces the whole list, which must keep the Tenant Member role.
-pub fn replace(policy: &mut PolicyFile, path: &RolesPath<'_>, body: &[u8]) -> Result<Value, RoleError> {
+pub fn replace(
+    policy: &mut PolicyFile,
+    path: &RolesPath<'_>,
+    body: &[u8],
+) -> Result<Value, RoleError> {
     let items: Vec<Value> = serde_json::from_slice(body)
         .map_err(|_| RoleError::bad_request("The body must be a JSON array of Role objects."))?;
     let mut names: Vec<&'static str> = Vec::new();
@@ -176,18 +243,25 @@ pub fn replace(policy: &mut PolicyFile, path: &RolesPath<'_>, body: &[u8]) -> Re
         let role = BUILTIN_ROLES
             .iter()
             .find(|r| {
-                field("RoleTypeId") == Some(r.type_id) || field("Id") == Some(r.type_id) || field("Name") == Some(r.name)
+                field("RoleTypeId") == Some(r.type_id)
+                    || field("Id") == Some(r.type_id)
+                    || field("Name") == Some(r.name)
             })
             .ok_or_else(|| RoleError::bad_request(format!("Unknown role: {item}")))?;
         if role.scope != 1 {
-            return Err(RoleError::bad_request(format!("{} is not a tenant role", role.name)));
+            return Err(RoleError::bad_request(format!(
+                "{} is not a tenant role",
+                role.name
+            )));
         }
         if !names.contains(&role.name) {
             names.push(role.name);
         }
     }
     if !names.contains(&TENANT_MEMBER) {
-        return Err(RoleError::bad_request("The Tenant Member role is always required."));
+        return Err(RoleError::bad_request(
+            "The Tenant Member role is always required.",
+        ));
     }
     let client = policy
         .clients

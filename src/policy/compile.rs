@@ -117,10 +117,13 @@ pub fn compile(policy: PolicyFile, ctx: &CompileContext<'_>) -> Result<Snapshot,
                 String::new()
             }
         };
-        let previous_secret = def.previous_secret.as_ref().and_then(|p| match p.secret.resolve(base_dir) {
-            Ok(s) if !s.is_empty() => Some((s.into_bytes(), p.expires_at)),
-            _ => None,
-        });
+        let previous_secret =
+            def.previous_secret
+                .as_ref()
+                .and_then(|p| match p.secret.resolve(base_dir) {
+                    Ok(s) if !s.is_empty() => Some((s.into_bytes(), p.expires_at)),
+                    _ => None,
+                });
         let mut features = FeatureSet::empty();
         for (i, f) in def.features.iter().enumerate() {
             match Feature::parse(f) {
@@ -143,7 +146,10 @@ pub fn compile(policy: PolicyFile, ctx: &CompileContext<'_>) -> Result<Snapshot,
         };
         for (i, r) in def.roles.iter().enumerate() {
             if crate::management::roles::role_by_name(r).is_none() {
-                err(format!("{key}.roles[{i}]"), format!("{r} is not a built-in role"));
+                err(
+                    format!("{key}.roles[{i}]"),
+                    format!("{r} is not a built-in role"),
+                );
             }
         }
         let mut schemas = HashMap::new();

@@ -1,8 +1,8 @@
 //! Policy: the operator's model, its compilation, and the live store.
 
+pub mod audit;
 pub mod compile;
 pub mod features;
-pub mod audit;
 pub mod model;
 pub mod persist;
 pub mod store;

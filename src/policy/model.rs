@@ -78,8 +78,9 @@ impl SecretSource {
     pub fn resolve(&self, base_dir: &std::path::Path) -> Result<String, String> {
         match self {
             SecretSource::Inline(s) => Ok(s.clone()),
-            SecretSource::Reference(SecretRef::Env(var)) => std::env::var(var)
-                .map_err(|_| format!("environment variable {var} is not set")),
+            SecretSource::Reference(SecretRef::Env(var)) => {
+                std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))
+            }
             SecretSource::Reference(SecretRef::File(path)) => {
                 let p = base_dir.join(path);
                 std::fs::read_to_string(&p)

@@ -73,7 +73,13 @@ fn read_policy(path: &Path) -> Result<PolicyFile, Vec<ConfigError>> {
 
 /// Reads and compiles a policy file without touching any live state.
 pub fn load_policy_file(path: &Path, version: u64) -> Result<Snapshot, Vec<ConfigError>> {
-    compile(read_policy(path)?, &CompileContext { file: path, version })
+    compile(
+        read_policy(path)?,
+        &CompileContext {
+            file: path,
+            version,
+        },
+    )
 }
 
 fn now_unix() -> u64 {
@@ -122,7 +128,12 @@ impl PolicyStore {
     fn record(&self, source: &str, errors: &[ConfigError]) {
         *lock(&self.last) = ReloadStatus {
             source: source.into(),
-            result: if errors.is_empty() { "success" } else { "failure" }.into(),
+            result: if errors.is_empty() {
+                "success"
+            } else {
+                "failure"
+            }
+            .into(),
             at_unix: now_unix(),
             errors: errors.iter().map(|e| e.to_string()).collect(),
         };
@@ -130,7 +141,10 @@ impl PolicyStore {
 
     /// Re-reads the file if it changed since it was last loaded or written.
     /// `Ok(None)`: nothing new. On any error the running policy stays.
-    pub fn reload_if_changed(&self, source: &str) -> Result<Option<Arc<Snapshot>>, Vec<ConfigError>> {
+    pub fn reload_if_changed(
+        &self,
+        source: &str,
+    ) -> Result<Option<Arc<Snapshot>>, Vec<ConfigError>> {
         let mut seen = lock(&self.writer);
         let now = stamp(&self.path);
         if now.is_some() && now == *seen {
@@ -166,7 +180,13 @@ impl PolicyStore {
             return Ok(None);
         }
         let version = self.next_version.fetch_add(1, Ordering::SeqCst);
-        match compile(policy, &CompileContext { file: &self.path, version }) {
+        match compile(
+            policy,
+            &CompileContext {
+                file: &self.path,
+                version,
+            },
+        ) {
             Ok(snap) => {
                 let snap = Arc::new(snap);
                 self.current.store(snap.clone());
@@ -194,11 +214,18 @@ impl PolicyStore {
         let mut next = before.clone();
         let out = change(&mut next, &current).map_err(ChangeError::Refused)?;
         let version = self.next_version.fetch_add(1, Ordering::SeqCst);
-        let snap = compile(next.clone(), &CompileContext { file: &self.path, version }).map_err(ChangeError::Invalid)?;
-        let yaml = serde_yaml::to_string(&next).map_err(|e| ChangeError::Persist(std::io::Error::other(e)))?;
-        let text = format!(
-            "# Written by recordgate's management API; edits are picked up live.\n{yaml}"
-        );
+        let snap = compile(
+            next.clone(),
+            &CompileContext {
+                file: &self.path,
+                version,
+            },
+        )
+        .map_err(ChangeError::Invalid)?;
+        let yaml = serde_yaml::to_string(&next)
+            .map_err(|e| ChangeError::Persist(std::io::Error::other(e)))?;
+        let text =
+            format!("# Written by recordgate's management API; edits are picked up live.\n{yaml}");
         write_atomically(&self.path, text.as_bytes()).map_err(ChangeError::Persist)?;
         *seen = stamp(&self.path);
         after_persist(&before, &next, &out);
