@@ -33,6 +33,15 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Run only the embedded sample user-record API (load tests, experiments).
+    DemoUpstream {
+        /// Address to listen on.
+        #[arg(short, long, default_value = "127.0.0.1:8090")]
+        listen: String,
+        /// Number of generated user records.
+        #[arg(short, long, default_value_t = 300)]
+        records: usize,
+    },
 }
 
 fn init_logging(format: LogFormat) {
@@ -49,6 +58,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => check(&config),
+        Command::DemoUpstream { listen, records } => {
+            init_logging(LogFormat::Human);
+            recordgate::server::serve_demo_upstream(&listen, records)
+        }
         Command::Serve {
             config,
             upgrade,

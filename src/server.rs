@@ -189,3 +189,19 @@ impl BackgroundService for PolicyReloader {
         }
     }
 }
+
+/// Runs only the embedded sample API, as its own process.
+pub fn serve_demo_upstream(listen: &str, records: usize) -> ! {
+    let conf = ServerConf {
+        threads: 1,
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(0),
+        pid_file: format!("/tmp/recordgate-demo-upstream-{}.pid", std::process::id()),
+        upgrade_sock: format!("/tmp/recordgate-demo-upstream-{}.sock", std::process::id()),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    server.add_service(crate::demo_upstream::demo_upstream_service(listen, records));
+    server.run_forever()
+}
