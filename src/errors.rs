@@ -227,6 +227,16 @@ impl ApiError {
         )
     }
 
+    pub fn headers_too_large(limit: usize) -> Self {
+        ApiError::new(
+            431,
+            200,
+            "invalid_argument",
+            DenyReason::Limit,
+            format!("the request headers exceed the limit of {limit} bytes"),
+        )
+    }
+
     pub fn unsupported_encoding(what: &str) -> Self {
         ApiError::new(
             415,

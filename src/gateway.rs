@@ -580,6 +580,13 @@ impl ProxyHttp for Gateway {
         metrics::REQUESTS
             .with_label_values(&[ctx.route, ctx.decision, status_label.as_str()])
             .inc();
+        if let Some(client) = ctx.client_id.as_deref() {
+            if self.client_label_enabled() {
+                metrics::CLIENT_REQUESTS
+                    .with_label_values(&[client, ctx.decision])
+                    .inc();
+            }
+        }
         metrics::DURATION
             .with_label_values(&["total"])
             .observe(total.as_secs_f64());
@@ -606,6 +613,16 @@ impl ProxyHttp for Gateway {
 }
 
 impl Gateway {
+    fn client_label_enabled(&self) -> bool {
+        use crate::settings::ClientLabel;
+        let m = &self.settings.metrics;
+        match m.client_label {
+            ClientLabel::On => true,
+            ClientLabel::Off => false,
+            ClientLabel::Auto => self.policy.load().clients.len() <= m.client_label_max_clients,
+        }
+    }
+
     fn peer_is_trusted(&self, session: &Session) -> bool {
         session
             .client_addr()

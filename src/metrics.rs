@@ -40,6 +40,12 @@ pub static REQUESTS: LazyLock<IntCounterVec> = counter_vec!(
     &["route", "decision", "status"]
 );
 
+pub static CLIENT_REQUESTS: LazyLock<IntCounterVec> = counter_vec!(
+    "recordgate_client_requests_total",
+    "Requests by API client and decision; only when the per-client label is enabled.",
+    &["client", "decision"]
+);
+
 pub static FILTERED_ATTRIBUTES: LazyLock<IntCounterVec> = counter_vec!(
     "recordgate_filtered_attributes_total",
     "Attributes removed by the access-schema filter, by direction (request, response).",

@@ -124,11 +124,34 @@ impl Default for AuthSettings {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsSettings {
     /// Prometheus listener, e.g. `127.0.0.1:9090`; none when absent.
     pub listen: Option<String>,
+    /// Per-client request counter (`recordgate_client_requests_total`).
+    pub client_label: ClientLabel,
+    /// With `client_label: auto`, the label is on only while the policy has
+    /// at most this many clients, so cardinality stays bounded.
+    pub client_label_max_clients: usize,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        MetricsSettings {
+            listen: None,
+            client_label: ClientLabel::Auto,
+            client_label_max_clients: 200,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientLabel {
+    Auto,
+    On,
+    Off,
 }
 
 #[derive(Debug, Clone, Deserialize)]

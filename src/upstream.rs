@@ -137,6 +137,10 @@ impl Upstream {
                 session.shutdown().await;
                 continue;
             }
+            // The connector applies only connect time-outs; I/O time-outs
+            // are per session (Pingora's proxy sets them the same way).
+            session.set_read_timeout(peer.options.read_timeout);
+            session.set_write_timeout(peer.options.write_timeout);
             let written = async {
                 session.write_request_header(Box::new(req.clone())).await?;
                 if !body.is_empty() {

@@ -76,7 +76,10 @@ clients:
 #[test]
 fn ipv6_loopback_caller_matches_an_ipv6_allow_list() {
     let up = TestUpstream::capture_like();
-    let gw = GatewayBuilder::new(&up).policy(&policy_with_clients(V6_CLIENTS)).ipv6().start();
+    let gw = GatewayBuilder::new(&up)
+        .policy(&policy_with_clients(V6_CLIENTS))
+        .ipv6()
+        .start();
     assert!(gw.base.starts_with("http://[::1]:"));
     let v = gw.get_as("v6ok", ENTITY).assert_ok();
     assert_eq!(v["result"]["givenName"], "Ada7");
@@ -88,7 +91,10 @@ fn ipv6_loopback_caller_matches_an_ipv6_allow_list() {
 #[test]
 fn ipv6_loopback_caller_is_refused_by_a_list_without_it() {
     let up = TestUpstream::capture_like();
-    let gw = GatewayBuilder::new(&up).policy(&policy_with_clients(V6_CLIENTS)).ipv6().start();
+    let gw = GatewayBuilder::new(&up)
+        .policy(&policy_with_clients(V6_CLIENTS))
+        .ipv6()
+        .start();
     // IPv4 ranges, even 0.0.0.0/0, do not cover ::1.
     assert_ip_denied(&gw.get_as("v4only", ENTITY));
     assert_ip_denied(&gw.get_as("v6other", ENTITY));
@@ -184,8 +190,43 @@ fn large_allow_list_still_matches() {
         serde_json::to_string(&others).unwrap()
     );
     let up = TestUpstream::capture_like();
-    let gw = GatewayBuilder::new(&up).policy(&policy_with_clients(&clients)).start();
+    let gw = GatewayBuilder::new(&up)
+        .policy(&policy_with_clients(&clients))
+        .start();
     gw.get_as("big", ENTITY).assert_ok();
     assert_ip_denied(&gw.get_as("bigout", ENTITY));
+    assert_eq!(up.count(), 1);
+}
+
+#[test]
+fn repeated_forwarded_for_headers_are_read_as_one_list() {
+    let up = TestUpstream::capture_like();
+    let gw = trusted_gateway(&up);
+    // The last header holds the hop nearest to the gateway.
+    let r = gw.send(
+        http_client()
+            .get(gw.url(ENTITY))
+            .header("authorization", basic("offsite", "offsite-secret"))
+            .header("x-forwarded-for", "203.0.113.5")
+            .header("x-forwarded-for", "198.51.100.1"),
+    );
+    assert_ip_denied(&r);
+    let r = gw.send(
+        http_client()
+            .get(gw.url(ENTITY))
+            .header("authorization", basic("offsite", "offsite-secret"))
+            .header("x-forwarded-for", "198.51.100.1")
+            .header("x-forwarded-for", "203.0.113.5"),
+    );
+    r.assert_ok();
+    assert_eq!(up.count(), 1);
+}
+
+#[test]
+fn trusted_proxy_without_forwarded_for_is_judged_by_its_own_address() {
+    let up = TestUpstream::capture_like();
+    let gw = trusted_gateway(&up);
+    gw.get_as("local", ENTITY).assert_ok();
+    assert_ip_denied(&gw.get_as("offsite", ENTITY));
     assert_eq!(up.count(), 1);
 }

@@ -17,7 +17,12 @@ fn assert_invalid_credentials(r: &Resp) {
 
 /// A credential refusal that is not 402: 400 (bad argument) or 401.
 fn assert_refused_4xx(r: &Resp) {
-    assert!(r.status == 400 || r.status == 401, "{} {}", r.status, r.text());
+    assert!(
+        r.status == 400 || r.status == 401,
+        "{} {}",
+        r.status,
+        r.text()
+    );
     let v = r.json();
     assert_eq!(v["stat"], "error", "{v}");
     assert!(!r.text().contains("Ada7"));
@@ -25,11 +30,23 @@ fn assert_refused_4xx(r: &Resp) {
 
 /// Asserts the upstream saw no caller credential in any form.
 fn assert_no_credentials(rec: &Recorded, secret: &str) {
-    assert!(!rec.has_header("authorization"), "Authorization forwarded: {rec:#?}");
-    assert!(rec.param("client_id").is_none(), "client_id forwarded: {rec:#?}");
-    assert!(rec.param("client_secret").is_none(), "client_secret forwarded: {rec:#?}");
+    assert!(
+        !rec.has_header("authorization"),
+        "Authorization forwarded: {rec:#?}"
+    );
+    assert!(
+        rec.param("client_id").is_none(),
+        "client_id forwarded: {rec:#?}"
+    );
+    assert!(
+        rec.param("client_secret").is_none(),
+        "client_secret forwarded: {rec:#?}"
+    );
     let all = format!("{} {:?} {}", rec.target, rec.headers, rec.body_str());
-    assert!(!all.contains(secret), "the secret reached the upstream: {all}");
+    assert!(
+        !all.contains(secret),
+        "the secret reached the upstream: {all}"
+    );
 }
 
 #[test]
@@ -62,14 +79,23 @@ fn refusal_carries_www_authenticate() {
     let (_up, gw) = gateway_with_default_upstream();
     let r = gw.get(ENTITY, Some(("owner", "wrong")));
     assert_eq!(r.status, 401);
-    assert!(r.header("www-authenticate").is_some_and(|v| v.starts_with("Basic")), "{:?}", r.headers);
+    assert!(
+        r.header("www-authenticate")
+            .is_some_and(|v| v.starts_with("Basic")),
+        "{:?}",
+        r.headers
+    );
 }
 
 #[test]
 fn basic_auth_without_a_colon_is_refused() {
     let (up, gw) = gateway_with_default_upstream();
     let token = base64::engine::general_purpose::STANDARD.encode("ownerowner-secret");
-    let r = gw.send(http_client().get(gw.url(ENTITY)).header("authorization", format!("Basic {token}")));
+    let r = gw.send(
+        http_client()
+            .get(gw.url(ENTITY))
+            .header("authorization", format!("Basic {token}")),
+    );
     assert_invalid_credentials(&r);
     up.assert_untouched();
 }
@@ -77,7 +103,11 @@ fn basic_auth_without_a_colon_is_refused() {
 #[test]
 fn basic_auth_with_invalid_base64_is_refused() {
     let (up, gw) = gateway_with_default_upstream();
-    let r = gw.send(http_client().get(gw.url(ENTITY)).header("authorization", "Basic !!!notbase64"));
+    let r = gw.send(
+        http_client()
+            .get(gw.url(ENTITY))
+            .header("authorization", "Basic !!!notbase64"),
+    );
     assert_invalid_credentials(&r);
     up.assert_untouched();
 }
@@ -94,7 +124,11 @@ fn missing_credentials_are_refused_and_not_forwarded() {
 #[test]
 fn unsupported_authorization_scheme_is_refused() {
     let (up, gw) = gateway_with_default_upstream();
-    let r = gw.send(http_client().get(gw.url(ENTITY)).header("authorization", "Bearer abc"));
+    let r = gw.send(
+        http_client()
+            .get(gw.url(ENTITY))
+            .header("authorization", "Bearer abc"),
+    );
     assert_eq!(r.status, 401, "{}", r.text());
     assert_eq!(r.json()["stat"], "error");
     up.assert_untouched();
@@ -124,7 +158,10 @@ fn legacy_form_fields_authenticate_and_are_not_forwarded() {
 #[test]
 fn legacy_query_credentials_authenticate_and_are_not_forwarded() {
     let (up, gw) = gateway_with_default_upstream();
-    let r = gw.get("/entity?type_name=user&id=7&client_id=owner&client_secret=owner-secret", None);
+    let r = gw.get(
+        "/entity?type_name=user&id=7&client_id=owner&client_secret=owner-secret",
+        None,
+    );
     r.assert_ok();
     assert_no_credentials(&up.only(), "owner-secret");
 }
@@ -200,14 +237,21 @@ fn signed_request_with_a_correct_signature_is_accepted() {
     assert_eq!(v["result"]["givenName"], "Ada7");
     let rec = up.only();
     assert!(!rec.has_header("authorization"), "{rec:#?}");
-    assert!(!format!("{:?}", rec.headers).contains(&sig), "signature forwarded");
+    assert!(
+        !format!("{:?}", rec.headers).contains(&sig),
+        "signature forwarded"
+    );
 }
 
 #[test]
 fn signed_post_with_form_parameters_is_accepted() {
     let (up, gw) = gateway_with_default_upstream();
     let date = now_date(0);
-    let fields = [("type_name", "user"), ("id", "7"), ("attribute_name", "givenName")];
+    let fields = [
+        ("type_name", "user"),
+        ("id", "7"),
+        ("attribute_name", "givenName"),
+    ];
     let sig = signature("owner-secret", "/entity", &date, &fields);
     let r = gw.send(
         http_client()
@@ -236,7 +280,12 @@ fn signed_request_for_other_parameters_is_refused() {
     let (up, gw) = gateway_with_default_upstream();
     let date = now_date(0);
     // Signed for id=8, sent with id=7.
-    let sig = signature("owner-secret", "/entity", &date, &[("type_name", "user"), ("id", "8")]);
+    let sig = signature(
+        "owner-secret",
+        "/entity",
+        &date,
+        &[("type_name", "user"), ("id", "8")],
+    );
     assert_invalid_credentials(&signed_get(&gw, "owner", &sig, &date));
     // Signed for another endpoint.
     let sig = signature("owner-secret", "/entity.find", &date, &SIGNED_PARAMS);
@@ -285,7 +334,9 @@ fn signature_skew_is_a_setting() {
 #[test]
 fn signed_request_with_an_rfc1123_date_is_refused() {
     let (up, gw) = gateway_with_default_upstream();
-    let date = chrono::Utc::now().format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+    let date = chrono::Utc::now()
+        .format("%a, %d %b %Y %H:%M:%S GMT")
+        .to_string();
     let sig = signature("owner-secret", "/entity", &date, &SIGNED_PARAMS);
     let r = signed_get(&gw, "owner", &sig, &date);
     assert_refused_4xx(&r);
@@ -319,7 +370,10 @@ fn published_signing_vector_through_the_library() {
         ],
         false,
     );
-    assert_eq!(recordgate::auth::sign(b"bar", &sts), "G3N5RxCVc0d6rDLmBRGvcg2hCVY=");
+    assert_eq!(
+        recordgate::auth::sign(b"bar", &sts),
+        "G3N5RxCVc0d6rDLmBRGvcg2hCVY="
+    );
     // And the test's own signer agrees with the vector.
     assert_eq!(
         signature(
@@ -367,6 +421,46 @@ fn gateway_presents_its_own_upstream_credentials() {
         .start();
     gw.get_as("owner", ENTITY).assert_ok();
     let rec = up.only();
-    assert_eq!(rec.header("authorization"), Some(basic("gw-id", "gw-secret").as_str()));
+    assert_eq!(
+        rec.header("authorization"),
+        Some(basic("gw-id", "gw-secret").as_str())
+    );
     assert!(!format!("{rec:?}").contains("owner-secret"));
+}
+
+#[test]
+fn secrets_by_file_and_environment_reference_authenticate() {
+    let up = TestUpstream::capture_like();
+    let clients = r#"
+clients:
+  byfile:
+    secret: {file: byfile.secret}
+    features: [direct_read_access]
+  byenv:
+    secret: {env: RG_TEST_BYENV_SECRET}
+    features: [direct_read_access]
+"#;
+    let gw = GatewayBuilder::new(&up)
+        .policy(&policy_with_clients(clients))
+        .file("byfile.secret", "file-secret-value\n")
+        .env("RG_TEST_BYENV_SECRET", "env-secret-value")
+        .start();
+    gw.get(ENTITY, Some(("byfile", "file-secret-value")))
+        .assert_ok();
+    gw.get(ENTITY, Some(("byenv", "env-secret-value")))
+        .assert_ok();
+    assert_invalid_credentials(&gw.get(ENTITY, Some(("byfile", "file-secret-value\n"))));
+    assert_invalid_credentials(&gw.get(ENTITY, Some(("byenv", "RG_TEST_BYENV_SECRET"))));
+    assert_eq!(up.count(), 2);
+}
+
+#[test]
+fn secret_may_contain_a_colon() {
+    let up = TestUpstream::capture_like();
+    let clients = "clients:\n  colon:\n    secret: \"a:b:c\"\n    features: [direct_read_access]\n";
+    let gw = GatewayBuilder::new(&up)
+        .policy(&policy_with_clients(clients))
+        .start();
+    gw.get(ENTITY, Some(("colon", "a:b:c"))).assert_ok();
+    assert_invalid_credentials(&gw.get(ENTITY, Some(("colon", "a:b"))));
 }

@@ -54,7 +54,9 @@ fn gzip_upstream_response_is_refused_with_502() {
 
 #[test]
 fn unknown_upstream_content_encoding_is_refused() {
-    let up = TestUpstream::start(|_| Reply::bytes("application/json", record_body()).header("content-encoding", "br"));
+    let up = TestUpstream::start(|_| {
+        Reply::bytes("application/json", record_body()).header("content-encoding", "br")
+    });
     let gw = GatewayBuilder::new(&up).start();
     assert_bad_gateway(&gw.get_as("reader", ENTITY));
 }
@@ -106,7 +108,11 @@ fn invalid_utf8_upstream_json_is_refused() {
 
 #[test]
 fn unexpected_response_shape_is_refused() {
-    for body in [json!([sample_record(7)]), json!("hidden-note"), json!({"stat": "ok", "results": {"a": sample_record(1)}})] {
+    for body in [
+        json!([sample_record(7)]),
+        json!("hidden-note"),
+        json!({"stat": "ok", "results": {"a": sample_record(1)}}),
+    ] {
         let b = body.clone();
         let up = TestUpstream::start(move |_| Reply::json(b.clone()));
         let gw = GatewayBuilder::new(&up).start();
@@ -147,7 +153,9 @@ fn oversize_upstream_response_is_502() {
     assert_bad_gateway(&gw.get_as("reader", ENTITY));
     assert_bad_gateway(&gw.get_as("owner", ENTITY));
     // A response within the limit still passes.
-    let v = gw.get_as("owner", "/entity.count?type_name=user").assert_ok();
+    let v = gw
+        .get_as("owner", "/entity.count?type_name=user")
+        .assert_ok();
     assert_eq!(v["total_count"], 2);
 }
 
@@ -177,9 +185,16 @@ fn oversize_request_is_413_and_not_forwarded() {
         .setting("limits", json!({"max_request_body_bytes": 1024}))
         .start();
     let big = format!(r#"{{"givenName":"{}"}}"#, "x".repeat(4000));
-    let r = gw.post_as("writer", "/entity.update", &[("type_name", "user"), ("id", "7"), ("attributes", &big)]);
+    let r = gw.post_as(
+        "writer",
+        "/entity.update",
+        &[("type_name", "user"), ("id", "7"), ("attributes", &big)],
+    );
     let v = r.assert_error(413, 200, "invalid_argument");
-    assert!(v["error_description"].as_str().unwrap().contains("1024"), "{v}");
+    assert!(
+        v["error_description"].as_str().unwrap().contains("1024"),
+        "{v}"
+    );
     up.assert_untouched();
 }
 
@@ -225,7 +240,11 @@ fn request_json_deeper_than_the_limit_is_400() {
         .start();
     let attrs = format!(r#"{{"givenName":"G","primaryAddress":{}}}"#, nested(20));
     for client in ["writer", "owner"] {
-        let r = gw.post_as(client, "/entity.update", &[("type_name", "user"), ("id", "7"), ("attributes", &attrs)]);
+        let r = gw.post_as(
+            client,
+            "/entity.update",
+            &[("type_name", "user"), ("id", "7"), ("attributes", &attrs)],
+        );
         let v = r.assert_error(400, 200, "invalid_argument");
         assert_eq!(v["argument_name"], "attributes", "{v}");
     }
@@ -249,7 +268,14 @@ fn response_json_deeper_than_the_limit_is_502() {
 #[test]
 fn request_with_a_content_encoding_is_refused() {
     let (up, gw) = gateway_with_default_upstream();
-    let body = gzip(encode_form(&[("type_name", "user"), ("id", "7"), ("attributes", r#"{"email":"x"}"#)]).as_bytes());
+    let body = gzip(
+        encode_form(&[
+            ("type_name", "user"),
+            ("id", "7"),
+            ("attributes", r#"{"email":"x"}"#),
+        ])
+        .as_bytes(),
+    );
     let r = gw.send(
         http_client()
             .post(gw.url("/entity.update"))
@@ -266,7 +292,11 @@ fn request_with_a_content_encoding_is_refused() {
 #[test]
 fn request_body_of_an_unfilterable_type_is_refused() {
     let (up, gw) = gateway_with_default_upstream();
-    for ct in ["text/plain", "application/json", "multipart/form-data; boundary=x"] {
+    for ct in [
+        "text/plain",
+        "application/json",
+        "multipart/form-data; boundary=x",
+    ] {
         let r = gw.send(
             http_client()
                 .post(gw.url("/entity.update?type_name=user&id=7"))
@@ -289,16 +319,24 @@ fn upstream_refusing_connections_is_502() {
 }
 
 #[test]
+
 fn upstream_stalling_past_the_read_timeout_is_504() {
     let up = TestUpstream::start(|r| capture_handler(r).delay(Duration::from_secs(4)));
     let gw = GatewayBuilder::new(&up)
-        .setting("timeouts", json!({"upstream_connect_ms": 1000, "upstream_read_ms": 500}))
+        .setting(
+            "timeouts",
+            json!({"upstream_connect_ms": 1000, "upstream_read_ms": 500}),
+        )
         .start();
     let started = std::time::Instant::now();
     let r = gw.get_as("reader", ENTITY);
     r.assert_error(504, 500, "unexpected_error");
     r.assert_no_hidden();
-    assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
@@ -370,11 +408,23 @@ fn error_envelope_has_every_field_and_matches_the_request_id_header() {
     let v = r.assert_error(403, 403, "client_permission_error");
     assert_eq!(v["argument_name"], "attribute_name");
     assert_eq!(r.header("content-type"), Some("application/json"));
-    assert_eq!(r.header("x-request-id"), v["request_id"].as_str(), "{:?}", r.headers);
+    assert_eq!(
+        r.header("x-request-id"),
+        v["request_id"].as_str(),
+        "{:?}",
+        r.headers
+    );
     let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
     assert_eq!(
         keys,
-        ["stat", "code", "error", "error_description", "argument_name", "request_id"]
+        [
+            "stat",
+            "code",
+            "error",
+            "error_description",
+            "argument_name",
+            "request_id"
+        ]
     );
     // Every request gets its own id.
     let r2 = gw.get_as("reader", "/entity?type_name=user&id=7&attribute_name=email");

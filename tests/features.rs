@@ -28,10 +28,19 @@ fn direct_read_access_may_not_update() {
     let r = gw.post_as(
         "fullreader",
         "/entity.update",
-        &[("type_name", "user"), ("id", "7"), ("attributes", r#"{"givenName":"X"}"#)],
+        &[
+            ("type_name", "user"),
+            ("id", "7"),
+            ("attributes", r#"{"givenName":"X"}"#),
+        ],
     );
     assert_feature_denied(&r);
-    for path in ["/entity.create", "/entity.delete", "/entity.replace", "/entity.bulkCreate"] {
+    for path in [
+        "/entity.create",
+        "/entity.delete",
+        "/entity.replace",
+        "/entity.bulkCreate",
+    ] {
         let r = gw.post_as("fullreader", path, &[("type_name", "user"), ("id", "7")]);
         assert_feature_denied(&r);
     }
@@ -42,8 +51,11 @@ fn direct_read_access_may_not_update() {
 fn direct_read_access_may_read_every_read_route() {
     let (up, gw) = gateway_with_default_upstream();
     gw.get_as("fullreader", ENTITY).assert_ok();
-    gw.get_as("fullreader", "/entity.find?type_name=user").assert_ok();
-    let v = gw.get_as("fullreader", "/entity.count?type_name=user").assert_ok();
+    gw.get_as("fullreader", "/entity.find?type_name=user")
+        .assert_ok();
+    let v = gw
+        .get_as("fullreader", "/entity.count?type_name=user")
+        .assert_ok();
     assert_eq!(v["total_count"], 2);
     assert_eq!(up.count(), 3);
 }
@@ -53,7 +65,8 @@ fn direct_access_implies_direct_read_access() {
     let (up, gw) = gateway_with_default_upstream();
     let v = gw.get_as("direct", ENTITY).assert_ok();
     assert_eq!(v["result"]["givenName"], "Ada7");
-    gw.get_as("direct", "/entity.find?type_name=user").assert_ok();
+    gw.get_as("direct", "/entity.find?type_name=user")
+        .assert_ok();
     assert_eq!(up.count(), 2);
 }
 
@@ -63,7 +76,11 @@ fn direct_access_may_write() {
     gw.post_as(
         "direct",
         "/entity.update",
-        &[("type_name", "user"), ("id", "7"), ("attributes", r#"{"givenName":"X"}"#)],
+        &[
+            ("type_name", "user"),
+            ("id", "7"),
+            ("attributes", r#"{"givenName":"X"}"#),
+        ],
     )
     .assert_ok();
     assert_eq!(up.only().path(), "/entity.update");
@@ -73,7 +90,12 @@ fn direct_access_may_write() {
 fn owner_may_read_and_write() {
     let (up, gw) = gateway_with_default_upstream();
     gw.get_as("owner", ENTITY).assert_ok();
-    gw.post_as("owner", "/entity.delete", &[("type_name", "user"), ("id", "7")]).assert_ok();
+    gw.post_as(
+        "owner",
+        "/entity.delete",
+        &[("type_name", "user"), ("id", "7")],
+    )
+    .assert_ok();
     assert_eq!(up.count(), 2);
 }
 
@@ -93,7 +115,12 @@ fn unknown_paths_and_other_spellings_are_refused_and_not_forwarded() {
         "/?type_name=user",
     ] {
         let r = gw.get_as("owner", path);
-        assert!(r.status == 404 || r.status == 403 || r.status == 400, "{path}: {} {}", r.status, r.text());
+        assert!(
+            r.status == 404 || r.status == 403 || r.status == 400,
+            "{path}: {} {}",
+            r.status,
+            r.text()
+        );
         let v = r.json();
         assert_eq!(v["stat"], "error", "{path}: {v}");
         assert!(v["request_id"].is_string(), "{path}: {v}");
@@ -116,7 +143,10 @@ fn methods_other_than_get_post_head_are_refused() {
     for m in ["PUT", "DELETE", "PATCH"] {
         let r = gw.send(
             http_client()
-                .request(reqwest::Method::from_bytes(m.as_bytes()).unwrap(), gw.url(ENTITY))
+                .request(
+                    reqwest::Method::from_bytes(m.as_bytes()).unwrap(),
+                    gw.url(ENTITY),
+                )
                 .header("authorization", basic("owner", "owner-secret")),
         );
         assert_eq!(r.status, 405, "{m}: {}", r.text());
@@ -156,7 +186,8 @@ fn settings_routes_replace_the_built_in_table() {
     assert!(v["result"].get("email").is_none(), "{v}");
     r.assert_no_hidden();
     // Route-specific features.
-    gw.get_as("login", "/custom.login?type_name=user").assert_ok();
+    gw.get_as("login", "/custom.login?type_name=user")
+        .assert_ok();
     assert_feature_denied(&gw.get_as("owner", "/custom.login?type_name=user"));
     // The built-in table is gone.
     let r = gw.get_as("owner", ENTITY);

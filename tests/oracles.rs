@@ -15,7 +15,10 @@ fn find(gw: &Gateway, client: &str, extra: &[(&str, &str)]) -> Resp {
 fn assert_oracle_refused(r: &Resp, argument: &str, hidden: &str) {
     let v = r.assert_error(403, 403, "client_permission_error");
     assert_eq!(v["argument_name"], argument, "{v}");
-    assert!(v["error_description"].as_str().unwrap().contains(hidden), "{v}");
+    assert!(
+        v["error_description"].as_str().unwrap().contains(hidden),
+        "{v}"
+    );
     r.assert_no_hidden();
 }
 
@@ -24,7 +27,10 @@ fn filter_naming_a_hidden_attribute_is_refused() {
     let (up, gw) = gateway_with_default_upstream();
     for (expr, hidden) in [
         ("email = 'hidden-email-1@example.com'", "email"),
-        ("givenName = 'Ada1' and mobileNumber is not null", "mobileNumber"),
+        (
+            "givenName = 'Ada1' and mobileNumber is not null",
+            "mobileNumber",
+        ),
         ("primaryAddress.zip = 'HIDDENZIP'", "primaryAddress.zip"),
         ("(internal.riskScore > 50)", "internal.riskScore"),
         ("photos.type = 'x'", "photos.type"),
@@ -60,9 +66,17 @@ fn attribute_names_inside_string_literals_are_not_attributes() {
 #[test]
 fn sort_on_a_hidden_attribute_is_refused() {
     let (up, gw) = gateway_with_default_upstream();
-    assert_oracle_refused(&find(&gw, "reader", &[("sort_on", r#"["email"]"#)]), "sort_on", "email");
     assert_oracle_refused(
-        &find(&gw, "reader", &[("sort_on", r#"["givenName","-birthday"]"#)]),
+        &find(&gw, "reader", &[("sort_on", r#"["email"]"#)]),
+        "sort_on",
+        "email",
+    );
+    assert_oracle_refused(
+        &find(
+            &gw,
+            "reader",
+            &[("sort_on", r#"["givenName","-birthday"]"#)],
+        ),
         "sort_on",
         "birthday",
     );
@@ -72,7 +86,12 @@ fn sort_on_a_hidden_attribute_is_refused() {
 #[test]
 fn sort_on_allowed_attributes_passes() {
     let (up, gw) = gateway_with_default_upstream();
-    find(&gw, "reader", &[("sort_on", r#"["givenName","-primaryAddress.city"]"#)]).assert_ok();
+    find(
+        &gw,
+        "reader",
+        &[("sort_on", r#"["givenName","-primaryAddress.city"]"#)],
+    )
+    .assert_ok();
     assert_eq!(up.count(), 1);
 }
 
@@ -84,7 +103,10 @@ fn attributes_list_naming_a_hidden_attribute_is_refused() {
         "attributes",
         "email",
     );
-    let r = gw.get_as("reader", "/entity?type_name=user&id=7&attributes=%5B%22internal.notes%22%5D");
+    let r = gw.get_as(
+        "reader",
+        "/entity?type_name=user&id=7&attributes=%5B%22internal.notes%22%5D",
+    );
     assert_oracle_refused(&r, "attributes", "internal.notes");
     up.assert_untouched();
 }
@@ -92,7 +114,15 @@ fn attributes_list_naming_a_hidden_attribute_is_refused() {
 #[test]
 fn attributes_list_of_allowed_attributes_passes() {
     let (up, gw) = gateway_with_default_upstream();
-    find(&gw, "reader", &[("attributes", r#"["givenName","primaryAddress.city","photos"]"#)]).assert_ok();
+    find(
+        &gw,
+        "reader",
+        &[(
+            "attributes",
+            r#"["givenName","primaryAddress.city","photos"]"#,
+        )],
+    )
+    .assert_ok();
     assert_eq!(up.count(), 1);
 }
 
@@ -110,16 +140,31 @@ fn key_attribute_naming_a_hidden_attribute_is_refused() {
 #[test]
 fn key_attribute_naming_an_allowed_attribute_passes() {
     let (up, gw) = gateway_with_default_upstream();
-    gw.get_as("reader", "/entity?type_name=user&key_attribute=givenName&key_value=%22Ada7%22")
-        .assert_ok();
-    assert_eq!(up.only().param("key_attribute").as_deref(), Some("givenName"));
+    gw.get_as(
+        "reader",
+        "/entity?type_name=user&key_attribute=givenName&key_value=%22Ada7%22",
+    )
+    .assert_ok();
+    assert_eq!(
+        up.only().param("key_attribute").as_deref(),
+        Some("givenName")
+    );
 }
 
 #[test]
 fn attribute_name_naming_a_hidden_attribute_is_refused() {
     let (up, gw) = gateway_with_default_upstream();
-    for hidden in ["email", "internal", "internal.notes", "primaryAddress.zip", "mobileNumber"] {
-        let r = gw.get_as("reader", &format!("/entity?type_name=user&id=7&attribute_name={hidden}"));
+    for hidden in [
+        "email",
+        "internal",
+        "internal.notes",
+        "primaryAddress.zip",
+        "mobileNumber",
+    ] {
+        let r = gw.get_as(
+            "reader",
+            &format!("/entity?type_name=user&id=7&attribute_name={hidden}"),
+        );
         assert_oracle_refused(&r, "attribute_name", hidden);
     }
     up.assert_untouched();
@@ -128,7 +173,11 @@ fn attribute_name_naming_a_hidden_attribute_is_refused() {
 #[test]
 fn attribute_name_naming_an_allowed_attribute_passes() {
     let (up, gw) = gateway_with_default_upstream();
-    gw.get_as("reader", "/entity?type_name=user&id=7&attribute_name=givenName").assert_ok();
+    gw.get_as(
+        "reader",
+        "/entity?type_name=user&id=7&attribute_name=givenName",
+    )
+    .assert_ok();
     assert_eq!(up.count(), 1);
 }
 
@@ -154,7 +203,10 @@ fn key_attribute_is_checked_on_write_routes_too() {
 #[test]
 fn filter_on_count_is_checked() {
     let (up, gw) = gateway_with_default_upstream();
-    let r = gw.get_as("reader", "/entity.count?type_name=user&filter=email%20%3D%20%27x%27");
+    let r = gw.get_as(
+        "reader",
+        "/entity.count?type_name=user&filter=email%20%3D%20%27x%27",
+    );
     r.assert_error(403, 403, "client_permission_error");
     up.assert_untouched();
 }

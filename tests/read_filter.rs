@@ -72,7 +72,9 @@ clients:
       user:
         read: [familyName]
 "#;
-    let gw = GatewayBuilder::new(&up).policy(&policy_with_clients(clients)).start();
+    let gw = GatewayBuilder::new(&up)
+        .policy(&policy_with_clients(clients))
+        .start();
     let v = gw.get_as("narrow", ENTITY).assert_ok();
     assert_eq!(
         v["result"],
@@ -91,7 +93,10 @@ fn object_path_grants_everything_beneath_it() {
     let (_up, gw) = gateway_with_default_upstream();
     // writer reads: email, givenName, familyName, primaryAddress (whole).
     let v = gw.get_as("writer", ENTITY).assert_ok();
-    assert_eq!(v["result"]["primaryAddress"], sample_record(7)["primaryAddress"]);
+    assert_eq!(
+        v["result"]["primaryAddress"],
+        sample_record(7)["primaryAddress"]
+    );
     assert!(v["result"].get("photos").is_none(), "{v}");
     assert!(v["result"].get("internal").is_none(), "{v}");
     assert!(v["result"].get("mobileNumber").is_none(), "{v}");
@@ -120,7 +125,10 @@ fn find_filters_every_result_and_keeps_the_envelope() {
         assert_eq!(rec["id"], id);
         assert_eq!(rec["givenName"], format!("Ada{id}"));
         assert_eq!(rec["primaryAddress"], json!({"city": "London"}));
-        assert_eq!(rec["photos"][1], json!({"id": 102, "value": "http://photos/2.jpg"}));
+        assert_eq!(
+            rec["photos"][1],
+            json!({"id": 102, "value": "http://photos/2.jpg"})
+        );
     }
     r.assert_no_hidden();
 }
@@ -154,17 +162,26 @@ fn envelope_fields_are_untouched() {
 #[test]
 fn sub_attribute_object_returns_only_granted_sub_attributes() {
     let (up, gw) = gateway_with_default_upstream();
-    let r = gw.get_as("reader", "/entity?type_name=user&id=7&attribute_name=primaryAddress");
+    let r = gw.get_as(
+        "reader",
+        "/entity?type_name=user&id=7&attribute_name=primaryAddress",
+    );
     let v = r.assert_ok();
     assert_eq!(v["result"], json!({"city": "London"}));
     r.assert_no_hidden();
-    assert_eq!(up.only().param("attribute_name").as_deref(), Some("primaryAddress"));
+    assert_eq!(
+        up.only().param("attribute_name").as_deref(),
+        Some("primaryAddress")
+    );
 }
 
 #[test]
 fn sub_attribute_plural_filters_every_element() {
     let (_up, gw) = gateway_with_default_upstream();
-    let r = gw.get_as("reader", "/entity?type_name=user&id=7&attribute_name=photos");
+    let r = gw.get_as(
+        "reader",
+        "/entity?type_name=user&id=7&attribute_name=photos",
+    );
     let v = r.assert_ok();
     assert_eq!(
         v["result"],
@@ -180,10 +197,18 @@ fn sub_attribute_plural_filters_every_element() {
 fn sub_attribute_granted_leaf_is_returned() {
     let (_up, gw) = gateway_with_default_upstream();
     let v = gw
-        .get_as("reader", "/entity?type_name=user&id=7&attribute_name=primaryAddress.city")
+        .get_as(
+            "reader",
+            "/entity?type_name=user&id=7&attribute_name=primaryAddress.city",
+        )
         .assert_ok();
     assert_eq!(v["result"], "London");
-    let v = gw.get_as("reader", "/entity?type_name=user&id=7&attribute_name=givenName").assert_ok();
+    let v = gw
+        .get_as(
+            "reader",
+            "/entity?type_name=user&id=7&attribute_name=givenName",
+        )
+        .assert_ok();
     assert_eq!(v["result"], "Ada7");
 }
 
@@ -191,7 +216,10 @@ fn sub_attribute_granted_leaf_is_returned() {
 fn sub_attribute_full_grant_returns_everything_beneath() {
     let (_up, gw) = gateway_with_default_upstream();
     let v = gw
-        .get_as("writer", "/entity?type_name=user&id=7&attribute_name=primaryAddress")
+        .get_as(
+            "writer",
+            "/entity?type_name=user&id=7&attribute_name=primaryAddress",
+        )
         .assert_ok();
     assert_eq!(v["result"], sample_record(7)["primaryAddress"]);
 }
@@ -207,17 +235,25 @@ fn unknown_attributes_in_the_upstream_record_are_dropped_for_a_partial_schema() 
     let gw = GatewayBuilder::new(&up).start();
     let r = gw.get_as("reader", ENTITY);
     let v = r.assert_ok();
-    assert_eq!(v["result"], json!({"id": 1, "givenName": "G", "primaryAddress": {"city": "C"}}));
+    assert_eq!(
+        v["result"],
+        json!({"id": 1, "givenName": "G", "primaryAddress": {"city": "C"}})
+    );
 }
 
 #[test]
 fn write_responses_are_read_filtered_too() {
-    let up = TestUpstream::start(|_| Reply::json(json!({"stat": "ok", "result": sample_record(7)})));
+    let up =
+        TestUpstream::start(|_| Reply::json(json!({"stat": "ok", "result": sample_record(7)})));
     let gw = GatewayBuilder::new(&up).start();
     let r = gw.post_as(
         "writer",
         "/entity.update",
-        &[("type_name", "user"), ("id", "7"), ("attributes", r#"{"givenName":"X"}"#)],
+        &[
+            ("type_name", "user"),
+            ("id", "7"),
+            ("attributes", r#"{"givenName":"X"}"#),
+        ],
     );
     let v = r.assert_ok();
     assert!(v["result"].get("mobileNumber").is_none(), "{v}");
@@ -229,7 +265,9 @@ fn write_responses_are_read_filtered_too() {
 #[test]
 fn upstream_error_envelope_passes_through() {
     let up = TestUpstream::start(|_| {
-        Reply::json(json!({"stat": "error", "code": 310, "error": "record_not_found", "error_description": "no such record"}))
+        Reply::json(
+            json!({"stat": "error", "code": 310, "error": "record_not_found", "error_description": "no such record"}),
+        )
     });
     let gw = GatewayBuilder::new(&up).start();
     let r = gw.get_as("reader", ENTITY);
@@ -237,4 +275,63 @@ fn upstream_error_envelope_passes_through() {
     let v = r.json();
     assert_eq!(v["code"], 310, "{v}");
     assert_eq!(v["error"], "record_not_found");
+}
+
+#[test]
+fn sub_attribute_plural_element_selector_is_filtered() {
+    // `attribute_name=photos#101` addresses one element; the upstream answers
+    // with that element object.
+    let up = TestUpstream::start(|r| {
+        let a = r.param("attribute_name").unwrap_or_default();
+        let result = match a.as_str() {
+            "photos#101" => sample_record(7)["photos"][0].clone(),
+            "photos#101.value" => json!("http://photos/1.jpg"),
+            _ => sample_record(7),
+        };
+        Reply::json(json!({"stat": "ok", "result": result}))
+    });
+    let gw = GatewayBuilder::new(&up).start();
+    let r = gw.get_as(
+        "reader",
+        "/entity?type_name=user&id=7&attribute_name=photos%23101",
+    );
+    let v = r.assert_ok();
+    assert_eq!(
+        v["result"],
+        json!({"id": 101, "value": "http://photos/1.jpg"})
+    );
+    r.assert_no_hidden();
+    let v = gw
+        .get_as(
+            "reader",
+            "/entity?type_name=user&id=7&attribute_name=photos%23101.value",
+        )
+        .assert_ok();
+    assert_eq!(v["result"], "http://photos/1.jpg");
+    let r = gw.get_as(
+        "reader",
+        "/entity?type_name=user&id=7&attribute_name=photos%23101.type",
+    );
+    r.assert_error(403, 403, "client_permission_error");
+}
+
+#[test]
+fn sub_attribute_slash_syntax_is_checked_like_dots() {
+    let (up, gw) = gateway_with_default_upstream();
+    let r = gw.get_as(
+        "reader",
+        "/entity?type_name=user&id=7&attribute_name=/primaryAddress/zip",
+    );
+    r.assert_error(403, 403, "client_permission_error");
+    up.assert_untouched();
+    let up = TestUpstream::start(|_| {
+        Reply::json(json!({"stat": "ok", "result": sample_record(7)["primaryAddress"].clone()}))
+    });
+    let gw = GatewayBuilder::new(&up).start();
+    let r = gw.get_as(
+        "reader",
+        "/entity?type_name=user&id=7&attribute_name=/primaryAddress",
+    );
+    let v = r.assert_ok();
+    assert_eq!(v["result"], json!({"city": "London"}));
 }

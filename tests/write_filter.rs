@@ -11,7 +11,11 @@ fn update(gw: &Gateway, client: &str, attributes: &str) -> Resp {
     gw.post_as(
         client,
         "/entity.update",
-        &[("type_name", "user"), ("id", "7"), ("attributes", attributes)],
+        &[
+            ("type_name", "user"),
+            ("id", "7"),
+            ("attributes", attributes),
+        ],
     )
 }
 
@@ -55,7 +59,10 @@ fn strip_mode_filters_plural_elements() {
 fn strip_mode_forwards_allowed_attributes_unchanged() {
     let (up, gw) = gateway_with_default_upstream();
     update(&gw, "writer", r#"{"givenName":"G","familyName":"F"}"#).assert_ok();
-    assert_eq!(forwarded_attributes(&up), json!({"givenName": "G", "familyName": "F"}));
+    assert_eq!(
+        forwarded_attributes(&up),
+        json!({"givenName": "G", "familyName": "F"})
+    );
     let rec = up.only();
     assert_eq!(rec.param("type_name").as_deref(), Some("user"));
     assert_eq!(rec.param("id").as_deref(), Some("7"));
@@ -67,17 +74,32 @@ fn reject_mode_refuses_naming_the_attribute_and_upstream_untouched() {
     let r = update(&gw, "rejecter", r#"{"givenName":"G","email":"e@x"}"#);
     let v = r.assert_error(403, 403, "client_permission_error");
     assert_eq!(v["argument_name"], "attributes", "{v}");
-    assert!(v["error_description"].as_str().unwrap().contains("email"), "{v}");
-    let r = update(&gw, "rejecter", r#"{"primaryAddress":{"city":"C","zip":"Z"}}"#);
+    assert!(
+        v["error_description"].as_str().unwrap().contains("email"),
+        "{v}"
+    );
+    let r = update(
+        &gw,
+        "rejecter",
+        r#"{"primaryAddress":{"city":"C","zip":"Z"}}"#,
+    );
     let v = r.assert_error(403, 403, "client_permission_error");
-    assert!(v["error_description"].as_str().unwrap().contains("zip"), "{v}");
+    assert!(
+        v["error_description"].as_str().unwrap().contains("zip"),
+        "{v}"
+    );
     up.assert_untouched();
 }
 
 #[test]
 fn reject_mode_forwards_a_clean_write() {
     let (up, gw) = gateway_with_default_upstream();
-    update(&gw, "rejecter", r#"{"givenName":"G","primaryAddress":{"city":"C"}}"#).assert_ok();
+    update(
+        &gw,
+        "rejecter",
+        r#"{"givenName":"G","primaryAddress":{"city":"C"}}"#,
+    )
+    .assert_ok();
     assert_eq!(
         forwarded_attributes(&up),
         json!({"givenName": "G", "primaryAddress": {"city": "C"}})
@@ -106,7 +128,12 @@ fn reserved_attribute_by_attribute_name_is_refused() {
     let r = gw.post_as(
         "owner",
         "/entity.update",
-        &[("type_name", "user"), ("id", "7"), ("attribute_name", "uuid"), ("value", "\"u\"")],
+        &[
+            ("type_name", "user"),
+            ("id", "7"),
+            ("attribute_name", "uuid"),
+            ("value", "\"u\""),
+        ],
     );
     r.assert_error(400, 234, "reserved_attribute");
     up.assert_untouched();
@@ -125,12 +152,22 @@ clients:
 #[test]
 fn empty_write_schema_makes_the_client_read_only() {
     let up = TestUpstream::capture_like();
-    let gw = GatewayBuilder::new(&up).policy(&policy_with_clients(READ_ONLY_CLIENT)).start();
+    let gw = GatewayBuilder::new(&up)
+        .policy(&policy_with_clients(READ_ONLY_CLIENT))
+        .start();
     let r = update(&gw, "ro", r#"{"givenName":"G"}"#);
     r.assert_error(403, 403, "client_permission_error");
-    let r = gw.post_as("ro", "/entity.create", &[("type_name", "user"), ("attributes", "{}")]);
+    let r = gw.post_as(
+        "ro",
+        "/entity.create",
+        &[("type_name", "user"), ("attributes", "{}")],
+    );
     r.assert_error(403, 403, "client_permission_error");
-    let r = gw.post_as("ro", "/entity.delete", &[("type_name", "user"), ("id", "7")]);
+    let r = gw.post_as(
+        "ro",
+        "/entity.delete",
+        &[("type_name", "user"), ("id", "7")],
+    );
     r.assert_error(403, 403, "client_permission_error");
     up.assert_untouched();
     // Reading is still allowed.
@@ -143,12 +180,18 @@ fn escaped_key_is_treated_as_the_attribute_it_spells() {
     // Reject mode: "em\u0061il" is email.
     let r = update(&gw, "rejecter", r#"{"em\u0061il":"e@x"}"#);
     let v = r.assert_error(403, 403, "client_permission_error");
-    assert!(v["error_description"].as_str().unwrap().contains("email"), "{v}");
+    assert!(
+        v["error_description"].as_str().unwrap().contains("email"),
+        "{v}"
+    );
     up.assert_untouched();
     // Strip mode: removed, and no raw escaped spelling survives.
     update(&gw, "writer", r#"{"givenName":"G","em\u0061il":"e@x"}"#).assert_ok();
     let rec = up.only();
-    assert_eq!(rec.json_param("attributes").unwrap(), json!({"givenName": "G"}));
+    assert_eq!(
+        rec.json_param("attributes").unwrap(),
+        json!({"givenName": "G"})
+    );
     assert!(!rec.body_str().contains("e%40x"), "{}", rec.body_str());
 }
 
@@ -222,7 +265,10 @@ fn value_update_is_checked_relative_to_attribute_name() {
     // Strip: zip is removed relative to primaryAddress.
     update_value(&gw, "writer", "primaryAddress", r#"{"city":"C","zip":"Z"}"#).assert_ok();
     let rec = up.only();
-    assert_eq!(rec.param("attribute_name").as_deref(), Some("primaryAddress"));
+    assert_eq!(
+        rec.param("attribute_name").as_deref(),
+        Some("primaryAddress")
+    );
     assert_eq!(rec.json_param("value").unwrap(), json!({"city": "C"}));
 }
 
@@ -248,7 +294,12 @@ fn value_update_outside_the_write_schema_is_refused() {
         r.assert_error(403, 403, "client_permission_error");
     }
     // Reject mode relative to the sub-attribute.
-    let r = update_value(&gw, "rejecter", "primaryAddress", r#"{"city":"C","zip":"Z"}"#);
+    let r = update_value(
+        &gw,
+        "rejecter",
+        "primaryAddress",
+        r#"{"city":"C","zip":"Z"}"#,
+    );
     let v = r.assert_error(403, 403, "client_permission_error");
     assert_eq!(v["argument_name"], "value", "{v}");
     up.assert_untouched();
@@ -283,13 +334,19 @@ fn bulk_create_with_a_reserved_attribute_in_any_element_is_refused() {
     let r = gw.post_as(
         "writer",
         "/entity.bulkCreate",
-        &[("type_name", "user"), ("all_attributes", r#"[{"givenName":"A"},{"uuid":"u"}]"#)],
+        &[
+            ("type_name", "user"),
+            ("all_attributes", r#"[{"givenName":"A"},{"uuid":"u"}]"#),
+        ],
     );
     r.assert_error(400, 234, "reserved_attribute");
     let r = gw.post_as(
         "rejecter",
         "/entity.bulkCreate",
-        &[("type_name", "user"), ("all_attributes", r#"[{"givenName":"A"},{"email":"e"}]"#)],
+        &[
+            ("type_name", "user"),
+            ("all_attributes", r#"[{"givenName":"A"},{"email":"e"}]"#),
+        ],
     );
     r.assert_error(403, 403, "client_permission_error");
     up.assert_untouched();
@@ -301,19 +358,37 @@ fn create_is_write_filtered() {
     gw.post_as(
         "writer",
         "/entity.create",
-        &[("type_name", "user"), ("attributes", r#"{"givenName":"A","internal":{"notes":"n"}}"#)],
+        &[
+            ("type_name", "user"),
+            (
+                "attributes",
+                r#"{"givenName":"A","internal":{"notes":"n"}}"#,
+            ),
+        ],
     )
     .assert_ok();
-    assert_eq!(up.only().json_param("attributes").unwrap(), json!({"givenName": "A"}));
+    assert_eq!(
+        up.only().json_param("attributes").unwrap(),
+        json!({"givenName": "A"})
+    );
 }
 
 #[test]
 fn deleting_a_whole_record_needs_a_full_write_schema() {
     let (up, gw) = gateway_with_default_upstream();
-    let r = gw.post_as("writer", "/entity.delete", &[("type_name", "user"), ("id", "7")]);
+    let r = gw.post_as(
+        "writer",
+        "/entity.delete",
+        &[("type_name", "user"), ("id", "7")],
+    );
     r.assert_error(403, 403, "client_permission_error");
     up.assert_untouched();
-    gw.post_as("direct", "/entity.delete", &[("type_name", "user"), ("id", "7")]).assert_ok();
+    gw.post_as(
+        "direct",
+        "/entity.delete",
+        &[("type_name", "user"), ("id", "7")],
+    )
+    .assert_ok();
     assert_eq!(up.only().path(), "/entity.delete");
 }
 
@@ -349,4 +424,46 @@ fn json_body_route_is_write_filtered() {
     assert_eq!(rec.header("content-type"), Some("application/json"));
     let body: Value = serde_json::from_slice(&rec.body).unwrap();
     assert_eq!(body, json!({"givenName": "G"}));
+}
+
+#[test]
+fn value_update_of_a_plural_element_is_filtered() {
+    let (up, gw) = gateway_with_default_upstream();
+    update_value(&gw, "writer", "photos#101", r#"{"type":"t","value":"v"}"#).assert_ok();
+    let rec = up.only();
+    assert_eq!(rec.param("attribute_name").as_deref(), Some("photos#101"));
+    assert_eq!(rec.json_param("value").unwrap(), json!({"value": "v"}));
+}
+
+#[test]
+fn chunked_request_body_is_filtered_and_forwarded_with_a_length() {
+    let (up, gw) = gateway_with_default_upstream();
+    let body = encode_form(&[
+        ("type_name", "user"),
+        ("id", "7"),
+        ("attributes", r#"{"givenName":"G","email":"e@x"}"#),
+    ]);
+    let mut req = format!(
+        "POST /entity.update HTTP/1.1\r\nHost: gw\r\nAuthorization: {}\r\nContent-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        basic("writer", "writer-secret")
+    )
+    .into_bytes();
+    for c in body.as_bytes().chunks(10) {
+        req.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+        req.extend_from_slice(c);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    let r = gw.raw(&req, false);
+    assert_eq!(r.status(), 200, "{r:?}");
+    let rec = up.only();
+    assert_eq!(
+        rec.json_param("attributes").unwrap(),
+        json!({"givenName": "G"})
+    );
+    assert_eq!(
+        rec.header("content-length"),
+        Some(rec.body.len().to_string().as_str())
+    );
+    assert!(!rec.has_header("transfer-encoding"), "{rec:#?}");
 }

@@ -10,10 +10,42 @@ use crate::schema::AttrDef;
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyFile {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_keys")]
     pub entity_types: BTreeMap<String, EntityTypeDef>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_keys")]
     pub clients: BTreeMap<String, ClientDef>,
+}
+
+/// A map whose keys must be unique: YAML allows a key twice and serde would
+/// silently keep the last, so a second client with the same id could
+/// replace the first unnoticed.
+fn unique_keys<'de, D, V>(d: D) -> Result<BTreeMap<String, V>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    V: Deserialize<'de>,
+{
+    struct Visit<V>(std::marker::PhantomData<V>);
+    impl<'de, V: Deserialize<'de>> serde::de::Visitor<'de> for Visit<V> {
+        type Value = BTreeMap<String, V>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a map with unique keys")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if out.contains_key(&key) {
+                    return Err(serde::de::Error::custom(format!("duplicate entry {key:?}")));
+                }
+                let value = map.next_value()?;
+                out.insert(key, value);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(Visit(std::marker::PhantomData))
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -66,18 +66,24 @@ impl Recorded {
             .header("content-type")
             .is_some_and(|c| c.starts_with("application/x-www-form-urlencoded"));
         if form {
-            out.extend(form_urlencoded::parse(&self.body).map(|(k, v)| (k.into_owned(), v.into_owned())));
+            out.extend(
+                form_urlencoded::parse(&self.body).map(|(k, v)| (k.into_owned(), v.into_owned())),
+            );
         }
         out
     }
 
     pub fn param(&self, name: &str) -> Option<String> {
-        self.params().into_iter().find(|(k, _)| k == name).map(|(_, v)| v)
+        self.params()
+            .into_iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v)
     }
 
     /// A parameter holding JSON, parsed.
     pub fn json_param(&self, name: &str) -> Option<Value> {
-        self.param(name).map(|v| serde_json::from_str(&v).expect("parameter is JSON"))
+        self.param(name)
+            .map(|v| serde_json::from_str(&v).expect("parameter is JSON"))
     }
 
     pub fn body_str(&self) -> String {
@@ -96,7 +102,10 @@ pub struct Reply {
 
 impl Reply {
     pub fn json(v: Value) -> Reply {
-        Reply::bytes("application/json;charset=UTF-8", serde_json::to_vec(&v).unwrap())
+        Reply::bytes(
+            "application/json;charset=UTF-8",
+            serde_json::to_vec(&v).unwrap(),
+        )
     }
 
     pub fn bytes(content_type: &str, body: impl Into<Vec<u8>>) -> Reply {
@@ -167,14 +176,27 @@ impl TestUpstream {
                         let log = log.clone();
                         async move {
                             let (parts, body) = req.into_parts();
-                            let body = body.collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes().to_vec())
+                                .unwrap_or_default();
                             let rec = Recorded {
                                 method: parts.method.to_string(),
-                                target: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+                                target: parts
+                                    .uri
+                                    .path_and_query()
+                                    .map(|p| p.to_string())
+                                    .unwrap_or_default(),
                                 headers: parts
                                     .headers
                                     .iter()
-                                    .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                                    .map(|(k, v)| {
+                                        (
+                                            k.to_string(),
+                                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                                        )
+                                    })
                                     .collect(),
                                 body,
                             };
@@ -206,7 +228,9 @@ impl TestUpstream {
     /// A hand-rolled server: reads one request (headers + Content-Length
     /// body), records it, writes whatever bytes `handler` returns, closes.
     /// For resets mid-body, lying Content-Length and other broken framing.
-    pub fn start_raw(handler: impl Fn(&Recorded) -> Vec<u8> + Send + Sync + 'static) -> TestUpstream {
+    pub fn start_raw(
+        handler: impl Fn(&Recorded) -> Vec<u8> + Send + Sync + 'static,
+    ) -> TestUpstream {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let handler: Arc<RawHandler> = Arc::new(handler);
         let log = Arc::new(Mutex::new(Vec::new()));
@@ -300,13 +324,20 @@ impl TestUpstream {
     /// The only request received; panics unless exactly one arrived.
     pub fn only(&self) -> Recorded {
         let r = self.requests();
-        assert_eq!(r.len(), 1, "expected exactly one upstream request, got {r:#?}");
+        assert_eq!(
+            r.len(),
+            1,
+            "expected exactly one upstream request, got {r:#?}"
+        );
         r.into_iter().next().unwrap()
     }
 
     pub fn assert_untouched(&self) {
         let r = self.requests();
-        assert!(r.is_empty(), "the upstream must not have been contacted, got {r:#?}");
+        assert!(
+            r.is_empty(),
+            "the upstream must not have been contacted, got {r:#?}"
+        );
     }
 }
 
@@ -405,7 +436,9 @@ pub fn capture_handler(r: &Recorded) -> Reply {
         })),
         "/entity.count" => Reply::json(json!({"stat": "ok", "total_count": 2})),
         "/entity.create" => Reply::json(json!({"stat": "ok", "id": 9, "uuid": "uuid-9"})),
-        "/entity.bulkCreate" => Reply::json(json!({"stat": "ok", "uuid_results": ["uuid-10", "uuid-11"]})),
+        "/entity.bulkCreate" => {
+            Reply::json(json!({"stat": "ok", "uuid_results": ["uuid-10", "uuid-11"]}))
+        }
         _ => Reply::json(json!({"stat": "ok"})),
     }
 }
@@ -535,11 +568,19 @@ pub fn policy_with_clients(clients_yaml: &str) -> String {
 
 /// Picks a free loopback port (bind :0, read it, drop).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn free_port_v6() -> u16 {
-    TcpListener::bind("[::1]:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("[::1]:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub struct GatewayBuilder {
@@ -547,6 +588,8 @@ pub struct GatewayBuilder {
     policy: String,
     extra: serde_json::Map<String, Value>,
     ipv6: bool,
+    files: Vec<(String, Vec<u8>)>,
+    env: Vec<(String, String)>,
 }
 
 /// A running `recordgate serve`, killed on drop.
@@ -570,6 +613,8 @@ impl GatewayBuilder {
             policy: default_policy(),
             extra: serde_json::Map::new(),
             ipv6: false,
+            files: Vec::new(),
+            env: Vec::new(),
         }
     }
 
@@ -590,14 +635,32 @@ impl GatewayBuilder {
         self
     }
 
+    /// Writes an extra file next to the policy before starting.
+    pub fn file(mut self, name: &str, content: impl Into<Vec<u8>>) -> Self {
+        self.files.push((name.to_string(), content.into()));
+        self
+    }
+
+    /// Sets an environment variable for the gateway process.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
     pub fn start(self) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
+        for (name, content) in &self.files {
+            std::fs::write(dir.path().join(name), content).unwrap();
+        }
         let (listen, addr): (String, SocketAddr) = if self.ipv6 {
             let p = free_port_v6();
             (format!("[::1]:{p}"), format!("[::1]:{p}").parse().unwrap())
         } else {
             let p = free_port();
-            (format!("127.0.0.1:{p}"), format!("127.0.0.1:{p}").parse().unwrap())
+            (
+                format!("127.0.0.1:{p}"),
+                format!("127.0.0.1:{p}").parse().unwrap(),
+            )
         };
         let policy_path = dir.path().join("policy.yaml");
         std::fs::write(&policy_path, &self.policy).unwrap();
@@ -619,7 +682,11 @@ impl GatewayBuilder {
         }
         // JSON is YAML.
         let settings_path = dir.path().join("settings.yaml");
-        std::fs::write(&settings_path, serde_json::to_vec_pretty(&settings).unwrap()).unwrap();
+        std::fs::write(
+            &settings_path,
+            serde_json::to_vec_pretty(&settings).unwrap(),
+        )
+        .unwrap();
         let stdout = std::fs::File::create(dir.path().join("stdout.log")).unwrap();
         let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_recordgate"))
@@ -627,6 +694,7 @@ impl GatewayBuilder {
             .arg("--config")
             .arg(&settings_path)
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
@@ -637,7 +705,12 @@ impl GatewayBuilder {
         } else {
             format!("http://127.0.0.1:{}", addr.port())
         };
-        let mut gw = Gateway { child, dir, addr, base };
+        let mut gw = Gateway {
+            child,
+            dir,
+            addr,
+            base,
+        };
         gw.wait_ready();
         gw
     }
@@ -654,7 +727,11 @@ impl Gateway {
                 return;
             }
             if Instant::now() > deadline {
-                panic!("recordgate did not listen on {} within 10 s:\n{}", self.addr, self.stderr());
+                panic!(
+                    "recordgate did not listen on {} within 10 s:\n{}",
+                    self.addr,
+                    self.stderr()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -685,7 +762,12 @@ impl Gateway {
     }
 
     /// POST form fields with optional Basic credentials.
-    pub fn post_form(&self, path: &str, auth: Option<(&str, &str)>, fields: &[(&str, &str)]) -> Resp {
+    pub fn post_form(
+        &self,
+        path: &str,
+        auth: Option<(&str, &str)>,
+        fields: &[(&str, &str)],
+    ) -> Resp {
         let body = encode_form(fields);
         let mut rb = http_client()
             .post(self.url(path))
@@ -716,7 +798,8 @@ impl Gateway {
     }
 
     pub fn connect(&self) -> TcpStream {
-        let s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5)).expect("connect to gateway");
+        let s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))
+            .expect("connect to gateway");
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         s
     }
@@ -782,14 +865,22 @@ impl From<reqwest::blocking::Response> for Resp {
         let status = r.status().as_u16();
         let headers = r.headers().clone();
         let body = r.bytes().expect("read body").to_vec();
-        Resp { status, headers, body }
+        Resp {
+            status,
+            headers,
+            body,
+        }
     }
 }
 
 impl Resp {
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
     }
 
     pub fn text(&self) -> String {
@@ -808,8 +899,16 @@ impl Resp {
         assert_eq!(v["stat"], "error", "{v}");
         assert_eq!(v["code"], code, "code; body: {v}");
         assert_eq!(v["error"], error, "error; body: {v}");
-        assert!(v["error_description"].as_str().is_some_and(|s| !s.is_empty()), "{v}");
-        assert!(v["request_id"].as_str().is_some_and(|s| !s.is_empty()), "{v}");
+        assert!(
+            v["error_description"]
+                .as_str()
+                .is_some_and(|s| !s.is_empty()),
+            "{v}"
+        );
+        assert!(
+            v["request_id"].as_str().is_some_and(|s| !s.is_empty()),
+            "{v}"
+        );
         v
     }
 
@@ -845,7 +944,11 @@ impl RawResponse {
     }
 
     pub fn status(&self) -> u16 {
-        self.status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+        self.status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
     }
 }
 
@@ -859,7 +962,11 @@ pub fn read_raw_response(s: &mut TcpStream, head: bool) -> RawResponse {
             break i + 4;
         }
         let n = s.read(&mut chunk).expect("read response head");
-        assert!(n > 0, "connection closed before the response head: {:?}", String::from_utf8_lossy(&buf));
+        assert!(
+            n > 0,
+            "connection closed before the response head: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
         buf.extend_from_slice(&chunk[..n]);
         assert!(buf.len() < 1 << 20, "response head too large");
     };
@@ -881,10 +988,17 @@ pub fn read_raw_response(s: &mut TcpStream, head: bool) -> RawResponse {
         resp.body = rest;
         return resp;
     }
-    if let Some(len) = resp.header("content-length").map(|v| v.parse::<usize>().expect("numeric Content-Length")) {
+    if let Some(len) = resp
+        .header("content-length")
+        .map(|v| v.parse::<usize>().expect("numeric Content-Length"))
+    {
         while rest.len() < len {
             let n = s.read(&mut chunk).expect("read body");
-            assert!(n > 0, "connection closed after {} of {len} body bytes", rest.len());
+            assert!(
+                n > 0,
+                "connection closed after {} of {len} body bytes",
+                rest.len()
+            );
             rest.extend_from_slice(&chunk[..n]);
         }
         resp.body = rest;
@@ -904,7 +1018,9 @@ pub fn read_raw_response(s: &mut TcpStream, head: bool) -> RawResponse {
         let mut i = 0;
         loop {
             let line_end = i + find(&rest[i..], b"\r\n").expect("chunk size line");
-            let size = usize::from_str_radix(std::str::from_utf8(&rest[i..line_end]).unwrap().trim(), 16).unwrap();
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&rest[i..line_end]).unwrap().trim(), 16)
+                    .unwrap();
             i = line_end + 2;
             if size == 0 {
                 break;

@@ -1,0 +1,323 @@
+//! Framing, read byte for byte off a raw socket: Content-Length matches the
+//! filtered body, keep-alive survives, HEAD / 204 / 304 carry no body.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+fn get_request(path: &str, client: &str, extra: &str) -> Vec<u8> {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: gw\r\nAuthorization: {}\r\n{extra}\r\n",
+        basic(client, &format!("{client}-secret"))
+    )
+    .into_bytes()
+}
+
+fn head_request(path: &str, client: &str) -> Vec<u8> {
+    format!(
+        "HEAD {path} HTTP/1.1\r\nHost: gw\r\nAuthorization: {}\r\n\r\n",
+        basic(client, &format!("{client}-secret"))
+    )
+    .into_bytes()
+}
+
+/// Asserts nothing more arrives on the connection for a short while.
+fn assert_no_more_bytes(s: &mut TcpStream) {
+    s.set_read_timeout(Some(Duration::from_millis(400)))
+        .unwrap();
+    let mut buf = [0u8; 256];
+    match s.read(&mut buf) {
+        Ok(0) => {}
+        Ok(n) => panic!(
+            "unexpected extra bytes: {:?}",
+            String::from_utf8_lossy(&buf[..n])
+        ),
+        Err(e) => assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "{e}"
+        ),
+    }
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+}
+
+fn content_length(r: &RawResponse) -> usize {
+    r.header("content-length")
+        .unwrap_or_else(|| panic!("no Content-Length: {r:?}"))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn filtered_response_content_length_equals_the_body_length() {
+    let (_up, gw) = gateway_with_default_upstream();
+    let mut s = gw.connect();
+    s.write_all(&get_request("/entity?type_name=user&id=7", "reader", ""))
+        .unwrap();
+    let r = read_raw_response(&mut s, false);
+    assert_eq!(r.status(), 200, "{r:?}");
+    assert!(r.header("transfer-encoding").is_none(), "{r:?}");
+    assert_eq!(content_length(&r), r.body.len());
+    let v: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["result"]["givenName"], "Ada7");
+    // The filtered body is shorter than the upstream's, and nothing trails it.
+    let upstream_len = serde_json::to_vec(&json!({"stat": "ok", "result": sample_record(7)}))
+        .unwrap()
+        .len();
+    assert!(r.body.len() < upstream_len);
+    assert_no_more_bytes(&mut s);
+}
+
+#[test]
+fn stale_upstream_framing_headers_are_not_copied() {
+    let up = TestUpstream::start(|r| {
+        capture_handler(r)
+            .header("etag", "\"unfiltered-etag\"")
+            .header("accept-ranges", "bytes")
+            .header("x-upstream-extra", "kept")
+    });
+    let gw = GatewayBuilder::new(&up).start();
+    let r = gw.raw(
+        &get_request(
+            "/entity?type_name=user&id=7",
+            "reader",
+            "Connection: close\r\n",
+        ),
+        false,
+    );
+    assert_eq!(r.status(), 200, "{r:?}");
+    assert_eq!(content_length(&r), r.body.len());
+    let cls: Vec<_> = r
+        .headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .collect();
+    assert_eq!(cls.len(), 1, "{r:?}");
+    assert!(r.header("etag").is_none(), "{r:?}");
+    assert!(r.header("accept-ranges").is_none(), "{r:?}");
+    assert_eq!(r.header("x-upstream-extra"), Some("kept"));
+}
+
+#[test]
+fn large_filtered_find_has_an_exact_content_length() {
+    let up = TestUpstream::start(|_| {
+        let results: Vec<Value> = (0..2000).map(sample_record).collect();
+        Reply::json(json!({"stat": "ok", "result_count": 2000, "results": results}))
+    });
+    let gw = GatewayBuilder::new(&up).start();
+    let r = gw.raw(
+        &get_request(
+            "/entity.find?type_name=user",
+            "reader",
+            "Connection: close\r\n",
+        ),
+        false,
+    );
+    assert_eq!(r.status(), 200);
+    assert_eq!(content_length(&r), r.body.len());
+    let v: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["results"].as_array().unwrap().len(), 2000);
+    assert!(!contains(&r.body, "hidden-email"));
+}
+
+#[test]
+fn chunked_upstream_response_is_filtered_and_reframed() {
+    let up = TestUpstream::start_raw(|_| {
+        let body = serde_json::to_vec(&json!({"stat": "ok", "result": sample_record(7)})).unwrap();
+        let mut out = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+        for c in body.chunks(37) {
+            out.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+            out.extend_from_slice(c);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"0\r\n\r\n");
+        out
+    });
+    let gw = GatewayBuilder::new(&up).start();
+    let r = gw.raw(
+        &get_request(
+            "/entity?type_name=user&id=7",
+            "reader",
+            "Connection: close\r\n",
+        ),
+        false,
+    );
+    assert_eq!(r.status(), 200, "{r:?}");
+    assert_eq!(content_length(&r), r.body.len());
+    let v: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["result"]["primaryAddress"], json!({"city": "London"}));
+    assert!(!contains(&r.body, "hidden"));
+}
+
+#[test]
+fn keep_alive_serves_two_requests_on_one_connection() {
+    let (up, gw) = gateway_with_default_upstream();
+    let mut s = gw.connect();
+    s.write_all(&get_request("/entity?type_name=user&id=7", "reader", ""))
+        .unwrap();
+    let r1 = read_raw_response(&mut s, false);
+    assert_eq!(r1.status(), 200);
+    assert_eq!(content_length(&r1), r1.body.len());
+    s.write_all(&get_request("/entity.find?type_name=user", "reader", ""))
+        .unwrap();
+    let r2 = read_raw_response(&mut s, false);
+    assert_eq!(r2.status(), 200, "{r2:?}");
+    assert_eq!(content_length(&r2), r2.body.len());
+    let v: Value = serde_json::from_slice(&r2.body).unwrap();
+    assert_eq!(v["result_count"], 2);
+    // An error answer keeps the connection usable as well.
+    s.write_all(&get_request(
+        "/entity?type_name=user&id=7&attribute_name=email",
+        "reader",
+        "",
+    ))
+    .unwrap();
+    let r3 = read_raw_response(&mut s, false);
+    assert_eq!(r3.status(), 403);
+    assert_eq!(content_length(&r3), r3.body.len());
+    s.write_all(&get_request("/entity?type_name=user&id=7", "reader", ""))
+        .unwrap();
+    assert_eq!(read_raw_response(&mut s, false).status(), 200);
+    assert_eq!(up.count(), 3);
+}
+
+#[test]
+fn keep_alive_after_a_post_with_a_body() {
+    let (up, gw) = gateway_with_default_upstream();
+    let mut s = gw.connect();
+    for i in 0..2 {
+        let body = encode_form(&[
+            ("type_name", "user"),
+            ("id", "7"),
+            ("attributes", r#"{"givenName":"G"}"#),
+        ]);
+        let req = format!(
+            "POST /entity.update HTTP/1.1\r\nHost: gw\r\nAuthorization: {}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+            basic("writer", "writer-secret"),
+            body.len()
+        );
+        s.write_all(req.as_bytes()).unwrap();
+        let r = read_raw_response(&mut s, false);
+        assert_eq!(r.status(), 200, "request {i}: {r:?}");
+        assert_eq!(content_length(&r), r.body.len());
+    }
+    assert_eq!(up.count(), 2);
+}
+
+#[test]
+fn head_returns_headers_and_no_body() {
+    let (up, gw) = gateway_with_default_upstream();
+    let mut s = gw.connect();
+    s.write_all(&head_request("/entity?type_name=user&id=7", "reader"))
+        .unwrap();
+    let r = read_raw_response(&mut s, true);
+    assert_eq!(r.status(), 200, "{r:?}");
+    assert!(
+        r.body.is_empty(),
+        "HEAD body: {:?}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert!(r.header("x-request-id").is_some(), "{r:?}");
+    assert_no_more_bytes(&mut s);
+    // The connection is still in sync.
+    s.write_all(&get_request("/entity?type_name=user&id=7", "reader", ""))
+        .unwrap();
+    let r2 = read_raw_response(&mut s, false);
+    assert_eq!(r2.status(), 200, "{r2:?}");
+    assert_eq!(content_length(&r2), r2.body.len());
+    let reqs = up.requests();
+    assert_eq!(reqs[0].method, "HEAD");
+}
+
+#[test]
+fn head_refusal_has_no_body() {
+    let (up, gw) = gateway_with_default_upstream();
+    let mut s = gw.connect();
+    s.write_all(&head_request("/entity?type_name=user&id=7", "offsite"))
+        .unwrap();
+    let r = read_raw_response(&mut s, true);
+    assert_eq!(r.status(), 403, "{r:?}");
+    assert!(r.body.is_empty());
+    assert_no_more_bytes(&mut s);
+    up.assert_untouched();
+}
+
+fn bodiless_upstream(status: u16) -> TestUpstream {
+    TestUpstream::start(move |_| {
+        Reply::empty(status)
+            .header("content-type", "application/json")
+            .header("etag", "\"e\"")
+    })
+}
+
+#[test]
+fn upstream_204_passes_with_no_body() {
+    let up = bodiless_upstream(204);
+    let gw = GatewayBuilder::new(&up).start();
+    let mut s = gw.connect();
+    s.write_all(&get_request("/entity?type_name=user&id=7", "reader", ""))
+        .unwrap();
+    let r = read_raw_response(&mut s, false);
+    assert_eq!(r.status(), 204, "{r:?}");
+    assert!(r.body.is_empty());
+    assert!(r.header("transfer-encoding").is_none(), "{r:?}");
+    assert!(r.header("content-length").is_none_or(|v| v == "0"), "{r:?}");
+    assert_no_more_bytes(&mut s);
+    s.write_all(&get_request("/entity?type_name=user&id=7", "reader", ""))
+        .unwrap();
+    assert_eq!(read_raw_response(&mut s, false).status(), 204);
+}
+
+#[test]
+fn upstream_304_passes_with_no_body() {
+    let up = bodiless_upstream(304);
+    let gw = GatewayBuilder::new(&up).start();
+    let mut s = gw.connect();
+    s.write_all(&get_request(
+        "/entity?type_name=user&id=7",
+        "reader",
+        "If-None-Match: \"e\"\r\n",
+    ))
+    .unwrap();
+    let r = read_raw_response(&mut s, false);
+    assert_eq!(r.status(), 304, "{r:?}");
+    assert!(r.body.is_empty());
+    assert!(r.header("transfer-encoding").is_none(), "{r:?}");
+    assert_no_more_bytes(&mut s);
+    s.write_all(&get_request("/entity?type_name=user&id=7", "reader", ""))
+        .unwrap();
+    assert_eq!(read_raw_response(&mut s, false).status(), 304);
+}
+
+#[test]
+fn error_responses_are_exactly_framed() {
+    let (_up, gw) = gateway_with_default_upstream();
+    let mut s = gw.connect();
+    s.write_all(&get_request("/entity?type_name=user&id=7", "nobody", ""))
+        .unwrap();
+    let r = read_raw_response(&mut s, false);
+    assert_eq!(r.status(), 401);
+    assert_eq!(content_length(&r), r.body.len());
+    let v: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["code"], 402);
+}
+
+#[test]
+fn http_1_0_request_gets_a_complete_response() {
+    let (_up, gw) = gateway_with_default_upstream();
+    let req = format!(
+        "GET /entity?type_name=user&id=7 HTTP/1.0\r\nAuthorization: {}\r\n\r\n",
+        basic("reader", "reader-secret")
+    );
+    let r = gw.raw(req.as_bytes(), false);
+    assert_eq!(r.status(), 200, "{r:?}");
+    let v: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["result"]["givenName"], "Ada7");
+}
