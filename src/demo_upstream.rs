@@ -1808,13 +1808,50 @@ fn touch(record: &mut Value) {
 /// The sample user-record API as a Pingora [`ServeHttp`] application.
 pub struct DemoUpstream {
     store: Mutex<Store>,
+    /// Serialised answers to read calls, dropped on any write: the load test
+    /// should measure the gateway, not this sample API's JSON encoding.
+    read_cache: Mutex<std::collections::HashMap<String, Vec<u8>>>,
 }
+
+const READ_CACHE_ENTRIES: usize = 4096;
 
 impl DemoUpstream {
     pub fn new(records: usize) -> Self {
         DemoUpstream {
             store: Mutex::new(Store::generate(records)),
+            read_cache: Mutex::new(std::collections::HashMap::new()),
         }
+    }
+
+    fn cached(&self, path: &str, query: &str, body: &[u8], params: &Params) -> Vec<u8> {
+        let read = matches!(
+            path.trim_matches('/'),
+            "entity" | "entity.find" | "entity.count"
+        );
+        let mut cache = self
+            .read_cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !read {
+            cache.clear();
+            drop(cache);
+            return encode(&self.handle(path, params));
+        }
+        let key = format!("{path}?{query}\n{}", String::from_utf8_lossy(body));
+        if let Some(hit) = cache.get(&key) {
+            return hit.clone();
+        }
+        drop(cache);
+        let bytes = encode(&self.handle(path, params));
+        let mut cache = self
+            .read_cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if cache.len() >= READ_CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(key, bytes.clone());
+        bytes
     }
 
     /// Runs one call against the store; exposed for tests that skip HTTP.
@@ -1829,11 +1866,18 @@ impl DemoUpstream {
     }
 }
 
-fn json_response(body: &Value) -> http::Response<Vec<u8>> {
-    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| {
+fn encode(body: &Value) -> Vec<u8> {
+    serde_json::to_vec(body).unwrap_or_else(|_| {
         br#"{"stat":"error","code":500,"error":"unexpected_error","error_description":"response serialisation failed"}"#
             .to_vec()
-    });
+    })
+}
+
+fn json_response(body: &Value) -> http::Response<Vec<u8>> {
+    bytes_response(encode(body))
+}
+
+fn bytes_response(bytes: Vec<u8>) -> http::Response<Vec<u8>> {
     let len = bytes.len();
     let mut resp = http::Response::new(bytes);
     let headers = resp.headers_mut();
@@ -1859,6 +1903,7 @@ impl ServeHttp for DemoUpstream {
         let mut params = Params::new();
         let header = session.req_header();
         let path = header.uri.path().to_string();
+        let query = header.uri.query().unwrap_or("").to_string();
         if let Some(query) = header.uri.query() {
             params.extend_urlencoded(query.as_bytes());
         }
@@ -1904,7 +1949,7 @@ impl ServeHttp for DemoUpstream {
             }
             params.extend_urlencoded(&body);
         }
-        json_response(&self.handle(&path, &params))
+        bytes_response(self.cached(&path, &query, &body, &params))
     }
 }
 
