@@ -225,7 +225,12 @@ impl Gateway {
         let sent_at = Instant::now();
         let response = self
             .upstream
-            .send(&upstream_req, upstream_body, limits.max_response_body_bytes)
+            .send(
+                &upstream_req,
+                upstream_body,
+                limits.max_response_body_bytes,
+                route.access == Access::Read,
+            )
             .await;
         ctx.upstream_time = sent_at.elapsed();
         let response = response.map_err(|e| {

@@ -12,6 +12,7 @@ use bytes::{Bytes, BytesMut};
 use pingora::connectors::http::Connector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
+use pingora::protocols::http::client::HttpSession;
 use pingora::ErrorType;
 
 use crate::settings::{Timeouts, UpstreamSettings};
@@ -96,19 +97,47 @@ impl Upstream {
         })
     }
 
-    /// Sends one request, trying each server in turn when a connection cannot
-    /// be made; never retries once the request may have reached a server.
+    /// Sends one request and reads the whole response, bounded by `max_body`.
     pub async fn send(
         &self,
         req: &RequestHeader,
         body: Bytes,
         max_body: usize,
+        idempotent: bool,
     ) -> Result<UpstreamResponse, UpstreamError> {
+        let mut open = self.open(req, body, idempotent).await?;
+        let mut buf = BytesMut::new();
+        while let Some(chunk) = open.next_chunk().await? {
+            if buf.len() + chunk.len() > max_body {
+                open.abandon().await;
+                return Err(UpstreamError::TooLarge);
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        let header = open.header.clone();
+        open.finish().await;
+        Ok(UpstreamResponse {
+            header,
+            body: buf.freeze(),
+        })
+    }
+
+    /// Sends one request and reads the response header; the body is then
+    /// read chunk by chunk from the returned `OpenResponse`. Servers are tried
+    /// in turn when a connection cannot be made; a request that may have
+    /// reached a server is retried only on a stale pooled connection, and
+    /// only before any response byte when `idempotent`.
+    pub async fn open(
+        &self,
+        req: &RequestHeader,
+        body: Bytes,
+        idempotent: bool,
+    ) -> Result<OpenResponse<'_>, UpstreamError> {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let mut last = UpstreamError::Connect("no upstream server".into());
         for i in 0..self.peers.len() {
             let peer = &self.peers[(start + i) % self.peers.len()];
-            match self.send_to(peer, req, body.clone(), max_body).await {
+            match self.open_on(peer, req, &body, idempotent).await {
                 Err(Attempt::NotSent(e)) => last = e,
                 Err(Attempt::Failed(e)) => return Err(e),
                 Ok(r) => return Ok(r),
@@ -117,26 +146,24 @@ impl Upstream {
         Err(last)
     }
 
-    async fn send_to(
-        &self,
-        peer: &HttpPeer,
+    async fn open_on<'a>(
+        &'a self,
+        peer: &'a HttpPeer,
         req: &RequestHeader,
-        body: Bytes,
-        max_body: usize,
-    ) -> Result<UpstreamResponse, Attempt> {
-        // A pooled connection may have been closed by the server meanwhile; a
-        // failure to write on it is retried once on a fresh connection.
-        for fresh_only in [false, true] {
+        body: &Bytes,
+        idempotent: bool,
+    ) -> Result<OpenResponse<'a>, Attempt> {
+        // Pooled connections may have been closed by the server meanwhile
+        // (an upstream restart closes all of them): a failure on a reused
+        // connection moves on to the next one, up to a bound.
+        const STALE_RETRIES: usize = 4;
+        for attempt in 0..=STALE_RETRIES {
             let (mut session, reused) = self
                 .connector
                 .get_http_session(peer)
                 .await
                 .map_err(|e| Attempt::NotSent(classify(&e)))?;
-            if fresh_only && reused {
-                // Pool handed back another old connection: drop it and dial.
-                session.shutdown().await;
-                continue;
-            }
+            let may_retry = reused && attempt < STALE_RETRIES;
             // The connector applies only connect time-outs; I/O time-outs
             // are per session (Pingora's proxy sets them the same way).
             session.set_read_timeout(peer.options.read_timeout);
@@ -150,24 +177,31 @@ impl Upstream {
             }
             .await;
             if let Err(e) = written {
-                if reused && !fresh_only {
+                if may_retry {
                     continue;
                 }
                 return Err(Attempt::Failed(classify(&e)));
             }
-            let response = read_response(&mut session, max_body).await;
-            match response {
-                Ok(r) => {
-                    self.connector
-                        .release_http_session(session, peer, Some(self.idle))
-                        .await;
-                    return Ok(r);
+            if let Err(e) = session.read_response_header().await {
+                let kind = classify(&e);
+                if may_retry && idempotent && !matches!(kind, UpstreamError::Timeout) {
+                    continue;
                 }
-                Err(e) => {
-                    session.shutdown().await;
-                    return Err(Attempt::Failed(e));
-                }
+                session.shutdown().await;
+                return Err(Attempt::Failed(kind));
             }
+            let Some(header) = session.response_header().cloned() else {
+                session.shutdown().await;
+                return Err(Attempt::Failed(UpstreamError::Protocol(
+                    "no response header".into(),
+                )));
+            };
+            return Ok(OpenResponse {
+                upstream: self,
+                peer,
+                session,
+                header,
+            });
         }
         Err(Attempt::NotSent(UpstreamError::Connect(
             "no usable connection".into(),
@@ -180,31 +214,32 @@ enum Attempt {
     Failed(UpstreamError),
 }
 
-async fn read_response(
-    session: &mut pingora::protocols::http::client::HttpSession,
-    max_body: usize,
-) -> Result<UpstreamResponse, UpstreamError> {
-    session
-        .read_response_header()
-        .await
-        .map_err(|e| classify(&e))?;
-    let header = session
-        .response_header()
-        .cloned()
-        .ok_or_else(|| UpstreamError::Protocol("no response header".into()))?;
-    let mut body = BytesMut::new();
-    while let Some(chunk) = session
-        .read_response_body()
-        .await
-        .map_err(|e| classify(&e))?
-    {
-        if body.len() + chunk.len() > max_body {
-            return Err(UpstreamError::TooLarge);
-        }
-        body.extend_from_slice(&chunk);
+/// A response whose header has been read and whose body is being read.
+pub struct OpenResponse<'a> {
+    upstream: &'a Upstream,
+    peer: &'a HttpPeer,
+    session: HttpSession,
+    pub header: ResponseHeader,
+}
+
+impl OpenResponse<'_> {
+    pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, UpstreamError> {
+        self.session
+            .read_response_body()
+            .await
+            .map_err(|e| classify(&e))
     }
-    Ok(UpstreamResponse {
-        header,
-        body: body.freeze(),
-    })
+
+    /// The body was read to its end: the connection goes back to the pool.
+    pub async fn finish(self) {
+        self.upstream
+            .connector
+            .release_http_session(self.session, self.peer, Some(self.upstream.idle))
+            .await;
+    }
+
+    /// The exchange is abandoned midway: the connection is closed.
+    pub async fn abandon(mut self) {
+        self.session.shutdown().await;
+    }
 }
