@@ -13,20 +13,22 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::{HttpPeer, ProxyHttp, Session};
+use pingora::proxy::FailToProxy;
 use pingora::{Error, ErrorType, Result};
 use serde_json::Value;
 
 use crate::allowlist::CidrSet;
 use crate::client_ip::resolve_client_ip;
 use crate::enforce::{self, AuthInput, CREDENTIAL_PARAMS};
-use crate::errors::ApiError;
+use crate::errors::{ApiError, DenyReason};
 use crate::json::parse_strict;
 use crate::metrics;
 use crate::params::Params;
 use crate::policy::PolicyStore;
-use crate::response_filter::{filter_response, FilterFailure};
+use crate::response_filter::FilterFailure;
 use crate::routes::{Access, RequestRecords, ResponseRecords, Route, RouteTable};
 use crate::settings::Settings;
+use crate::stream_filter::{filter_response_bytes, StreamFilter};
 use crate::upstream::{Upstream, UpstreamError};
 
 pub struct Gateway {
@@ -116,11 +118,14 @@ impl Gateway {
         &self,
         session: &mut Session,
         ctx: &mut Ctx,
-    ) -> std::result::Result<Reply, ApiError> {
+    ) -> std::result::Result<Handled, ApiError> {
         let req = session.req_header();
         let path = req.uri.path().to_string();
         if crate::management::classify(&path).is_some() {
-            return self.handle_management(session, ctx, &path).await;
+            return self
+                .handle_management(session, ctx, &path)
+                .await
+                .map(Handled::Reply);
         }
         let route = self
             .routes
@@ -223,50 +228,168 @@ impl Gateway {
             ip,
         )?;
         let sent_at = Instant::now();
-        let response = self
+        let open = self
             .upstream
-            .send(
-                &upstream_req,
-                upstream_body,
-                limits.max_response_body_bytes,
-                route.access == Access::Read,
-            )
+            .open(&upstream_req, upstream_body, route.access == Access::Read)
             .await;
         ctx.upstream_time = sent_at.elapsed();
-        let response = response.map_err(|e| {
-            metrics::UPSTREAM_ERRORS
-                .with_label_values(&[e.kind()])
-                .inc();
-            match e {
-                UpstreamError::Timeout => ApiError::gateway_timeout(),
-                UpstreamError::TooLarge => {
-                    metrics::FILTER_FAILURES
-                        .with_label_values(&["response", "too_large"])
-                        .inc();
-                    ApiError::bad_gateway("the upstream response exceeds the size limit")
-                }
-                UpstreamError::Connect(_) => {
-                    ApiError::bad_gateway("the upstream refused the connection")
-                }
-                UpstreamError::Protocol(_) => {
-                    ApiError::bad_gateway("the upstream broke the exchange")
-                }
-            }
-        })?;
-
+        let mut open = open.map_err(upstream_error)?;
         let relative_to = if route.access == Access::Read {
             attribute_name.as_ref()
         } else {
             None
         };
+        let status = open.header.status.as_u16();
+        let bodiless = is_head || status == 204 || status == 304 || (100..200).contains(&status);
+        // Small bodies are buffered, so any failure is still a clean 502;
+        // past `stream_responses_over_bytes` the rest is filtered as it streams.
+        let streamable = route.response_records != ResponseRecords::None;
+        let mut body = BytesMut::new();
+        if !bodiless {
+            loop {
+                match open.next_chunk().await {
+                    Ok(Some(chunk)) => {
+                        if body.len() + chunk.len() > limits.max_response_body_bytes {
+                            open.abandon().await;
+                            return Err(upstream_error(UpstreamError::TooLarge));
+                        }
+                        body.extend_from_slice(&chunk);
+                        if streamable && body.len() > limits.stream_responses_over_bytes {
+                            check_filterable(route, &open.header)?;
+                            let header = client_header(&open.header)?;
+                            let prefix = body.freeze();
+                            let result = self
+                                .stream(
+                                    session,
+                                    ctx,
+                                    open,
+                                    header,
+                                    prefix,
+                                    route,
+                                    grants.read,
+                                    relative_to,
+                                )
+                                .await;
+                            return Ok(Handled::Streamed(result));
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => return Err(upstream_error(e)),
+                }
+            }
+        }
+        ctx.upstream_time = sent_at.elapsed();
+        let header = open.header.clone();
+        open.finish().await;
         self.reply(
             route,
-            is_head,
-            response.header,
-            response.body,
+            bodiless,
+            header,
+            body.freeze(),
             grants.read,
             relative_to,
         )
+        .map(Handled::Reply)
+    }
+
+    /// Sends the response while filtering it. The header is already on the
+    /// wire, so a failure can no longer become a 502: the connection is cut
+    /// instead (no final chunk), and the client never sees a syntactically
+    /// complete unfiltered body.
+    #[allow(clippy::too_many_arguments)]
+    async fn stream(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        mut open: crate::upstream::OpenResponse<'_>,
+        mut header: ResponseHeader,
+        prefix: Bytes,
+        route: &Route,
+        read: &crate::schema::AccessTree,
+        relative_to: Option<&crate::schema::AttrPath>,
+    ) -> Result<()> {
+        const FLUSH_AT: usize = 32 << 10;
+        let limits = &self.settings.limits;
+        ctx.status = header.status.as_u16();
+        header.insert_header("transfer-encoding", "chunked")?;
+        header.insert_header("x-request-id", ctx.request_id.as_str())?;
+        session
+            .write_response_header(Box::new(header), false)
+            .await?;
+        let mut filter = StreamFilter::for_response(
+            route.response_records,
+            read,
+            relative_to,
+            limits.max_json_depth,
+        );
+        let mut out = Vec::with_capacity(2 * FLUSH_AT);
+        let mut seen: u64 = 0;
+        let mut pending = Some(prefix);
+        let (reason, detail) = loop {
+            let next = match pending.take() {
+                Some(p) => Ok(Some(p)),
+                None => open.next_chunk().await,
+            };
+            match next {
+                Ok(Some(chunk)) => {
+                    seen += chunk.len() as u64;
+                    if seen > limits.max_streamed_response_bytes {
+                        break (
+                            "too_large",
+                            "the upstream response exceeds the streaming limit".to_string(),
+                        );
+                    }
+                    if let Err(e) = filter.feed(&chunk, &mut out) {
+                        break ("malformed", e.to_string());
+                    }
+                    if out.len() >= FLUSH_AT {
+                        metrics::BYTES
+                            .with_label_values(&["out"])
+                            .inc_by(out.len() as u64);
+                        let full = std::mem::replace(&mut out, Vec::with_capacity(2 * FLUSH_AT));
+                        session
+                            .write_response_body(Some(Bytes::from(full)), false)
+                            .await?;
+                    }
+                }
+                Ok(None) => match filter.finish(&mut out) {
+                    Ok(removed) => {
+                        open.finish().await;
+                        if removed > 0 {
+                            metrics::FILTERED_ATTRIBUTES
+                                .with_label_values(&["response"])
+                                .inc_by(removed as u64);
+                        }
+                        metrics::BYTES
+                            .with_label_values(&["out"])
+                            .inc_by(out.len() as u64);
+                        session
+                            .write_response_body(Some(Bytes::from(out)), true)
+                            .await?;
+                        return Ok(());
+                    }
+                    Err(e) => break ("malformed", e.to_string()),
+                },
+                Err(e) => {
+                    metrics::UPSTREAM_ERRORS
+                        .with_label_values(&[e.kind()])
+                        .inc();
+                    break ("upstream", format!("{e:?}"));
+                }
+            }
+        };
+        if reason != "upstream" {
+            metrics::FILTER_FAILURES
+                .with_label_values(&["response", reason])
+                .inc();
+        }
+        open.abandon().await;
+        ctx.decision = DenyReason::Upstream.label();
+        tracing::warn!(request_id = %ctx.request_id, reason, detail, "streamed response cut: it could not be filtered to the end");
+        Err(Error::explain(
+            ErrorType::HTTPStatus(502),
+            "streamed response could not be filtered",
+        ))
     }
 
     pub(crate) async fn read_body(
@@ -401,48 +524,17 @@ impl Gateway {
     ) -> std::result::Result<Reply, ApiError> {
         let status = upstream.status.as_u16();
         let bodiless = is_head || status == 204 || status == 304 || (100..200).contains(&status);
-        let mut header =
-            ResponseHeader::build(status, None).map_err(|e| ApiError::internal(e.to_string()))?;
-        for (name, value) in upstream.headers.iter() {
-            if RESPONSE_HEADERS_DROPPED.contains(&name.as_str()) {
-                continue;
-            }
-            header
-                .append_header(name.clone(), value.clone())
-                .map_err(|e| ApiError::internal(e.to_string()))?;
-        }
+        let mut header = client_header(&upstream)?;
         if bodiless {
             // HEAD keeps no Content-Length: the unfiltered length would tell
             // the caller how much it is not allowed to see.
             return Ok(Reply { header, body: None });
         }
-        if let Some(enc) = upstream.headers.get("content-encoding") {
-            if !enc.as_bytes().eq_ignore_ascii_case(b"identity") {
-                metrics::FILTER_FAILURES
-                    .with_label_values(&["response", "encoding"])
-                    .inc();
-                return Err(ApiError::bad_gateway(
-                    "the upstream sent an encoded body that cannot be filtered",
-                ));
-            }
-        }
+        check_filterable(route, &upstream)?;
         let body = if route.response_records == ResponseRecords::None {
             body
         } else {
-            let is_json = upstream
-                .headers
-                .get("content-type")
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.to_ascii_lowercase().contains("json"));
-            if !is_json {
-                metrics::FILTER_FAILURES
-                    .with_label_values(&["response", "encoding"])
-                    .inc();
-                return Err(ApiError::bad_gateway(
-                    "the upstream sent a body that is not JSON",
-                ));
-            }
-            let filtered = filter_response(
+            let filtered = filter_response_bytes(
                 &body,
                 route.response_records,
                 read,
@@ -506,6 +598,80 @@ impl ApiError {
     }
 }
 
+/// The upstream's response header as sent to the client: hop-by-hop,
+/// framing and unfiltered-body validators removed.
+fn client_header(upstream: &ResponseHeader) -> std::result::Result<ResponseHeader, ApiError> {
+    let mut header = ResponseHeader::build(upstream.status.as_u16(), None)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    for (name, value) in upstream.headers.iter() {
+        if RESPONSE_HEADERS_DROPPED.contains(&name.as_str()) {
+            continue;
+        }
+        header
+            .append_header(name.clone(), value.clone())
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+    }
+    Ok(header)
+}
+
+/// Refuses bodies the filter cannot read: encoded, or not JSON on a route
+/// whose response carries records.
+fn check_filterable(route: &Route, upstream: &ResponseHeader) -> std::result::Result<(), ApiError> {
+    if let Some(enc) = upstream.headers.get("content-encoding") {
+        if !enc.as_bytes().eq_ignore_ascii_case(b"identity") {
+            metrics::FILTER_FAILURES
+                .with_label_values(&["response", "encoding"])
+                .inc();
+            return Err(ApiError::bad_gateway(
+                "the upstream sent an encoded body that cannot be filtered",
+            ));
+        }
+    }
+    if route.response_records == ResponseRecords::None {
+        return Ok(());
+    }
+    let is_json = upstream
+        .headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().contains("json"));
+    if !is_json {
+        metrics::FILTER_FAILURES
+            .with_label_values(&["response", "encoding"])
+            .inc();
+        return Err(ApiError::bad_gateway(
+            "the upstream sent a body that is not JSON",
+        ));
+    }
+    Ok(())
+}
+
+fn upstream_error(e: UpstreamError) -> ApiError {
+    metrics::UPSTREAM_ERRORS
+        .with_label_values(&[e.kind()])
+        .inc();
+    match e {
+        UpstreamError::Timeout => ApiError::gateway_timeout(),
+        UpstreamError::TooLarge => {
+            metrics::FILTER_FAILURES
+                .with_label_values(&["response", "too_large"])
+                .inc();
+            ApiError::bad_gateway("the upstream response exceeds the size limit")
+        }
+        UpstreamError::Connect(_) => ApiError::bad_gateway("the upstream refused the connection"),
+        UpstreamError::Protocol(_) => ApiError::bad_gateway("the upstream broke the exchange"),
+    }
+}
+
+/// What `handle` did: a reply still to be written, or a response it
+/// already streamed (with the outcome of streaming). One per request, moved
+/// once: boxing the larger variant would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Handled {
+    Reply(Reply),
+    Streamed(Result<()>),
+}
+
 pub(crate) fn header_str<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
     req.headers.get(name).and_then(|v| v.to_str().ok())
 }
@@ -549,7 +715,8 @@ impl ProxyHttp for Gateway {
             .map(str::to_string)
             .unwrap_or_else(new_request_id);
         match self.handle(session, ctx).await {
-            Ok(mut reply) => {
+            Ok(Handled::Streamed(result)) => result?,
+            Ok(Handled::Reply(mut reply)) => {
                 ctx.status = reply.header.status.as_u16();
                 reply
                     .header
@@ -568,6 +735,24 @@ impl ProxyHttp for Gateway {
             Err(e) => self.write_error(session, ctx, &e).await?,
         }
         Ok(true)
+    }
+
+    /// After a streamed response has started, nothing more may be written:
+    /// the connection is dropped so the client sees a broken response.
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut Ctx) -> FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            _ => 502,
+        };
+        if session.response_written().is_none() {
+            if let Err(e) = session.respond_error(code).await {
+                tracing::debug!(error = %e, "could not send the error response");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
     }
 
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Ctx) -> Result<Box<HttpPeer>> {

@@ -24,3 +24,4 @@ pub mod schema;
 pub mod server;
 pub mod settings;
 pub mod upstream;
+pub mod stream_filter;

@@ -162,6 +162,25 @@ pub fn init() {
     LazyLock::force(&BYTES);
     LazyLock::force(&POLICY_RELOADS);
     LazyLock::force(&DURATION);
+    // Series that exist from the start at 0, so `increase()` and alerts see
+    // the first failure rather than a series appearing at 1.
+    for source in ["file", "api", "signal"] {
+        for result in ["success", "failure"] {
+            POLICY_RELOADS.with_label_values(&[source, result]);
+        }
+    }
+    for direction in ["request", "response"] {
+        FILTERED_ATTRIBUTES.with_label_values(&[direction]);
+        for reason in ["malformed", "too_large", "encoding"] {
+            FILTER_FAILURES.with_label_values(&[direction, reason]);
+        }
+    }
+    for kind in ["connect", "timeout", "protocol", "too_large"] {
+        UPSTREAM_ERRORS.with_label_values(&[kind]);
+    }
+    for direction in ["in", "out"] {
+        BYTES.with_label_values(&[direction]);
+    }
 }
 
 #[cfg(test)]

@@ -70,7 +70,13 @@ pub struct UpstreamCredentials {
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     pub max_request_body_bytes: usize,
+    /// Largest response body the gateway buffers before filtering.
     pub max_response_body_bytes: usize,
+    /// Responses larger than this (or of unknown length) are filtered as
+    /// they stream, in bounded memory, instead of being buffered.
+    pub stream_responses_over_bytes: usize,
+    /// Largest response body the gateway streams through.
+    pub max_streamed_response_bytes: u64,
     pub max_json_depth: usize,
     /// Largest request header block the gateway accepts (bytes).
     pub max_header_bytes: usize,
@@ -81,6 +87,8 @@ impl Default for Limits {
         Limits {
             max_request_body_bytes: 1 << 20,
             max_response_body_bytes: 32 << 20,
+            stream_responses_over_bytes: 1 << 20,
+            max_streamed_response_bytes: 4 << 30,
             max_json_depth: 32,
             max_header_bytes: 16 << 10,
         }

@@ -107,9 +107,10 @@ fn stale_upstream_framing_headers_are_not_copied() {
 
 #[test]
 fn large_filtered_find_has_an_exact_content_length() {
+    // 200 records (~150 KB) stay under the 1 MiB streaming threshold: buffered.
     let up = TestUpstream::start(|_| {
-        let results: Vec<Value> = (0..2000).map(sample_record).collect();
-        Reply::json(json!({"stat": "ok", "result_count": 2000, "results": results}))
+        let results: Vec<Value> = (0..200).map(sample_record).collect();
+        Reply::json(json!({"stat": "ok", "result_count": 200, "results": results}))
     });
     let gw = GatewayBuilder::new(&up).start();
     let r = gw.raw(
@@ -121,9 +122,36 @@ fn large_filtered_find_has_an_exact_content_length() {
         false,
     );
     assert_eq!(r.status(), 200);
+    assert!(r.header("transfer-encoding").is_none(), "{r:?}");
     assert_eq!(content_length(&r), r.body.len());
     let v: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["results"].as_array().unwrap().len(), 200);
+    assert!(!contains(&r.body, "hidden-email"));
+}
+
+#[test]
+fn response_over_the_streaming_threshold_is_streamed_chunked_and_filtered() {
+    let up = TestUpstream::start(|_| {
+        let results: Vec<Value> = (0..2000).map(sample_record).collect();
+        Reply::json(json!({"stat": "ok", "result_count": 2000, "results": results}))
+    });
+    let gw = GatewayBuilder::new(&up)
+        .setting("limits", json!({"stream_responses_over_bytes": 65536}))
+        .start();
+    let r = gw.raw(
+        &get_request(
+            "/entity.find?type_name=user",
+            "reader",
+            "Connection: close\r\n",
+        ),
+        false,
+    );
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"), "{r:?}");
+    assert!(r.header("content-length").is_none(), "{r:?}");
+    let v: Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(v["results"].as_array().unwrap().len(), 2000);
+    assert_eq!(v["result_count"], 2000);
     assert!(!contains(&r.body, "hidden-email"));
 }
 
@@ -320,4 +348,40 @@ fn http_1_0_request_gets_a_complete_response() {
     assert_eq!(r.status(), 200, "{r:?}");
     let v: Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(v["result"]["givenName"], "Ada7");
+}
+
+#[test]
+fn malformed_stream_halfway_cuts_the_connection_without_a_final_chunk() {
+    let up = TestUpstream::start(|_| {
+        let results: Vec<Value> = (0..400).map(sample_record).collect();
+        let mut body = serde_json::to_vec(&json!({"stat": "ok", "results": results})).unwrap();
+        // Break the JSON near the end, after the streaming threshold.
+        let n = body.len();
+        body.truncate(n - 40);
+        body.extend_from_slice(b"{\"hidden-email\": oops");
+        Reply::bytes("application/json", body)
+    });
+    let gw = GatewayBuilder::new(&up)
+        .setting("limits", json!({"stream_responses_over_bytes": 65536}))
+        .start();
+    let mut s = gw.connect();
+    s.write_all(&get_request(
+        "/entity.find?type_name=user",
+        "reader",
+        "Connection: close\r\n",
+    ))
+    .unwrap();
+    let mut raw = Vec::new();
+    // Bounded by the stream's read timeout; a cut connection ends the read.
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text:.200}");
+    assert!(text
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked"));
+    assert!(
+        !text.ends_with("0\r\n\r\n"),
+        "the stream must not be terminated cleanly"
+    );
+    assert!(!text.contains("hidden-email"));
 }

@@ -177,7 +177,10 @@ impl PolicyStore {
             }
         };
         if super::compile::policy_hash(&policy) == self.current.load().hash {
-            return Ok(None);
+            // A valid file with the running content (fixed back, or SIGHUP
+            // with no edit) is a successful load: no new version is needed.
+            self.record(source, &[]);
+            return Ok(Some(self.current.load_full()));
         }
         let version = self.next_version.fetch_add(1, Ordering::SeqCst);
         match compile(

@@ -1,0 +1,163 @@
+//! Response filter throughput, reference (`serde_json::Value`) vs streaming,
+//! on bodies shaped like the demo upstream's: a 2 KB `/entity` (`result`), a
+//! 100 KB and a 10 MB `/entity.find` (`results`), each with a narrow schema
+//! (the demo partner: a few names, the city, photo URLs) and a wide one (every
+//! attribute but `internal` and `aboutMe`).
+//!
+//! Run with `cargo bench --bench filter`; takes about a minute.
+
+use std::path::Path;
+use std::time::Duration;
+
+use criterion::{
+    criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
+};
+use recordgate::demo_upstream::{Params, Store};
+use recordgate::policy::store::load_policy_file;
+use recordgate::response_filter::filter_response;
+use recordgate::routes::ResponseRecords;
+use recordgate::schema::{AccessTree, AttrPath};
+use recordgate::stream_filter::{filter_response_bytes, StreamFilter};
+use serde_json::{json, Value};
+
+const MAX_DEPTH: usize = 64;
+
+/// `count` records from the demo store, paged like a client would.
+fn records(count: usize) -> Vec<Value> {
+    let mut store = Store::generate(count);
+    let mut out = Vec::with_capacity(count);
+    while out.len() < count {
+        let params: Params = [
+            ("type_name", "user".to_owned()),
+            ("max_results", (count - out.len()).min(1000).to_string()),
+            ("first_result", (out.len() + 1).to_string()),
+        ]
+        .into_iter()
+        .collect();
+        let page = store.handle("entity.find", &params);
+        let Some(results) = page.get("results").and_then(Value::as_array) else {
+            panic!("demo store returned no results: {page}");
+        };
+        assert!(!results.is_empty(), "demo store ran out of records");
+        out.extend(results.iter().cloned());
+    }
+    out
+}
+
+fn find_body(records: &[Value]) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "stat": "ok",
+        "result_count": records.len(),
+        "results": records,
+    }))
+    .expect("serialise body")
+}
+
+struct Schemas {
+    narrow: AccessTree,
+    wide: AccessTree,
+}
+
+fn schemas() -> Schemas {
+    let policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/policy.yaml");
+    let snap = load_policy_file(&policy, 1).expect("demo policy loads");
+    let narrow = snap.clients["partner-readonly"].schemas["user"]
+        .read
+        .clone()
+        .expect("partner has a read schema");
+    let def = &snap.entity_types["user"].def;
+    let wide_paths: Vec<AttrPath> = def
+        .attr_defs
+        .iter()
+        .filter(|d| d.name != "internal" && d.name != "aboutMe")
+        .map(|d| AttrPath::parse(&d.name).expect("attribute name is a path"))
+        .collect();
+    let wide = def.read_tree(&wide_paths).expect("wide schema compiles");
+    Schemas { narrow, wide }
+}
+
+fn bench_filter(c: &mut Criterion) {
+    let schemas = schemas();
+    let one = records(1);
+    let entity = serde_json::to_vec(&json!({"result": one[0], "stat": "ok"})).expect("body");
+    let find = find_body(&records(52));
+    let big_records = records(1000);
+    let mut big_list = Vec::new();
+    while big_list.len() * 1950 < 10_000_000 {
+        big_list.extend(big_records.iter().cloned());
+    }
+    let big = find_body(&big_list[..big_list.len().min(5130)]);
+
+    let cases: [(&str, &[u8], ResponseRecords); 3] = [
+        ("2KB_entity", &entity, ResponseRecords::Result),
+        ("100KB_find", &find, ResponseRecords::Results),
+        ("10MB_find", &big, ResponseRecords::Results),
+    ];
+    for (name, body, records) in cases {
+        let mut group = c.benchmark_group(format!("filter/{name}"));
+        group.throughput(Throughput::Bytes(body.len() as u64));
+        group.warm_up_time(Duration::from_millis(500));
+        if body.len() > 1_000_000 {
+            // One reference pass takes ~0.1 s; flat sampling keeps the run short.
+            group.sampling_mode(SamplingMode::Flat);
+            group.sample_size(10);
+            group.measurement_time(Duration::from_secs(2));
+        } else {
+            group.sample_size(20);
+            group.measurement_time(Duration::from_secs(2));
+        }
+        for (schema_name, tree) in [("narrow", &schemas.narrow), ("wide", &schemas.wide)] {
+            // Same answer from both, or the comparison is meaningless.
+            let reference = filter_response(body, records, tree, None, MAX_DEPTH)
+                .unwrap_or_else(|_| panic!("reference refused {name}"));
+            let streamed = filter_response_bytes(body, records, tree, None, MAX_DEPTH)
+                .unwrap_or_else(|_| panic!("streaming refused {name}"));
+            assert_eq!(reference.removed, streamed.removed);
+            let a: Value = serde_json::from_slice(&reference.body).expect("reference output");
+            let b: Value = serde_json::from_slice(&streamed.body).expect("streamed output");
+            assert_eq!(a, b);
+            eprintln!(
+                "{name}/{schema_name}: {} B in, {} B out",
+                body.len(),
+                streamed.body.len()
+            );
+
+            group.bench_with_input(
+                BenchmarkId::new("reference", schema_name),
+                body,
+                |bch, body| {
+                    bch.iter(|| {
+                        filter_response(body, records, tree, None, MAX_DEPTH).map(|f| f.removed)
+                    })
+                },
+            );
+            group.bench_with_input(
+                BenchmarkId::new("streaming", schema_name),
+                body,
+                |bch, body| {
+                    bch.iter(|| {
+                        filter_response_bytes(body, records, tree, None, MAX_DEPTH)
+                            .map(|f| f.removed)
+                    })
+                },
+            );
+            // The core alone: output buffer reused, as a long-lived connection would.
+            let mut out = Vec::with_capacity(body.len());
+            group.bench_with_input(
+                BenchmarkId::new("streaming_core", schema_name),
+                body,
+                |bch, body| {
+                    bch.iter(|| {
+                        out.clear();
+                        let mut f = StreamFilter::for_response(records, tree, None, MAX_DEPTH);
+                        f.feed(body, &mut out).and_then(|()| f.finish(&mut out))
+                    })
+                },
+            );
+        }
+        group.finish();
+    }
+}
+
+criterion_group!(benches, bench_filter);
+criterion_main!(benches);

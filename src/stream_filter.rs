@@ -1,0 +1,1529 @@
+//! One-pass response filter that never builds a DOM.
+//!
+//! The reference path ([`crate::response_filter::filter_response`]) parses the
+//! whole body into a `serde_json::Value`, projects it and re-serialises it. On a
+//! 100 KB `entity.find` that is almost all of the gateway's CPU time. This module
+//! walks the bytes once instead: spans of granted values are copied to the
+//! output, everything else is validated and dropped. State is a stack of
+//! container frames (bounded by the depth limit), the keys of the objects that
+//! are currently open (needed to refuse duplicates, exactly like
+//! [`crate::json::parse_strict`]) and a few bytes of the token in progress, so
+//! the same code also runs incrementally over chunks as they arrive.
+//!
+//! It accepts and refuses exactly what the reference does: invalid JSON anywhere
+//! (skipped subtrees are validated too), invalid UTF-8, lone surrogate escapes,
+//! duplicate keys after unescaping in any object, nesting deeper than the limit,
+//! numbers serde_json reports as out of range, and trailing garbage. Output is
+//! the same JSON value with keys in input order; insignificant whitespace is
+//! dropped and kept strings and numbers are copied verbatim (escapes and number
+//! spelling are not normalised).
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+
+use crate::json::MAX_SUPPORTED_DEPTH;
+use crate::response_filter::{FilterFailure, Filtered};
+use crate::routes::ResponseRecords;
+use crate::schema::{AccessTree, AttrPath};
+
+/// One slot per possible open container; the depth limit never exceeds
+/// [`MAX_SUPPORTED_DEPTH`].
+const TREE_SLOTS: usize = MAX_SUPPORTED_DEPTH + 1;
+
+/// Objects with more keys than this switch from a linear duplicate scan to a
+/// hash index, so a hostile object with millions of keys stays linear overall.
+const INDEX_AT: usize = 24;
+
+/// Why the streaming filter refused its input. Offsets are byte positions in
+/// the whole stream.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StreamError {
+    #[error("invalid JSON at byte {0}")]
+    Syntax(u64),
+    #[error("invalid UTF-8 at byte {0}")]
+    InvalidUtf8(u64),
+    #[error("duplicate object key ending at byte {0}")]
+    DuplicateKey(u64),
+    #[error("JSON nesting exceeds the maximum depth of {0}")]
+    TooDeep(usize),
+    #[error("number out of range at byte {0}")]
+    NumberOutOfRange(u64),
+    #[error("input ended inside a JSON value")]
+    Truncated,
+    #[error("the response is not the expected envelope")]
+    UnexpectedShape,
+    /// A broken internal invariant; reported rather than panicking so a bug
+    /// fails one response instead of the worker.
+    #[error("internal filter error")]
+    Internal,
+}
+
+impl StreamError {
+    /// The reference filter's classification of the same failure.
+    pub fn failure(&self) -> FilterFailure {
+        match self {
+            StreamError::UnexpectedShape => FilterFailure::UnexpectedShape,
+            _ => FilterFailure::Malformed,
+        }
+    }
+}
+
+/// The trees a projection starts from: the read tree for records and the
+/// (possibly absent) subtree for `result` when the call addressed an attribute.
+#[derive(Clone, Copy)]
+struct Roots<'a> {
+    read: &'a AccessTree,
+    result: Option<&'a AccessTree>,
+}
+
+impl<'a> Roots<'a> {
+    fn new(read: &'a AccessTree, relative_to: Option<&AttrPath>) -> Self {
+        let result = match relative_to {
+            None => Some(read),
+            Some(p) => read.subtree(p),
+        };
+        Roots { read, result }
+    }
+}
+
+/// What happens to the contents of an open container.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    Copy,
+    Skip,
+    Project,
+    /// The `{stat, result, results, ...}` object of a Capture response.
+    Envelope,
+    /// `results` where every element is a record (`ResponseRecords::Results`).
+    ResultsRecords,
+    /// `results` where only object elements are records (`ResponseRecords::Result`).
+    ResultsObjects,
+}
+
+/// Where a projecting frame's tree comes from. Frames store this rather than a
+/// reference so the filter owns no borrow between chunks (the gateway keeps it
+/// in a per-request context next to the `Arc` that owns the trees).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Node {
+    Read,
+    Result,
+    /// The enclosing frame's tree: plural elements share their array's tree.
+    Inherit,
+    /// The child, named by this entry of the key set, of the enclosing object's tree.
+    Key(usize),
+}
+
+/// The decision for the next value, taken before its first byte is seen.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Disp {
+    Copy,
+    Skip,
+    /// Emit `null` in its place (an addressed attribute with no grant).
+    Null,
+    /// Partially granted: containers are projected, `null` is kept, other
+    /// scalars are removed (`top`: replaced by `null`, as in `project_value`).
+    Project {
+        node: Node,
+        top: bool,
+    },
+    Envelope,
+    ResultsArray,
+    /// An element of `results` under `ResponseRecords::Result`.
+    ObjectsOnly,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Frame {
+    is_obj: bool,
+    mode: Mode,
+    node: Node,
+    /// Something was written inside this container, so the next kept member
+    /// needs a comma.
+    emitted: bool,
+    keys_from: usize,
+    bytes_from: usize,
+    indexed: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Ctx {
+    Key,
+    Emit,
+    Skip,
+}
+
+/// Position inside a string, resumable at any byte.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Esc {
+    Body,
+    Backslash,
+    /// `high` is the pending leading surrogate when these are the digits of
+    /// the trailing one (0: none; surrogates are never 0).
+    Hex {
+        val: u16,
+        got: u8,
+        high: u16,
+    },
+    LowBackslash(u16),
+    LowU(u16),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum St {
+    Value,
+    ValueOrEnd,
+    KeyOrEnd,
+    Key,
+    Colon,
+    After,
+    Str(Ctx, Esc),
+    Num,
+    Lit,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum NumPhase {
+    Start,
+    Minus,
+    Zero,
+    Int,
+    Frac0,
+    Frac,
+    ExpStart,
+    ExpSign,
+    Exp,
+}
+
+/// A number in progress. The significand/exponent bookkeeping mirrors
+/// serde_json's parser (without `float_roundtrip`) step by step, so that
+/// exactly the numbers it reports as out of range are refused here too.
+#[derive(Clone, Copy, Debug)]
+struct Num {
+    phase: NumPhase,
+    sig: u64,
+    exp: i32,
+    long: bool,
+    float: bool,
+    sig_full: bool,
+    exp_pos: bool,
+    e: i32,
+    e_over: bool,
+    emit: bool,
+}
+
+impl Num {
+    fn new(emit: bool) -> Num {
+        Num {
+            phase: NumPhase::Start,
+            sig: 0,
+            exp: 0,
+            long: false,
+            float: false,
+            sig_full: false,
+            exp_pos: true,
+            e: 0,
+            e_over: false,
+            emit,
+        }
+    }
+
+    /// serde_json's `overflow!(a * 10 + b, max)`.
+    fn overflows(a: u64, b: u64, max: u64) -> bool {
+        a >= max / 10 && (a > max / 10 || b > max % 10)
+    }
+
+    fn int_digit(&mut self, d: u64) {
+        if self.long {
+            self.exp = self.exp.saturating_add(1);
+        } else if Num::overflows(self.sig, d, u64::MAX) {
+            self.long = true;
+            self.float = true;
+            self.exp = self.exp.saturating_add(1);
+        } else {
+            self.sig = self.sig * 10 + d;
+        }
+    }
+
+    fn frac_digit(&mut self, d: u64) {
+        if self.sig_full {
+            return;
+        }
+        if Num::overflows(self.sig, d, u64::MAX) {
+            self.sig_full = true;
+        } else {
+            self.sig = self.sig * 10 + d;
+            self.exp = self.exp.saturating_sub(1);
+        }
+    }
+
+    fn exp_digit(&mut self, d: u8) {
+        if self.e_over {
+            return;
+        }
+        let d = i32::from(d);
+        if Num::overflows(self.e as u64, d as u64, i32::MAX as u64) {
+            self.e_over = true;
+        } else {
+            self.e = self.e * 10 + d;
+        }
+    }
+
+    /// `Ok(false)`: the text so far is not a complete number.
+    fn complete(&self) -> Result<bool, ()> {
+        if !matches!(
+            self.phase,
+            NumPhase::Zero | NumPhase::Int | NumPhase::Frac | NumPhase::Exp
+        ) {
+            return Ok(false);
+        }
+        if !self.float {
+            return Ok(true);
+        }
+        if self.e_over {
+            return if self.sig != 0 && self.exp_pos {
+                Err(())
+            } else {
+                Ok(true)
+            };
+        }
+        let exponent = if self.exp_pos {
+            self.exp.saturating_add(self.e)
+        } else {
+            self.exp.saturating_sub(self.e)
+        };
+        if out_of_range(self.sig, exponent) {
+            Err(())
+        } else {
+            Ok(true)
+        }
+    }
+}
+
+/// serde_json's `f64_from_parts` range check: `sig * 10^exponent` overflows.
+fn out_of_range(sig: u64, exponent: i32) -> bool {
+    // Below 289, even u64::MAX * 10^exponent stays finite; negative exponents
+    // only divide.
+    if exponent < 289 {
+        return false;
+    }
+    let f = sig as f64;
+    if exponent > 308 {
+        return f != 0.0;
+    }
+    // serde_json multiplies by its literal table entry `1e{exponent}`; parsing
+    // the same spelling yields the same correctly rounded value.
+    let digits = [
+        b'1',
+        b'e',
+        b'0' + (exponent / 100) as u8,
+        b'0' + (exponent / 10 % 10) as u8,
+        b'0' + (exponent % 10) as u8,
+    ];
+    let pow = std::str::from_utf8(&digits)
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .unwrap_or(f64::INFINITY);
+    (f * pow).is_infinite()
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Lit {
+    text: &'static [u8],
+    got: usize,
+    emit: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct KeyEntry {
+    start: usize,
+    len: usize,
+    /// First eight bytes, so most comparisons never touch the arena.
+    prefix: u64,
+}
+
+/// The first eight bytes of `key`, zero-padded. A fixed-size load or a short
+/// loop: a variable-length `copy_from_slice` would call `memmove` per key.
+#[inline(always)]
+fn prefix8(key: &[u8]) -> u64 {
+    if let Some(Ok(word)) = key.get(..8).map(<[u8; 8]>::try_from) {
+        return u64::from_le_bytes(word);
+    }
+    key.iter()
+        .enumerate()
+        .fold(0u64, |acc, (i, &b)| acc | u64::from(b) << (8 * i))
+}
+
+/// What a partially granted node says about one key.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Verdict {
+    Denied,
+    All,
+    Partial,
+}
+
+const CACHE_SLOTS: usize = 64;
+/// Longer keys are looked up directly.
+const CACHE_KEY: usize = 24;
+
+/// One remembered `tree.child(key)` verdict. Records in a `results` array
+/// repeat the same keys against the same nodes, and a `BTreeMap<Box<str>>`
+/// lookup costs several string compares per key. Entries are tagged with the
+/// `run` they were made in and never outlive it, so the node address is only
+/// compared while the trees are borrowed and cannot be reused.
+#[derive(Clone, Copy)]
+struct CacheEntry {
+    gen: u32,
+    node: usize,
+    len: usize,
+    words: [u64; 3],
+    verdict: Verdict,
+}
+
+const EMPTY_ENTRY: CacheEntry = CacheEntry {
+    gen: 0,
+    node: 0,
+    len: 0,
+    words: [0; 3],
+    verdict: Verdict::Denied,
+};
+
+fn child_verdict(
+    cache: &mut [CacheEntry; CACHE_SLOTS],
+    gen: u32,
+    tree: &AccessTree,
+    key: &[u8],
+) -> Result<Verdict, StreamError> {
+    let lookup = || -> Result<Verdict, StreamError> {
+        let name = std::str::from_utf8(key).map_err(|_| StreamError::Internal)?;
+        Ok(match tree.child(name) {
+            None => Verdict::Denied,
+            Some(t) if t.is_all() => Verdict::All,
+            Some(_) => Verdict::Partial,
+        })
+    };
+    if key.len() > CACHE_KEY {
+        return lookup();
+    }
+    let node = std::ptr::from_ref(tree) as usize;
+    let words = [
+        prefix8(key),
+        prefix8(key.get(8..).unwrap_or(&[])),
+        prefix8(key.get(16..).unwrap_or(&[])),
+    ];
+    let h = (words[0] ^ words[1].rotate_left(21) ^ words[2].rotate_left(42) ^ key.len() as u64)
+        .wrapping_add(node as u64)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let slot = (h >> 58) as usize % CACHE_SLOTS;
+    let entry = cache.get_mut(slot).ok_or(StreamError::Internal)?;
+    if entry.gen == gen && entry.node == node && entry.len == key.len() && entry.words == words {
+        return Ok(entry.verdict);
+    }
+    let verdict = lookup()?;
+    *entry = CacheEntry {
+        gen,
+        node,
+        len: key.len(),
+        words,
+        verdict,
+    };
+    Ok(verdict)
+}
+
+#[derive(Clone, Copy)]
+enum Act {
+    Copy,
+    Skip,
+    Project(Node),
+    Mode(Mode),
+}
+
+fn is_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\n' | b'\r' | b'\t')
+}
+
+/// The first byte at or after `i` that ends a run of plain string content: a
+/// quote, a backslash or a control character. Eight bytes at a time; the
+/// lowest flagged byte of each word is always a real match (borrows only
+/// propagate upwards from a real match).
+#[inline(always)]
+fn find_special(s: &[u8], mut i: usize) -> usize {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    while let Some(word) = s.get(i..i + 8) {
+        let Ok(bytes) = <[u8; 8]>::try_from(word) else {
+            break;
+        };
+        let w = u64::from_le_bytes(bytes);
+        let q = w ^ (LO * u64::from(b'"'));
+        let bs = w ^ (LO * u64::from(b'\\'));
+        let m = ((q.wrapping_sub(LO) & !q)
+            | (bs.wrapping_sub(LO) & !bs)
+            | (w.wrapping_sub(LO * 0x20) & !w))
+            & HI;
+        if m != 0 {
+            return i + (m.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while let Some(&b) = s.get(i) {
+        if b == b'"' || b == b'\\' || b < 0x20 {
+            return i;
+        }
+        i += 1;
+    }
+    i
+}
+
+/// Appends `src[from..to]`. Most keys, strings and numbers are a few bytes,
+/// where `extend_from_slice`'s call into `memmove` costs more than the copy;
+/// a fixed 16-byte block is copied inline instead (and the excess dropped).
+#[inline(always)]
+fn append(dst: &mut Vec<u8>, src: &[u8], from: usize, to: usize) {
+    let len = to.saturating_sub(from);
+    if len <= 16 {
+        if let Some(Ok(block)) = src.get(from..from + 16).map(<[u8; 16]>::try_from) {
+            let keep = dst.len() + len;
+            dst.extend_from_slice(&block);
+            dst.truncate(keep);
+            return;
+        }
+    }
+    if let Some(span) = src.get(from..to) {
+        dst.extend_from_slice(span);
+    }
+}
+
+fn hex_digit(b: u8) -> Option<u16> {
+    match b {
+        b'0'..=b'9' => Some(u16::from(b - b'0')),
+        b'a'..=b'f' => Some(u16::from(b - b'a' + 10)),
+        b'A'..=b'F' => Some(u16::from(b - b'A' + 10)),
+        _ => None,
+    }
+}
+
+fn hex4(s: &[u8]) -> Option<u16> {
+    s.iter()
+        .try_fold(0u16, |acc, &b| Some(acc << 4 | hex_digit(b)?))
+}
+
+/// Unescapes an already validated raw key into `out`. `None` only if the
+/// scanner's validation and this function disagree (a bug).
+fn unescape(raw: &[u8], out: &mut Vec<u8>) -> Option<()> {
+    let mut i = 0;
+    while i < raw.len() {
+        let plain_end = raw[i..]
+            .iter()
+            .position(|&b| b == b'\\')
+            .map_or(raw.len(), |p| i + p);
+        out.extend_from_slice(&raw[i..plain_end]);
+        i = plain_end;
+        if i >= raw.len() {
+            break;
+        }
+        let e = *raw.get(i + 1)?;
+        i += 2;
+        let c = match e {
+            b'"' => '"',
+            b'\\' => '\\',
+            b'/' => '/',
+            b'b' => '\u{8}',
+            b'f' => '\u{c}',
+            b'n' => '\n',
+            b'r' => '\r',
+            b't' => '\t',
+            b'u' => {
+                let hi = hex4(raw.get(i..i + 4)?)?;
+                i += 4;
+                let cp = if (0xD800..=0xDBFF).contains(&hi) {
+                    if raw.get(i..i + 2)? != b"\\u" {
+                        return None;
+                    }
+                    let lo = hex4(raw.get(i + 2..i + 6)?)?;
+                    i += 6;
+                    if !(0xDC00..=0xDFFF).contains(&lo) {
+                        return None;
+                    }
+                    0x10000 + ((u32::from(hi) - 0xD800) << 10 | (u32::from(lo) - 0xDC00))
+                } else {
+                    u32::from(hi)
+                };
+                char::from_u32(cp)?
+            }
+            _ => return None,
+        };
+        let mut buf = [0u8; 4];
+        out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+    }
+    Some(())
+}
+
+/// The incremental filter without borrowed trees: the caller passes the read
+/// tree (and `relative_to`) to every call, so the filter can live in a
+/// per-request context that also owns the policy snapshot. Use
+/// [`StreamFilter`] when a borrow for the whole stream is convenient.
+///
+/// After an error every further call returns the same error.
+pub struct DetachedStreamFilter {
+    limit: usize,
+    records: ResponseRecords,
+    st: St,
+    pending: Disp,
+    frames: Vec<Frame>,
+    /// The raw spelling of the current key, kept only when it has escapes
+    /// (otherwise its arena entry is the raw spelling).
+    key_raw: Vec<u8>,
+    key_esc: bool,
+    /// Where the current key's bytes begin in the arena.
+    key_start: usize,
+    /// Unescaped keys of every open object, for duplicate detection and to
+    /// name the tree node of projected children.
+    arena: Vec<u8>,
+    keys: Vec<KeyEntry>,
+    /// Hash indexes of open large objects, used as a stack; kept for reuse.
+    indexes: Vec<HashMap<u64, usize>>,
+    live_indexes: usize,
+    hasher: RandomState,
+    num: Num,
+    lit: Lit,
+    removed: usize,
+    /// Bytes consumed before the current chunk.
+    offset: u64,
+    /// Leading bytes of a UTF-8 sequence split across chunks.
+    carry: [u8; 4],
+    carry_len: usize,
+    shape_error: bool,
+    failed: Option<StreamError>,
+    cache: Box<[CacheEntry; CACHE_SLOTS]>,
+    /// Tags cache entries with the `run` that made them.
+    gen: u32,
+}
+
+impl DetachedStreamFilter {
+    /// Filters a response the way `filter_response` does for `records`.
+    pub fn for_response(records: ResponseRecords, max_depth: usize) -> Self {
+        let top = match records {
+            ResponseRecords::None => Disp::Copy,
+            ResponseRecords::JsonBody => Disp::Project {
+                node: Node::Read,
+                top: true,
+            },
+            ResponseRecords::Result | ResponseRecords::Results => Disp::Envelope,
+        };
+        DetachedStreamFilter::new(records, top, max_depth)
+    }
+
+    /// Projects one whole value, like `filter::project`.
+    pub fn for_value(max_depth: usize) -> Self {
+        let top = Disp::Project {
+            node: Node::Read,
+            top: true,
+        };
+        DetachedStreamFilter::new(ResponseRecords::JsonBody, top, max_depth)
+    }
+
+    fn new(records: ResponseRecords, top: Disp, max_depth: usize) -> Self {
+        DetachedStreamFilter {
+            limit: max_depth.min(MAX_SUPPORTED_DEPTH),
+            records,
+            st: St::Value,
+            pending: top,
+            // Sized for a typical record so a request does not regrow them.
+            frames: Vec::with_capacity(16),
+            key_raw: Vec::new(),
+            key_esc: false,
+            key_start: 0,
+            arena: Vec::with_capacity(512),
+            keys: Vec::with_capacity(64),
+            indexes: Vec::new(),
+            live_indexes: 0,
+            hasher: RandomState::new(),
+            num: Num::new(false),
+            lit: Lit {
+                text: b"",
+                got: 0,
+                emit: false,
+            },
+            removed: 0,
+            offset: 0,
+            carry: [0; 4],
+            carry_len: 0,
+            shape_error: false,
+            failed: None,
+            cache: Box::new([EMPTY_ENTRY; CACHE_SLOTS]),
+            gen: 0,
+        }
+    }
+
+    /// Filters the next chunk, appending whatever output is already decided.
+    /// `read` and `relative_to` must be the same on every call.
+    pub fn feed(
+        &mut self,
+        read: &AccessTree,
+        relative_to: Option<&AttrPath>,
+        chunk: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), StreamError> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        let roots = Roots::new(read, relative_to);
+        let result = self.feed_utf8(roots, chunk, out);
+        if let Err(e) = &result {
+            self.failed = Some(e.clone());
+        }
+        result
+    }
+
+    /// Ends the stream; returns how many attributes were removed.
+    pub fn finish(
+        &mut self,
+        read: &AccessTree,
+        relative_to: Option<&AttrPath>,
+        out: &mut Vec<u8>,
+    ) -> Result<usize, StreamError> {
+        // Output is emitted as soon as it is decided, so nothing is left to
+        // flush; the parameters keep the signature symmetric with `feed`.
+        let _ = (read, relative_to, &out);
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        let result = self.finish_inner();
+        if let Err(e) = &result {
+            self.failed = Some(e.clone());
+        }
+        result
+    }
+
+    fn finish_inner(&mut self) -> Result<usize, StreamError> {
+        if self.carry_len > 0 {
+            return Err(StreamError::InvalidUtf8(self.offset));
+        }
+        if self.st == St::Num {
+            match self.num.complete() {
+                Ok(true) => self.st = St::After,
+                Ok(false) => return Err(StreamError::Truncated),
+                Err(()) => return Err(StreamError::NumberOutOfRange(self.offset)),
+            }
+        }
+        if self.st != St::After || !self.frames.is_empty() {
+            return Err(StreamError::Truncated);
+        }
+        if self.shape_error {
+            return Err(StreamError::UnexpectedShape);
+        }
+        Ok(self.removed)
+    }
+
+    /// Validates UTF-8 chunk by chunk (a sequence split across chunks is
+    /// carried over), so the parser itself only ever sees valid text. Outside
+    /// strings any non-ASCII byte is a syntax error anyway, so validating the
+    /// whole stream refuses exactly what validating each string would.
+    fn feed_utf8(
+        &mut self,
+        roots: Roots<'_>,
+        mut chunk: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), StreamError> {
+        if self.carry_len > 0 {
+            let full = match self.carry[0] {
+                0xC0..=0xDF => 2,
+                0xE0..=0xEF => 3,
+                _ => 4,
+            };
+            let take = (full - self.carry_len).min(chunk.len());
+            self.carry[self.carry_len..self.carry_len + take].copy_from_slice(&chunk[..take]);
+            self.carry_len += take;
+            chunk = &chunk[take..];
+            if self.carry_len < full {
+                return Ok(());
+            }
+            let seq = self.carry;
+            if std::str::from_utf8(&seq[..full]).is_err() {
+                return Err(StreamError::InvalidUtf8(self.offset));
+            }
+            self.carry_len = 0;
+            self.run(roots, &seq[..full], out)?;
+        }
+        match std::str::from_utf8(chunk) {
+            Ok(_) => self.run(roots, chunk, out),
+            Err(e) => {
+                let good = e.valid_up_to();
+                if e.error_len().is_some() {
+                    return Err(StreamError::InvalidUtf8(self.offset + good as u64));
+                }
+                self.run(roots, &chunk[..good], out)?;
+                let tail = &chunk[good..];
+                self.carry[..tail.len()].copy_from_slice(tail);
+                self.carry_len = tail.len();
+                Ok(())
+            }
+        }
+    }
+
+    fn syntax(&self, i: usize) -> StreamError {
+        StreamError::Syntax(self.offset + i as u64)
+    }
+
+    fn key_str(&self, k: usize) -> Result<&str, StreamError> {
+        let e = self.keys.get(k).ok_or(StreamError::Internal)?;
+        let bytes = self
+            .arena
+            .get(e.start..e.start + e.len)
+            .ok_or(StreamError::Internal)?;
+        std::str::from_utf8(bytes).map_err(|_| StreamError::Internal)
+    }
+
+    fn resolve<'r>(
+        &self,
+        node: Node,
+        roots: Roots<'r>,
+        parent: Option<&'r AccessTree>,
+    ) -> Result<&'r AccessTree, StreamError> {
+        let tree = match node {
+            Node::Read => Some(roots.read),
+            Node::Result => roots.result,
+            Node::Inherit => parent,
+            Node::Key(k) => parent.and_then(|p| self.key_str(k).ok().and_then(|s| p.child(s))),
+        };
+        tree.ok_or(StreamError::Internal)
+    }
+
+    /// Whether a `Project` decision turns out to be a full grant. `Key` and
+    /// `Inherit` nodes were checked when they were created.
+    fn node_is_all(node: Node, roots: Roots<'_>) -> bool {
+        match node {
+            Node::Read => roots.read.is_all(),
+            Node::Result => roots.result.is_some_and(AccessTree::is_all),
+            Node::Inherit | Node::Key(_) => false,
+        }
+    }
+
+    fn item_disp(&self, mode: Mode) -> Disp {
+        match mode {
+            Mode::Copy => Disp::Copy,
+            Mode::Project => Disp::Project {
+                node: Node::Inherit,
+                top: false,
+            },
+            Mode::ResultsRecords => Disp::Project {
+                node: Node::Read,
+                top: true,
+            },
+            Mode::ResultsObjects => Disp::ObjectsOnly,
+            Mode::Skip | Mode::Envelope => Disp::Skip,
+        }
+    }
+
+    fn emit_prefix(&mut self, out: &mut Vec<u8>) {
+        if let Some(f) = self.frames.last_mut() {
+            if f.emitted {
+                out.push(b',');
+            }
+            f.emitted = true;
+            if f.is_obj {
+                out.push(b'"');
+                if self.key_esc {
+                    out.extend_from_slice(&self.key_raw);
+                } else if let Some(k) = self.keys.last() {
+                    append(out, &self.arena, k.start, k.start + k.len);
+                }
+                out.extend_from_slice(b"\":");
+            }
+        }
+    }
+
+    fn run(
+        &mut self,
+        roots: Roots<'_>,
+        input: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), StreamError> {
+        // The projecting frames' trees, re-derived from the roots on every
+        // call because the filter keeps no borrow between chunks.
+        self.gen = self.gen.wrapping_add(1);
+        if self.gen == 0 {
+            // Entries from 2^32 runs ago would look current again.
+            self.cache.fill(EMPTY_ENTRY);
+            self.gen = 1;
+        }
+        let mut trees: [Option<&AccessTree>; TREE_SLOTS] = [None; TREE_SLOTS];
+        for d in 0..self.frames.len() {
+            let f = self.frames[d];
+            if f.mode == Mode::Project {
+                let parent = d.checked_sub(1).and_then(|p| trees[p]);
+                let tree = self.resolve(f.node, roots, parent)?;
+                *trees.get_mut(d).ok_or(StreamError::Internal)? = Some(tree);
+            }
+        }
+        let n = input.len();
+        let mut i = 0;
+        while i < n {
+            match self.st {
+                St::Str(ctx, esc) => {
+                    i = self.scan_string(ctx, esc, roots, &trees, input, i, out)?
+                }
+                St::After => {
+                    let b = input[i];
+                    match b {
+                        b' ' | b'\n' | b'\r' | b'\t' => {}
+                        b',' => {
+                            let Some(f) = self.frames.last() else {
+                                return Err(self.syntax(i));
+                            };
+                            if f.is_obj {
+                                self.st = St::Key;
+                            } else {
+                                self.pending = self.item_disp(f.mode);
+                                self.st = St::Value;
+                            }
+                        }
+                        b']' | b'}' => self.close(b, i, out)?,
+                        _ => return Err(self.syntax(i)),
+                    }
+                    i += 1;
+                }
+                St::Value | St::ValueOrEnd => {
+                    let b = input[i];
+                    if is_ws(b) {
+                        i += 1;
+                    } else if b == b']' && self.st == St::ValueOrEnd {
+                        self.close(b, i, out)?;
+                        i += 1;
+                    } else {
+                        i = self.start_value(roots, &mut trees, input, i, out)?;
+                    }
+                }
+                St::KeyOrEnd | St::Key => {
+                    let b = input[i];
+                    match b {
+                        b' ' | b'\n' | b'\r' | b'\t' => {}
+                        b'"' => {
+                            self.key_start = self.arena.len();
+                            self.key_esc = false;
+                            self.st = St::Str(Ctx::Key, Esc::Body);
+                        }
+                        b'}' if self.st == St::KeyOrEnd => self.close(b, i, out)?,
+                        _ => return Err(self.syntax(i)),
+                    }
+                    i += 1;
+                }
+                St::Colon => {
+                    match input[i] {
+                        b' ' | b'\n' | b'\r' | b'\t' => {}
+                        b':' => self.st = St::Value,
+                        _ => return Err(self.syntax(i)),
+                    }
+                    i += 1;
+                }
+                St::Num => i = self.scan_number(input, i, out)?,
+                St::Lit => i = self.scan_literal(input, i, out)?,
+            }
+        }
+        self.offset += n as u64;
+        Ok(())
+    }
+
+    fn close(&mut self, b: u8, i: usize, out: &mut Vec<u8>) -> Result<(), StreamError> {
+        let Some(f) = self.frames.pop() else {
+            return Err(self.syntax(i));
+        };
+        if f.is_obj != (b == b'}') {
+            return Err(self.syntax(i));
+        }
+        if f.mode != Mode::Skip {
+            out.push(b);
+        }
+        if f.is_obj {
+            self.keys.truncate(f.keys_from);
+            self.arena.truncate(f.bytes_from);
+            if f.indexed {
+                self.live_indexes = self.live_indexes.saturating_sub(1);
+                if let Some(map) = self.indexes.get_mut(self.live_indexes) {
+                    map.clear();
+                }
+            }
+        }
+        self.st = St::After;
+        Ok(())
+    }
+
+    fn start_value<'r>(
+        &mut self,
+        roots: Roots<'r>,
+        trees: &mut [Option<&'r AccessTree>; TREE_SLOTS],
+        input: &[u8],
+        i: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<usize, StreamError> {
+        let b = input[i];
+        let act = match self.pending {
+            Disp::Copy => Act::Copy,
+            Disp::Skip => Act::Skip,
+            Disp::Null => {
+                self.emit_prefix(out);
+                out.extend_from_slice(b"null");
+                Act::Skip
+            }
+            Disp::Project { node, top } => {
+                if Self::node_is_all(node, roots) {
+                    Act::Copy
+                } else {
+                    match b {
+                        b'{' | b'[' => Act::Project(node),
+                        b'n' => Act::Copy,
+                        // Any other valid start is a scalar, which does not fit
+                        // a partial grant; invalid bytes fail below.
+                        _ => {
+                            self.removed += 1;
+                            if top {
+                                self.emit_prefix(out);
+                                out.extend_from_slice(b"null");
+                            }
+                            Act::Skip
+                        }
+                    }
+                }
+            }
+            Disp::Envelope => {
+                if b == b'{' {
+                    Act::Mode(Mode::Envelope)
+                } else {
+                    // The reference reports a malformed body before a wrong
+                    // shape, so keep validating and decide at the end.
+                    self.shape_error = true;
+                    Act::Skip
+                }
+            }
+            Disp::ResultsArray => {
+                if b == b'[' {
+                    Act::Mode(if self.records == ResponseRecords::Results {
+                        Mode::ResultsRecords
+                    } else {
+                        Mode::ResultsObjects
+                    })
+                } else {
+                    self.shape_error = true;
+                    Act::Skip
+                }
+            }
+            Disp::ObjectsOnly => {
+                if b == b'{' && !roots.read.is_all() {
+                    Act::Project(Node::Read)
+                } else {
+                    Act::Copy
+                }
+            }
+        };
+        let emit = !matches!(act, Act::Skip);
+        match b {
+            b'{' | b'[' => {
+                let depth = self.frames.len();
+                if depth >= self.limit {
+                    return Err(StreamError::TooDeep(self.limit));
+                }
+                let (mode, node) = match act {
+                    Act::Copy => (Mode::Copy, Node::Inherit),
+                    Act::Skip => (Mode::Skip, Node::Inherit),
+                    Act::Project(node) => (Mode::Project, node),
+                    Act::Mode(m) => (m, Node::Inherit),
+                };
+                if mode == Mode::Project {
+                    let parent = depth.checked_sub(1).and_then(|p| trees[p]);
+                    let tree = self.resolve(node, roots, parent)?;
+                    *trees.get_mut(depth).ok_or(StreamError::Internal)? = Some(tree);
+                }
+                if emit {
+                    self.emit_prefix(out);
+                    out.push(b);
+                }
+                self.frames.push(Frame {
+                    is_obj: b == b'{',
+                    mode,
+                    node,
+                    emitted: false,
+                    keys_from: self.keys.len(),
+                    bytes_from: self.arena.len(),
+                    indexed: false,
+                });
+                if b == b'{' {
+                    self.st = St::KeyOrEnd;
+                } else {
+                    self.pending = self.item_disp(mode);
+                    self.st = St::ValueOrEnd;
+                }
+                Ok(i + 1)
+            }
+            b'"' => {
+                if emit {
+                    self.emit_prefix(out);
+                    out.push(b'"');
+                }
+                let ctx = if emit { Ctx::Emit } else { Ctx::Skip };
+                self.st = St::Str(ctx, Esc::Body);
+                Ok(i + 1)
+            }
+            b'-' | b'0'..=b'9' => {
+                if emit {
+                    self.emit_prefix(out);
+                }
+                self.num = Num::new(emit);
+                self.st = St::Num;
+                Ok(i)
+            }
+            b't' | b'f' | b'n' => {
+                if emit {
+                    self.emit_prefix(out);
+                }
+                let text: &'static [u8] = match b {
+                    b't' => b"true",
+                    b'f' => b"false",
+                    _ => b"null",
+                };
+                self.lit = Lit { text, got: 1, emit };
+                self.st = St::Lit;
+                Ok(i + 1)
+            }
+            _ => Err(self.syntax(i)),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn scan_string(
+        &mut self,
+        ctx: Ctx,
+        mut esc: Esc,
+        roots: Roots<'_>,
+        trees: &[Option<&AccessTree>; TREE_SLOTS],
+        input: &[u8],
+        start: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<usize, StreamError> {
+        let n = input.len();
+        let mut i = start;
+        loop {
+            match esc {
+                Esc::Body => {
+                    i = find_special(input, i);
+                    let Some(&b) = input.get(i) else {
+                        break;
+                    };
+                    if b == b'"' {
+                        match ctx {
+                            Ctx::Emit => append(out, input, start, i + 1),
+                            Ctx::Key => {
+                                append(&mut self.arena, input, start, i);
+                                self.end_key(roots, trees, i)?;
+                                return Ok(i + 1);
+                            }
+                            Ctx::Skip => {}
+                        }
+                        self.st = St::After;
+                        return Ok(i + 1);
+                    }
+                    if b != b'\\' {
+                        return Err(self.syntax(i));
+                    }
+                    if ctx == Ctx::Key {
+                        self.key_esc = true;
+                    }
+                    esc = Esc::Backslash;
+                    i += 1;
+                }
+                Esc::Backslash => {
+                    let Some(&b) = input.get(i) else {
+                        break;
+                    };
+                    esc = match b {
+                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Esc::Body,
+                        b'u' => Esc::Hex {
+                            val: 0,
+                            got: 0,
+                            high: 0,
+                        },
+                        _ => return Err(self.syntax(i)),
+                    };
+                    i += 1;
+                }
+                Esc::Hex { val, got, high } => {
+                    let Some(&b) = input.get(i) else {
+                        break;
+                    };
+                    let Some(d) = hex_digit(b) else {
+                        return Err(self.syntax(i));
+                    };
+                    i += 1;
+                    let val = val << 4 | d;
+                    let got = got + 1;
+                    esc = if got < 4 {
+                        Esc::Hex { val, got, high }
+                    } else if high != 0 {
+                        if !(0xDC00..=0xDFFF).contains(&val) {
+                            return Err(self.syntax(i - 1));
+                        }
+                        Esc::Body
+                    } else if (0xDC00..=0xDFFF).contains(&val) {
+                        return Err(self.syntax(i - 1));
+                    } else if (0xD800..=0xDBFF).contains(&val) {
+                        Esc::LowBackslash(val)
+                    } else {
+                        Esc::Body
+                    };
+                }
+                Esc::LowBackslash(high) => {
+                    let Some(&b) = input.get(i) else {
+                        break;
+                    };
+                    if b != b'\\' {
+                        return Err(self.syntax(i));
+                    }
+                    esc = Esc::LowU(high);
+                    i += 1;
+                }
+                Esc::LowU(high) => {
+                    let Some(&b) = input.get(i) else {
+                        break;
+                    };
+                    if b != b'u' {
+                        return Err(self.syntax(i));
+                    }
+                    esc = Esc::Hex {
+                        val: 0,
+                        got: 0,
+                        high,
+                    };
+                    i += 1;
+                }
+            }
+        }
+        // The chunk ended inside the string: what is decided goes out now.
+        match ctx {
+            Ctx::Emit => append(out, input, start, n),
+            Ctx::Key => append(&mut self.arena, input, start, n),
+            Ctx::Skip => {}
+        }
+        self.st = St::Str(ctx, esc);
+        Ok(n)
+    }
+
+    /// A key is complete: refuse duplicates and decide what its value gets.
+    fn end_key(
+        &mut self,
+        roots: Roots<'_>,
+        trees: &[Option<&AccessTree>; TREE_SLOTS],
+        at: usize,
+    ) -> Result<(), StreamError> {
+        let start = self.key_start;
+        if self.key_esc {
+            // The raw spelling is needed again if the member is kept.
+            self.key_raw.clear();
+            self.key_raw
+                .extend_from_slice(self.arena.get(start..).ok_or(StreamError::Internal)?);
+            self.arena.truncate(start);
+            unescape(&self.key_raw, &mut self.arena).ok_or(StreamError::Internal)?;
+        }
+        let len = self.arena.len() - start;
+        let depth = self.frames.len();
+        let Some(frame) = self.frames.last_mut() else {
+            return Err(StreamError::Internal);
+        };
+        let key = &self.arena[start..];
+        let prefix = prefix8(key);
+        let from = frame.keys_from;
+        let arena = &self.arena;
+        let same = |e: &KeyEntry| {
+            e.prefix == prefix && e.len == len && arena.get(e.start..e.start + e.len) == Some(key)
+        };
+        let count = self.keys.len() - from;
+        let dup = if count < INDEX_AT {
+            self.keys[from..].iter().any(same)
+        } else {
+            if !frame.indexed {
+                if self.live_indexes == self.indexes.len() {
+                    self.indexes.push(HashMap::new());
+                }
+                let map = self
+                    .indexes
+                    .get_mut(self.live_indexes)
+                    .ok_or(StreamError::Internal)?;
+                map.clear();
+                for (j, e) in self.keys.iter().enumerate().skip(from) {
+                    let h = self.hasher.hash_one(&arena[e.start..e.start + e.len]);
+                    map.entry(h).or_insert(j);
+                }
+                self.live_indexes += 1;
+                frame.indexed = true;
+            }
+            let map = self
+                .indexes
+                .get_mut(self.live_indexes - 1)
+                .ok_or(StreamError::Internal)?;
+            let h = self.hasher.hash_one(key);
+            match map.get(&h) {
+                // A different key with the same 64-bit hash: astronomically
+                // rare with a random key, so a linear scan is fine.
+                Some(&j) => {
+                    self.keys.get(j).is_some_and(same) || self.keys[from..].iter().any(same)
+                }
+                None => {
+                    map.insert(h, self.keys.len());
+                    false
+                }
+            }
+        };
+        if dup {
+            return Err(StreamError::DuplicateKey(self.offset + at as u64));
+        }
+        let idx = self.keys.len();
+        self.keys.push(KeyEntry { start, len, prefix });
+        self.pending = match frame.mode {
+            Mode::Copy => Disp::Copy,
+            Mode::Skip => Disp::Skip,
+            Mode::Project => {
+                let tree = depth
+                    .checked_sub(1)
+                    .and_then(|d| trees.get(d).copied().flatten())
+                    .ok_or(StreamError::Internal)?;
+                match child_verdict(&mut self.cache, self.gen, tree, key)? {
+                    Verdict::Denied => {
+                        self.removed += 1;
+                        Disp::Skip
+                    }
+                    Verdict::All => Disp::Copy,
+                    Verdict::Partial => Disp::Project {
+                        node: Node::Key(idx),
+                        top: false,
+                    },
+                }
+            }
+            Mode::Envelope => match key {
+                b"result" => match roots.result {
+                    None => {
+                        self.removed += 1;
+                        Disp::Null
+                    }
+                    Some(_) => Disp::Project {
+                        node: Node::Result,
+                        top: true,
+                    },
+                },
+                b"results" => Disp::ResultsArray,
+                _ => Disp::Copy,
+            },
+            Mode::ResultsRecords | Mode::ResultsObjects => return Err(StreamError::Internal),
+        };
+        self.st = St::Colon;
+        Ok(())
+    }
+
+    fn scan_number(
+        &mut self,
+        input: &[u8],
+        start: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<usize, StreamError> {
+        let mut num = self.num;
+        let mut i = start;
+        let ended = loop {
+            let Some(&b) = input.get(i) else {
+                break false;
+            };
+            let d = b.wrapping_sub(b'0');
+            let digit = d < 10;
+            match num.phase {
+                NumPhase::Start => {
+                    if b == b'-' {
+                        num.phase = NumPhase::Minus;
+                    } else if b == b'0' {
+                        num.phase = NumPhase::Zero;
+                    } else if digit {
+                        num.sig = u64::from(d);
+                        num.phase = NumPhase::Int;
+                    } else {
+                        return Err(self.syntax(i));
+                    }
+                }
+                NumPhase::Minus => {
+                    if b == b'0' {
+                        num.phase = NumPhase::Zero;
+                    } else if digit {
+                        num.sig = u64::from(d);
+                        num.phase = NumPhase::Int;
+                    } else {
+                        return Err(self.syntax(i));
+                    }
+                }
+                NumPhase::Zero | NumPhase::Int => {
+                    if digit {
+                        if num.phase == NumPhase::Zero {
+                            // serde_json: "There can be only one leading '0'".
+                            return Err(self.syntax(i));
+                        }
+                        num.int_digit(u64::from(d));
+                    } else if b == b'.' {
+                        num.float = true;
+                        num.phase = NumPhase::Frac0;
+                    } else if b | 0x20 == b'e' {
+                        num.float = true;
+                        num.phase = NumPhase::ExpStart;
+                    } else {
+                        break true;
+                    }
+                }
+                NumPhase::Frac0 | NumPhase::Frac => {
+                    if digit {
+                        num.frac_digit(u64::from(d));
+                        num.phase = NumPhase::Frac;
+                    } else if num.phase == NumPhase::Frac0 {
+                        return Err(self.syntax(i));
+                    } else if b | 0x20 == b'e' {
+                        num.phase = NumPhase::ExpStart;
+                    } else {
+                        break true;
+                    }
+                }
+                NumPhase::ExpStart => {
+                    if b == b'+' {
+                        num.phase = NumPhase::ExpSign;
+                    } else if b == b'-' {
+                        num.exp_pos = false;
+                        num.phase = NumPhase::ExpSign;
+                    } else if digit {
+                        num.e = i32::from(d);
+                        num.phase = NumPhase::Exp;
+                    } else {
+                        return Err(self.syntax(i));
+                    }
+                }
+                NumPhase::ExpSign => {
+                    if digit {
+                        num.e = i32::from(d);
+                        num.phase = NumPhase::Exp;
+                    } else {
+                        return Err(self.syntax(i));
+                    }
+                }
+                NumPhase::Exp => {
+                    if digit {
+                        num.exp_digit(d);
+                    } else {
+                        break true;
+                    }
+                }
+            }
+            i += 1;
+        };
+        if num.emit {
+            append(out, input, start, i);
+        }
+        self.num = num;
+        if ended {
+            match num.complete() {
+                Ok(true) => self.st = St::After,
+                Ok(false) => return Err(self.syntax(i)),
+                Err(()) => return Err(StreamError::NumberOutOfRange(self.offset + i as u64)),
+            }
+        }
+        Ok(i)
+    }
+
+    fn scan_literal(
+        &mut self,
+        input: &[u8],
+        mut i: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<usize, StreamError> {
+        while let Some(&b) = input.get(i) {
+            if self.lit.text.get(self.lit.got) != Some(&b) {
+                return Err(self.syntax(i));
+            }
+            i += 1;
+            self.lit.got += 1;
+            if self.lit.got == self.lit.text.len() {
+                if self.lit.emit {
+                    out.extend_from_slice(self.lit.text);
+                }
+                self.st = St::After;
+                break;
+            }
+        }
+        Ok(i)
+    }
+}
+
+/// Incremental filter borrowing its trees for the whole stream.
+pub struct StreamFilter<'t> {
+    read: &'t AccessTree,
+    relative_to: Option<&'t AttrPath>,
+    inner: DetachedStreamFilter,
+}
+
+impl<'t> StreamFilter<'t> {
+    /// Same semantics as `response_filter::filter_response`.
+    pub fn for_response(
+        records: ResponseRecords,
+        read: &'t AccessTree,
+        relative_to: Option<&'t AttrPath>,
+        max_depth: usize,
+    ) -> Self {
+        StreamFilter {
+            read,
+            relative_to,
+            inner: DetachedStreamFilter::for_response(records, max_depth),
+        }
+    }
+
+    /// Same semantics as `filter::project` on one whole value.
+    pub fn for_value(tree: &'t AccessTree, max_depth: usize) -> Self {
+        StreamFilter {
+            read: tree,
+            relative_to: None,
+            inner: DetachedStreamFilter::for_value(max_depth),
+        }
+    }
+
+    /// Filters the next chunk; output that is already decided is appended to
+    /// `out` (a key split across chunks is held back until complete).
+    pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), StreamError> {
+        self.inner.feed(self.read, self.relative_to, chunk, out)
+    }
+
+    /// Ends the stream; returns how many attributes were removed.
+    pub fn finish(mut self, out: &mut Vec<u8>) -> Result<usize, StreamError> {
+        self.inner.finish(self.read, self.relative_to, out)
+    }
+}
+
+/// Projects one whole JSON value (`filter::project` after `parse_strict`),
+/// appending compact output to `out`; returns how many attributes were removed.
+pub fn project_bytes(
+    input: &[u8],
+    tree: &AccessTree,
+    max_depth: usize,
+    out: &mut Vec<u8>,
+) -> Result<usize, StreamError> {
+    let mut f = StreamFilter::for_value(tree, max_depth);
+    f.feed(input, out)?;
+    f.finish(out)
+}
+
+/// Drop-in replacement for `response_filter::filter_response`.
+pub fn filter_response_bytes(
+    body: &[u8],
+    records: ResponseRecords,
+    read: &AccessTree,
+    relative_to: Option<&AttrPath>,
+    max_depth: usize,
+) -> Result<Filtered, FilterFailure> {
+    // Output never exceeds the input by more than a `null` per replaced
+    // scalar; reserving the input size avoids regrowth on the hot path.
+    let mut out = Vec::with_capacity(body.len());
+    let mut f = DetachedStreamFilter::for_response(records, max_depth);
+    f.feed(read, relative_to, body, &mut out)
+        .map_err(|e| e.failure())?;
+    let removed = f
+        .finish(read, relative_to, &mut out)
+        .map_err(|e| e.failure())?;
+    Ok(Filtered { body: out, removed })
+}
