@@ -161,8 +161,8 @@ pub fn grants<'s>(
         .get_key_value(type_name)
         .ok_or_else(|| ApiError::unknown_entity_type(type_name))?;
     let schemas = client.schemas.get(type_name);
-    let read = schemas.and_then(|s| s.read.as_ref()).unwrap_or(&et.full);
-    let write = schemas.and_then(|s| s.write.as_ref()).unwrap_or(&et.full);
+    let read = schemas.and_then(|s| s.read.as_deref()).unwrap_or(&et.full);
+    let write = schemas.and_then(|s| s.write.as_deref()).unwrap_or(&et.full);
     let read_only = schemas.is_some_and(|s| s.read_only);
     Ok(Grants {
         entity_type: name,

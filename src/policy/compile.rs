@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
@@ -60,10 +61,10 @@ impl Client {
 /// One client's grants on one entity type; `None` means no schema (full access).
 #[derive(Default)]
 pub struct ClientSchemas {
-    pub read: Option<AccessTree>,
-    pub write: Option<AccessTree>,
-    pub read_with_token: Option<AccessTree>,
-    pub write_with_token: Option<AccessTree>,
+    pub read: Option<Arc<AccessTree>>,
+    pub write: Option<Arc<AccessTree>>,
+    pub read_with_token: Option<Arc<AccessTree>>,
+    pub write_with_token: Option<Arc<AccessTree>>,
     /// `write: []`: the client may not write this entity type at all.
     pub read_only: bool,
 }
@@ -101,6 +102,7 @@ pub fn compile(policy: PolicyFile, ctx: &CompileContext<'_>) -> Result<Snapshot,
     }
 
     let mut clients = HashMap::new();
+    let mut trees = TreeCache::new();
     for (id, def) in &policy.clients {
         let key = format!("clients.{id}");
         if id.is_empty() {
@@ -162,7 +164,7 @@ pub fn compile(policy: PolicyFile, ctx: &CompileContext<'_>) -> Result<Snapshot,
                 err(skey, format!("{type_name} is not a defined entity type"));
                 continue;
             };
-            match compile_schemas(&et.def, s, &skey) {
+            match compile_schemas(&et.def, type_name, s, &skey, &mut trees) {
                 Ok(c) => {
                     schemas.insert(type_name.clone(), c);
                 }
@@ -201,34 +203,50 @@ pub fn compile(policy: PolicyFile, ctx: &CompileContext<'_>) -> Result<Snapshot,
     })
 }
 
-fn compile_schemas(
+/// Compiled trees shared by every client with the same list on the same
+/// type: large policies repeat a handful of schemas thousands of times.
+type TreeCache<'p> = HashMap<(&'p str, bool, &'p [String]), Arc<AccessTree>>;
+
+fn compile_schemas<'p>(
     et: &EntityType,
-    s: &AccessSchemasDef,
+    type_name: &'p str,
+    s: &'p AccessSchemasDef,
     key: &str,
+    trees: &mut TreeCache<'p>,
 ) -> Result<ClientSchemas, Vec<(String, String)>> {
     let mut errors = Vec::new();
-    let mut one = |kind: &str, list: &Option<Vec<String>>, write: bool| -> Option<AccessTree> {
-        let list = list.as_ref()?;
-        let mut paths = Vec::with_capacity(list.len());
-        for (i, p) in list.iter().enumerate() {
-            match AttrPath::parse(p) {
-                Ok(p) => paths.push(p),
-                Err(e) => errors.push((format!("{key}.{kind}[{i}]"), e.to_string())),
+    let mut one =
+        |kind: &str, list: &'p Option<Vec<String>>, write: bool| -> Option<Arc<AccessTree>> {
+            let list = list.as_ref()?;
+            if let Some(t) = trees.get(&(type_name, write, list.as_slice())) {
+                return Some(t.clone());
             }
-        }
-        let tree = if write {
-            et.write_tree(&paths)
-        } else {
-            et.read_tree(&paths)
+            let mut paths = Vec::with_capacity(list.len());
+            let before = errors.len();
+            for (i, p) in list.iter().enumerate() {
+                match AttrPath::parse(p) {
+                    Ok(p) => paths.push(p),
+                    Err(e) => errors.push((format!("{key}.{kind}[{i}]"), e.to_string())),
+                }
+            }
+            let tree = if write {
+                et.write_tree(&paths)
+            } else {
+                et.read_tree(&paths)
+            };
+            match tree {
+                Ok(t) if errors.len() == before => {
+                    let t = Arc::new(t);
+                    trees.insert((type_name, write, list.as_slice()), t.clone());
+                    Some(t)
+                }
+                Ok(_) => None,
+                Err(e) => {
+                    errors.push((format!("{key}.{kind}"), e.to_string()));
+                    None
+                }
+            }
         };
-        match tree {
-            Ok(t) => Some(t),
-            Err(e) => {
-                errors.push((format!("{key}.{kind}"), e.to_string()));
-                None
-            }
-        }
-    };
     let out = ClientSchemas {
         read: one("read", &s.read, false),
         write: one("write", &s.write, true),
@@ -243,9 +261,24 @@ fn compile_schemas(
     }
 }
 
+/// Feeds serialised bytes straight into the digest, without a buffer.
+struct HashWriter(Sha256);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 pub fn policy_hash(policy: &PolicyFile) -> String {
     // BTreeMaps make the JSON canonical, so equal policies hash equally.
-    let bytes = serde_json::to_vec(policy).unwrap_or_default();
-    let digest = Sha256::digest(&bytes);
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    let mut w = HashWriter(Sha256::new());
+    if serde_json::to_writer(&mut w, policy).is_err() {
+        return String::new();
+    }
+    w.0.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
