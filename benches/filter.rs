@@ -63,7 +63,8 @@ fn schemas() -> Schemas {
     let snap = load_policy_file(&policy, 1).expect("demo policy loads");
     let narrow = snap.clients["partner-readonly"].schemas["user"]
         .read
-        .clone()
+        .as_deref()
+        .cloned()
         .expect("partner has a read schema");
     let def = &snap.entity_types["user"].def;
     let wide_paths: Vec<AttrPath> = def
