@@ -23,5 +23,5 @@ pub mod routes;
 pub mod schema;
 pub mod server;
 pub mod settings;
-pub mod upstream;
 pub mod stream_filter;
+pub mod upstream;
