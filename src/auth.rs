@@ -155,6 +155,11 @@ fn parse_signed(creds: &[u8]) -> Result<Presented, AuthError> {
 /// exactly. RFC 1123, ISO 8601 with `T`/`Z`, offsets and fractions all fail.
 pub fn parse_signed_date(date: &str) -> Option<i64> {
     let parsed = NaiveDateTime::parse_from_str(date, SIGNED_DATE_FORMAT).ok()?;
+    // chrono reads `:60` as a leap second in any minute and prints it back
+    // unchanged, so the round trip alone would let two strings name one second.
+    if parsed.and_utc().timestamp_subsec_nanos() != 0 {
+        return None;
+    }
     if parsed.format(SIGNED_DATE_FORMAT).to_string() != date {
         return None;
     }
@@ -762,5 +767,11 @@ mod tests {
         // All 36 symbols show up over 12,800 draws (missing one: p < 1e-150).
         let all: std::collections::HashSet<u8> = seen.iter().flat_map(|t| t.bytes()).collect();
         assert_eq!(all.len(), 36);
+    }
+
+    #[test]
+    fn leap_second_spelling_is_refused() {
+        assert_eq!(parse_signed_date("2016-02-26 12:34:60"), None);
+        assert!(parse_signed_date("2016-02-26 12:34:59").is_some());
     }
 }

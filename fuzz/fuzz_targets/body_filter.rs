@@ -63,7 +63,9 @@ struct Fixture {
 }
 
 fn paths(list: &[&str]) -> Vec<AttrPath> {
-    list.iter().filter_map(|p| AttrPath::parse(p).ok()).collect()
+    list.iter()
+        .filter_map(|p| AttrPath::parse(p).ok())
+        .collect()
 }
 
 /// Built once per process. A failure here means the demo policy or the
@@ -94,9 +96,20 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
     };
     let trees = vec![
         // partner-readonly in the demo policy
-        read(&["givenName", "familyName", "primaryAddress.city", "photos.value"]),
+        read(&[
+            "givenName",
+            "familyName",
+            "primaryAddress.city",
+            "photos.value",
+        ]),
         // crm-writer in the demo policy
-        read(&["email", "givenName", "familyName", "displayName", "primaryAddress"]),
+        read(&[
+            "email",
+            "givenName",
+            "familyName",
+            "displayName",
+            "primaryAddress",
+        ]),
         // reserved attributes only
         read(&[]),
         // deep and plural grants
@@ -108,7 +121,12 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
             "statuses",
         ]),
         // a write tree (no reserved attributes, plural ids granted)
-        write(&["givenName", "familyName", "primaryAddress.city", "photos.type"]),
+        write(&[
+            "givenName",
+            "familyName",
+            "primaryAddress.city",
+            "photos.type",
+        ]),
         AccessTree::all(),
         AccessTree::none(),
         read(&["email", "photos", "consents"]),
@@ -135,9 +153,7 @@ fn same_value(a: &Value, b: &Value) -> bool {
         (Value::Number(x), Value::Number(y)) => {
             x == y
                 || match (x.as_f64(), y.as_f64()) {
-                    (Some(p), Some(q)) => {
-                        p == q || ((p - q) / p.abs().max(q.abs())).abs() < 1e-14
-                    }
+                    (Some(p), Some(q)) => p == q || ((p - q) / p.abs().max(q.abs())).abs() < 1e-14,
                     _ => false,
                 }
         }
@@ -172,7 +188,10 @@ fn check_no_leak(
     match records {
         ResponseRecords::None => {}
         ResponseRecords::JsonBody => {
-            assert!(conforms(out, read), "{which}: leaked attribute in body {out}");
+            assert!(
+                conforms(out, read),
+                "{which}: leaked attribute in body {out}"
+            );
         }
         ResponseRecords::Result | ResponseRecords::Results => {
             let Value::Object(env) = out else {
@@ -225,7 +244,10 @@ fuzz_target!(|data: &[u8]| {
         .and_then(|()| f.finish(&mut chunked_out));
     match (&streaming, &chunked) {
         (Ok(s), Ok(removed)) => {
-            assert_eq!(s.body, chunked_out, "chunked output differs (chunk {chunk})");
+            assert_eq!(
+                s.body, chunked_out,
+                "chunked output differs (chunk {chunk})"
+            );
             assert_eq!(s.removed, *removed, "chunked removed count differs");
         }
         (Err(a), Err(b)) => assert_eq!(*a, b.failure(), "chunked failure class differs"),

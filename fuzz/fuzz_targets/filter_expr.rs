@@ -19,8 +19,9 @@ fn check_paths(paths: &[AttrPath], what: &str) {
     for p in paths {
         assert!(!p.segments().is_empty(), "{what}: empty path");
         assert!(
-            p.segments().iter().all(|s| !s.is_empty()
-                && !s.contains(['.', '/', '#'])),
+            p.segments()
+                .iter()
+                .all(|s| !s.is_empty() && !s.contains(['.', '/', '#'])),
             "{what}: bad segment in {:?}",
             p.segments()
         );

@@ -45,7 +45,11 @@ fuzz_target!(|data: &[u8]| {
             got[..i].iter().all(|(seen, _)| seen != k),
             "name {k:?} accepted twice"
         );
-        assert_eq!(p.get(k), Some(v.as_str()), "get({k:?}) disagrees with pairs()");
+        assert_eq!(
+            p.get(k),
+            Some(v.as_str()),
+            "get({k:?}) disagrees with pairs()"
+        );
     }
     assert_eq!(p.is_empty(), got.is_empty());
 
@@ -54,7 +58,11 @@ fuzz_target!(|data: &[u8]| {
         Ok(again) => again,
         Err(e) => panic!("re-encoded params refused: {encoded:?}: {e:?}"),
     };
-    assert_eq!(got, pairs(&again), "round trip changed the params: {encoded:?}");
+    assert_eq!(
+        got,
+        pairs(&again),
+        "round trip changed the params: {encoded:?}"
+    );
     assert_eq!(encoded, again.encode(), "encoding is not stable");
 
     // The same string as a query must mean the same thing.

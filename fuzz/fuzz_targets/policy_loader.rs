@@ -46,7 +46,10 @@ fuzz_target!(|data: &[u8]| {
     let Ok(snap) = compile(policy.clone(), &ctx) else {
         return;
     };
-    assert_eq!(snap.source, policy, "snapshot source differs from the input policy");
+    assert_eq!(
+        snap.source, policy,
+        "snapshot source differs from the input policy"
+    );
     assert_eq!(snap.hash, policy_hash(&policy));
 
     // Persist and reload, as the management API and a restart would.
@@ -58,7 +61,10 @@ fuzz_target!(|data: &[u8]| {
         Ok(p) => p,
         Err(e) => panic!("persisted policy does not load again: {e}\n{yaml}"),
     };
-    assert_eq!(reloaded, policy, "persisted policy loads differently:\n{yaml}");
+    assert_eq!(
+        reloaded, policy,
+        "persisted policy loads differently:\n{yaml}"
+    );
     match compile(reloaded, &ctx) {
         Ok(again) => assert_eq!(again.hash, snap.hash, "hash changed after reload"),
         Err(e) => panic!("persisted policy no longer compiles: {e:?}\n{yaml}"),

@@ -78,9 +78,17 @@ fuzz_target!(|data: &[u8]| {
             let expected = format!("Basic {{ client_id: {client_id:?}, secret: \"<redacted>\" }}");
             assert_eq!(dbg, expected, "Debug of Basic credentials is not redacted");
         }
-        Some(p @ Presented::Signed { client_id, signature }) => {
+        Some(
+            p @ Presented::Signed {
+                client_id,
+                signature,
+            },
+        ) => {
             assert!(!client_id.is_empty() && !signature.is_empty());
-            assert!(!signature.contains(':'), "signature split at the wrong colon");
+            assert!(
+                !signature.contains(':'),
+                "signature split at the wrong colon"
+            );
             let dbg = format!("{p:?}");
             let expected =
                 format!("Signed {{ client_id: {client_id:?}, signature: \"<redacted>\" }}");
@@ -103,13 +111,19 @@ fuzz_target!(|data: &[u8]| {
 
     // Signatures.
     let ok = well_formed(&endpoint, &date, &params);
-    let good = sign(secret.as_bytes(), &string_to_sign(&endpoint, &date, &params, false));
+    let good = sign(
+        secret.as_bytes(),
+        &string_to_sign(&endpoint, &date, &params, false),
+    );
     assert_eq!(
         verify_signature(secret.as_bytes(), &endpoint, &date, &params, &good),
         ok,
         "own signature verdict wrong (well formed: {ok})"
     );
-    let doc_form = sign(secret.as_bytes(), &string_to_sign(&endpoint, &date, &params, true));
+    let doc_form = sign(
+        secret.as_bytes(),
+        &string_to_sign(&endpoint, &date, &params, true),
+    );
     let doc_ok = ok && params.iter().all(|(k, _)| UNSIGNED_PARAMS.contains(k));
     if doc_form != good {
         assert_eq!(

@@ -590,6 +590,8 @@ pub struct GatewayBuilder {
     ipv6: bool,
     files: Vec<(String, Vec<u8>)>,
     env: Vec<(String, String)>,
+    /// Keys merged into the generated `server:` block (see `server_setting`).
+    server: serde_json::Map<String, Value>,
 }
 
 /// A running `recordgate serve`, killed on drop.
@@ -599,6 +601,8 @@ pub struct Gateway {
     pub addr: SocketAddr,
     /// `http://127.0.0.1:port` or `http://[::1]:port`.
     pub base: String,
+    /// Environment given to the process (reused by `spawn_upgrade`).
+    env: Vec<(String, String)>,
 }
 
 impl GatewayBuilder {
@@ -615,6 +619,7 @@ impl GatewayBuilder {
             ipv6: false,
             files: Vec::new(),
             env: Vec::new(),
+            server: serde_json::Map::new(),
         }
     }
 
@@ -680,6 +685,9 @@ impl GatewayBuilder {
         for (k, v) in self.extra {
             settings[k] = v;
         }
+        for (k, v) in self.server {
+            settings["server"][k] = v;
+        }
         // JSON is YAML.
         let settings_path = dir.path().join("settings.yaml");
         std::fs::write(
@@ -710,6 +718,7 @@ impl GatewayBuilder {
             dir,
             addr,
             base,
+            env: self.env,
         };
         gw.wait_ready();
         gw
@@ -1048,4 +1057,174 @@ pub fn gateway_with_default_upstream() -> (TestUpstream, Gateway) {
     let up = TestUpstream::capture_like();
     let gw = GatewayBuilder::new(&up).start();
     (up, gw)
+}
+
+// ---------------------------------------------------------------------------
+// Operator listener, signals and the socket hand-over upgrade
+// (observability.rs, graceful.rs)
+// ---------------------------------------------------------------------------
+
+impl GatewayBuilder {
+    /// Enables the operator listener (`metrics.listen`) on a free loopback
+    /// port; the keys of `extra` (e.g. `{"client_label": "on"}`) are added to
+    /// the `metrics:` block.
+    pub fn metrics(self, extra: Value) -> Self {
+        let mut m = json!({"listen": format!("127.0.0.1:{}", free_port())});
+        if let Value::Object(e) = extra {
+            for (k, v) in e {
+                m[k] = v;
+            }
+        }
+        self.setting("metrics", m)
+    }
+
+    /// Sets one key of the `server:` block (e.g. `grace_period_secs`) while
+    /// keeping the per-test `pid_file` and `upgrade_sock`.
+    pub fn server_setting(mut self, key: &str, value: Value) -> Self {
+        self.server.insert(key.to_string(), value);
+        self
+    }
+}
+
+/// Sends `sig` (a name such as `TERM`, `QUIT`, `HUP`) to `pid` with kill(1).
+pub fn signal_pid(pid: u32, sig: &str) {
+    let st = Command::new("kill")
+        .arg("-s")
+        .arg(sig)
+        .arg(pid.to_string())
+        .stdin(Stdio::null())
+        .status()
+        .expect("run kill");
+    assert!(st.success(), "kill -s {sig} {pid} failed: {st}");
+}
+
+/// Polls `child` until it exits or `timeout` passes.
+pub fn wait_child(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            return Some(st);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Gateway {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal (`TERM`, `QUIT`, `HUP`, ...) to the gateway process.
+    pub fn signal(&self, sig: &str) {
+        signal_pid(self.pid(), sig);
+    }
+
+    /// Waits (bounded) for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        wait_child(&mut self.child, timeout)
+    }
+
+    pub fn settings_path(&self) -> PathBuf {
+        self.dir.path().join("settings.yaml")
+    }
+
+    /// The settings file as written by `GatewayBuilder::start`.
+    pub fn settings(&self) -> Value {
+        serde_json::from_slice(&std::fs::read(self.settings_path()).unwrap()).unwrap()
+    }
+
+    /// `http://<metrics.listen>`; panics when the listener is not enabled.
+    pub fn metrics_base(&self) -> String {
+        let listen = self.settings()["metrics"]["listen"]
+            .as_str()
+            .expect("metrics.listen is not set; use GatewayBuilder::metrics")
+            .to_string();
+        format!("http://{listen}")
+    }
+
+    /// GET on the operator listener, retried (bounded, 10 s) only while the
+    /// listener does not accept connections yet.
+    pub fn admin_get(&self, path: &str) -> Resp {
+        let url = format!("{}{}", self.metrics_base(), path);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match http_client().get(&url).send() {
+                Ok(r) => return Resp::from(r),
+                Err(e) if e.is_connect() && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                Err(e) => panic!("GET {url}: {e}"),
+            }
+        }
+    }
+
+    /// The `/metrics` exposition.
+    pub fn scrape(&self) -> String {
+        let r = self.admin_get("/metrics");
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.text()
+    }
+
+    /// Starts `recordgate serve -u --config <same settings>` with the same
+    /// environment: it waits on `server.upgrade_sock` for the listening
+    /// sockets, which this process hands over on SIGQUIT. Its output goes to
+    /// `<dir>/<name>.stdout.log` / `.stderr.log`.
+    pub fn spawn_upgrade(&self, name: &str) -> Spawned {
+        let out = self.dir.path().join(format!("{name}.stdout.log"));
+        let err = self.dir.path().join(format!("{name}.stderr.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_recordgate"))
+            .arg("serve")
+            .arg("-u")
+            .arg("--config")
+            .arg(self.settings_path())
+            .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .spawn()
+            .expect("spawn recordgate -u");
+        Spawned { child, out, err }
+    }
+}
+
+/// A further `recordgate` process (e.g. the upgrade), killed on drop.
+pub struct Spawned {
+    pub child: Child,
+    out: PathBuf,
+    err: PathBuf,
+}
+
+impl Spawned {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        signal_pid(self.pid(), sig);
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        wait_child(&mut self.child, timeout)
+    }
+
+    pub fn try_exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// stderr then stdout.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.err).unwrap_or_default()
+            + &std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
