@@ -44,6 +44,20 @@ impl Admin {
 #[async_trait]
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        // Pingora's http_app turns keep-alive on for every request; honour a
+        // client that asked to close (HTTP/1.0 health checkers read to EOF).
+        let req = session.req_header();
+        let connection = req
+            .headers
+            .get("connection")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let close = connection.contains("close")
+            || (req.version == http::Version::HTTP_10 && !connection.contains("keep-alive"));
+        if close {
+            session.set_keepalive(None);
+        }
         match session.req_header().uri.path() {
             "/metrics" => {
                 let mut buf = Vec::new();

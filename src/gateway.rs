@@ -714,7 +714,14 @@ impl ProxyHttp for Gateway {
             .filter(|_| self.peer_is_trusted(session))
             .map(str::to_string)
             .unwrap_or_else(new_request_id);
-        match self.handle(session, ctx).await {
+        let handled = self.handle(session, ctx).await;
+        // Pingora turns keep-alive off only for requests that start after
+        // shutdown began; a response written during the drain must not
+        // promise a connection that is about to close.
+        if session.is_process_shutting_down() {
+            session.set_keepalive(None);
+        }
+        match handled {
             Ok(Handled::Streamed(result)) => result?,
             Ok(Handled::Reply(mut reply)) => {
                 ctx.status = reply.header.status.as_u16();

@@ -98,6 +98,19 @@ fn check(config: &std::path::Path) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if let Some(c) = &settings.upstream.credentials {
+        let base = settings
+            .policy
+            .parent()
+            .unwrap_or(std::path::Path::new("."));
+        if let Err(e) = c.secret.resolve(base) {
+            eprintln!(
+                "error: {}: upstream.credentials.secret: {e}",
+                config.display()
+            );
+            return ExitCode::from(1);
+        }
+    }
     match load_policy_file(&settings.policy, 1) {
         Ok(snap) => {
             println!(

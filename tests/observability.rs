@@ -531,10 +531,13 @@ fn metrics_expose_every_documented_name_with_its_type_and_exact_counts() {
     promtool_check_metrics(&gw.scrape());
 }
 
+/// Two authenticated calls (one allowed, one denied); the number of
+/// per-client series. (A credentials denial has no verified client.)
 fn client_series(gw: &Gateway) -> usize {
     gw.get_as("reader", "/entity?type_name=user&id=7")
         .assert_ok();
-    gw.get("/entity?type_name=user&id=7", Some(("reader", "wrong")));
+    gw.get_as("login", "/entity?type_name=user&id=7")
+        .assert_error(403, 403, "client_permission_error");
     let e = scrape_until(gw, "two requests counted", |e| fully_counted(e, 2));
     e.select("recordgate_client_requests_total", &[]).len()
 }
@@ -1354,5 +1357,46 @@ fn real_prometheus_evaluates_every_dashboard_and_alert_query() {
         "{} failing expression(s):\n{}",
         failures.len(),
         failures.join("\n")
+    );
+}
+
+/// An HTTP/1.0 request without `Connection: keep-alive` must end with the
+/// connection closed (RFC 9112 §9.3). The operator listener (Pingora's
+/// `http_app`, which sets keep-alive for every request) answers
+/// `Connection: keep-alive` and keeps it open, so a 1.0 client reading to
+/// EOF (simple health checkers, `bash /dev/tcp` probes) hangs. The gateway
+/// listener itself is correct.
+#[test]
+fn operator_listener_closes_http10_connections() {
+    use std::io::Read;
+    let up = TestUpstream::capture_like();
+    let gw = metrics_gateway(&up, json!({}));
+    gw.admin_get("/healthz");
+    let addr: std::net::SocketAddr = gw
+        .metrics_base()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.0\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let closed = loop {
+        match s.read(&mut chunk) {
+            Ok(0) => break true,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(_) => break false,
+        }
+        if buf.len() > 1 << 16 {
+            break false;
+        }
+    };
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1."), "{text}");
+    assert!(
+        closed,
+        "HTTP/1.0 connection left open after the response:\n{text}"
     );
 }
