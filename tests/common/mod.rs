@@ -1228,3 +1228,52 @@ impl Drop for Spawned {
         let _ = self.child.wait();
     }
 }
+
+// ---------------------------------------------------------------------------
+// Policy files, crash and restart (management_api.rs, roles_api.rs,
+// live_policy.rs)
+// ---------------------------------------------------------------------------
+
+impl Gateway {
+    /// The policy file the gateway was started with.
+    pub fn policy_path(&self) -> PathBuf {
+        self.dir.path().join("policy.yaml")
+    }
+
+    /// The default audit log beside the policy file (`<policy>.audit.jsonl`).
+    pub fn audit_path(&self) -> PathBuf {
+        self.dir.path().join("policy.audit.jsonl")
+    }
+
+    /// Kills the gateway with SIGKILL (no clean-up at all) and reaps it.
+    pub fn kill_hard(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts a new process on the same directory, settings file and ports;
+    /// a process still running is killed with SIGKILL first. Its output is
+    /// appended to the same `stderr.log` / `stdout.log`.
+    pub fn restart(&mut self) {
+        self.kill_hard();
+        let open = |name: &str| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir.path().join(name))
+                .unwrap()
+        };
+        self.child = Command::new(env!("CARGO_BIN_EXE_recordgate"))
+            .arg("serve")
+            .arg("--config")
+            .arg(self.settings_path())
+            .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(open("stdout.log"))
+            .stderr(open("stderr.log"))
+            .spawn()
+            .expect("respawn recordgate");
+        self.wait_ready();
+    }
+}
