@@ -212,6 +212,13 @@ impl PolicyStore {
         after_persist: impl FnOnce(&PolicyFile, &PolicyFile, &R),
     ) -> Result<(R, Arc<Snapshot>), ChangeError<E>> {
         let mut seen = lock(&self.writer);
+        // An operator's edit not yet picked up by the poller must not be
+        // overwritten: load it first, and refuse the change if it is invalid.
+        let now = stamp(&self.path);
+        if now.is_some() && now != *seen {
+            self.reload_locked(&mut seen, now, "file")
+                .map_err(ChangeError::Invalid)?;
+        }
         let current = self.current.load_full();
         let before = current.source.clone();
         let mut next = before.clone();
