@@ -268,7 +268,7 @@ pub fn filter_write(
             }
         }
         RequestRecords::Attributes => {
-            removed += filter_field(params, "attributes", g.write, mode, max_depth, true)?;
+            removed += filter_field(params, "attributes", g.write, mode, max_depth)?;
         }
         RequestRecords::AttributesOrValue => match (attribute_name, params.get("value")) {
             (Some(path), Some(raw)) => {
@@ -283,7 +283,7 @@ pub fn filter_write(
                 filter::check_write_at(&v, g.write, path).map_err(|e| violation("value", e))?;
                 params.set("value", v.to_string());
             }
-            _ => removed += filter_field(params, "attributes", g.write, mode, max_depth, true)?,
+            _ => removed += filter_field(params, "attributes", g.write, mode, max_depth)?,
         },
         RequestRecords::AllAttributes => {
             let raw = params
@@ -297,13 +297,13 @@ pub fn filter_write(
                 ));
             };
             for item in items.iter_mut() {
-                removed += filter_record("all_attributes", item, g.write, mode, true)?;
+                removed += filter_record("all_attributes", item, g.write, mode)?;
             }
             params.set("all_attributes", v.to_string());
         }
         RequestRecords::JsonBody => {
             let v = json_body.ok_or_else(|| ApiError::missing_argument("body"))?;
-            removed += filter_record("body", v, g.write, mode, true)?;
+            removed += filter_record("body", v, g.write, mode)?;
         }
     }
     Ok(WriteOutcome { removed })
@@ -337,13 +337,12 @@ fn filter_field(
     tree: &AccessTree,
     mode: WriteViolationMode,
     max_depth: usize,
-    top_level: bool,
 ) -> Result<usize, ApiError> {
     let raw = params
         .get(argument)
         .ok_or_else(|| ApiError::missing_argument(argument))?;
     let mut v = parse_json_arg(argument, raw, max_depth)?;
-    let removed = filter_record(argument, &mut v, tree, mode, top_level)?;
+    let removed = filter_record(argument, &mut v, tree, mode)?;
     params.set(argument, v.to_string());
     Ok(removed)
 }
@@ -353,18 +352,15 @@ fn filter_record(
     record: &mut Value,
     tree: &AccessTree,
     mode: WriteViolationMode,
-    top_level: bool,
 ) -> Result<usize, ApiError> {
-    if top_level {
-        if !record.is_object() {
-            return Err(ApiError::invalid_argument(
-                argument,
-                "expected a JSON object of attributes",
-            ));
-        }
-        if let Some(name) = filter::reserved_in(record) {
-            return Err(ApiError::reserved_attribute(argument, name));
-        }
+    if !record.is_object() {
+        return Err(ApiError::invalid_argument(
+            argument,
+            "expected a JSON object of attributes",
+        ));
+    }
+    if let Some(name) = filter::reserved_in(record) {
+        return Err(ApiError::reserved_attribute(argument, name));
     }
     match mode {
         WriteViolationMode::Reject => filter::check_write(record, tree)

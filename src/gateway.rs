@@ -516,14 +516,12 @@ impl Gateway {
     fn reply(
         &self,
         route: &Route,
-        is_head: bool,
+        bodiless: bool,
         upstream: ResponseHeader,
         body: Bytes,
         read: &crate::schema::AccessTree,
         relative_to: Option<&crate::schema::AttrPath>,
     ) -> std::result::Result<Reply, ApiError> {
-        let status = upstream.status.as_u16();
-        let bodiless = is_head || status == 204 || status == 304 || (100..200).contains(&status);
         let mut header = client_header(&upstream)?;
         if bodiless {
             // HEAD keeps no Content-Length: the unfiltered length would tell
@@ -816,7 +814,7 @@ impl Gateway {
         match m.client_label {
             ClientLabel::On => true,
             ClientLabel::Off => false,
-            ClientLabel::Auto => self.policy.load().clients.len() <= m.client_label_max_clients,
+            ClientLabel::Auto => self.policy.client_count() <= m.client_label_max_clients,
         }
     }
 

@@ -8,7 +8,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use pingora::connectors::http::Connector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
@@ -44,11 +44,6 @@ impl UpstreamError {
             UpstreamError::TooLarge => "too_large",
         }
     }
-}
-
-pub struct UpstreamResponse {
-    pub header: ResponseHeader,
-    pub body: Bytes,
 }
 
 fn classify(e: &pingora::Error) -> UpstreamError {
@@ -94,31 +89,6 @@ impl Upstream {
             next: AtomicUsize::new(0),
             connector: Connector::new(None),
             idle: Duration::from_millis(timeouts.upstream_idle_ms),
-        })
-    }
-
-    /// Sends one request and reads the whole response, bounded by `max_body`.
-    pub async fn send(
-        &self,
-        req: &RequestHeader,
-        body: Bytes,
-        max_body: usize,
-        idempotent: bool,
-    ) -> Result<UpstreamResponse, UpstreamError> {
-        let mut open = self.open(req, body, idempotent).await?;
-        let mut buf = BytesMut::new();
-        while let Some(chunk) = open.next_chunk().await? {
-            if buf.len() + chunk.len() > max_body {
-                open.abandon().await;
-                return Err(UpstreamError::TooLarge);
-            }
-            buf.extend_from_slice(&chunk);
-        }
-        let header = open.header.clone();
-        open.finish().await;
-        Ok(UpstreamResponse {
-            header,
-            body: buf.freeze(),
         })
     }
 

@@ -117,6 +117,11 @@ impl PolicyStore {
         self.current.load_full()
     }
 
+    /// Clients in the live policy, read without taking a reference count.
+    pub fn client_count(&self) -> usize {
+        self.current.load().clients.len()
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
