@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::auth::{self, Presented};
 use crate::errors::ApiError;
 use crate::filter::{self, WriteViolation};
-use crate::json::parse_strict;
+use crate::json::parse_record;
 use crate::oracle;
 use crate::params::Params;
 use crate::policy::model::WriteViolationMode;
@@ -328,7 +328,7 @@ fn violation(argument: &str, e: WriteViolation) -> ApiError {
 }
 
 fn parse_json_arg(argument: &str, raw: &str, max_depth: usize) -> Result<Value, ApiError> {
-    parse_strict(raw.as_bytes(), max_depth).map_err(|e| ApiError::invalid_argument(argument, e))
+    parse_record(raw.as_bytes(), max_depth).map_err(|e| ApiError::invalid_argument(argument, e))
 }
 
 fn filter_field(

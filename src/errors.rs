@@ -237,6 +237,10 @@ impl ApiError {
         )
     }
 
+    pub fn request_timeout(why: String) -> Self {
+        ApiError::new(408, 200, "invalid_argument", DenyReason::Limit, why).with_argument("body")
+    }
+
     pub fn unsupported_encoding(what: &str) -> Self {
         ApiError::new(
             415,

@@ -21,7 +21,7 @@ use crate::allowlist::CidrSet;
 use crate::client_ip::resolve_client_ip;
 use crate::enforce::{self, AuthInput, CREDENTIAL_PARAMS};
 use crate::errors::{ApiError, DenyReason};
-use crate::json::parse_strict;
+use crate::json::parse_record;
 use crate::metrics;
 use crate::params::Params;
 use crate::policy::PolicyStore;
@@ -120,6 +120,14 @@ impl Gateway {
         ctx: &mut Ctx,
     ) -> std::result::Result<Handled, ApiError> {
         let req = session.req_header();
+        let max_header = self.settings.limits.max_header_bytes;
+        if header_block_len(req) > max_header {
+            metrics::FILTER_FAILURES
+                .with_label_values(&["request", "too_large"])
+                .inc();
+            session.set_keepalive(None);
+            return Err(ApiError::headers_too_large(max_header));
+        }
         let path = req.uri.path().to_string();
         if crate::management::classify(&path).is_some() {
             return self
@@ -163,9 +171,17 @@ impl Gateway {
         let form_body = if body.is_empty() {
             None
         } else if media == "application/x-www-form-urlencoded" {
+            if !utf8_charset(&content_type) {
+                metrics::FILTER_FAILURES
+                    .with_label_values(&["request", "encoding"])
+                    .inc();
+                return Err(ApiError::unsupported_encoding(
+                    "in a charset other than UTF-8",
+                ));
+            }
             Some(&body[..])
         } else if media == "application/json" && route.request_records == RequestRecords::JsonBody {
-            let v = parse_strict(&body, limits.max_json_depth).map_err(|e| {
+            let v = parse_record(&body, limits.max_json_depth).map_err(|e| {
                 metrics::FILTER_FAILURES
                     .with_label_values(&["request", "malformed"])
                     .inc();
@@ -410,31 +426,18 @@ impl Gateway {
         session.set_read_timeout(Some(Duration::from_millis(
             self.settings.timeouts.downstream_read_ms,
         )));
-        let mut body = BytesMut::new();
-        loop {
-            match session.read_request_body().await {
-                Ok(Some(chunk)) => {
-                    if body.len() + chunk.len() > limit {
-                        metrics::FILTER_FAILURES
-                            .with_label_values(&["request", "too_large"])
-                            .inc();
-                        return Err(ApiError::request_too_large(limit));
-                    }
-                    body.extend_from_slice(&chunk);
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    return Err(ApiError::invalid_argument(
-                        "body",
-                        format!(
-                            "the request body could not be read ({})",
-                            e.etype().as_str()
-                        ),
-                    ))
-                }
+        let total = Duration::from_millis(self.settings.timeouts.downstream_body_ms);
+        match tokio::time::timeout(total, read_limited(session, limit)).await {
+            Ok(read) => read,
+            Err(_) => {
+                metrics::CLIENT_TIMEOUTS.with_label_values(&["body"]).inc();
+                session.set_keepalive(None);
+                Err(ApiError::request_timeout(format!(
+                    "the request body did not arrive within {} ms",
+                    total.as_millis()
+                )))
             }
         }
-        Ok(body.to_vec())
     }
 
     pub(crate) fn client_ip(&self, session: &Session) -> std::result::Result<IpAddr, ApiError> {
@@ -670,6 +673,69 @@ pub(crate) enum Handled {
     Streamed(Result<()>),
 }
 
+/// Reads the whole request body, refusing it once it passes `limit`.
+async fn read_limited(
+    session: &mut Session,
+    limit: usize,
+) -> std::result::Result<Vec<u8>, ApiError> {
+    let mut body = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > limit {
+                    metrics::FILTER_FAILURES
+                        .with_label_values(&["request", "too_large"])
+                        .inc();
+                    return Err(ApiError::request_too_large(limit));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => break,
+            Err(e) if e.etype() == &ErrorType::ReadTimedout => {
+                metrics::CLIENT_TIMEOUTS.with_label_values(&["body"]).inc();
+                session.set_keepalive(None);
+                return Err(ApiError::request_timeout(
+                    "the client stopped sending the request body".into(),
+                ));
+            }
+            Err(e) => {
+                return Err(ApiError::invalid_argument(
+                    "body",
+                    format!(
+                        "the request body could not be read ({})",
+                        e.etype().as_str()
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(body)
+}
+
+/// Size of the request line and header block as sent, give or take the
+/// separators: Pingora's own ceiling is 1 MiB, which is far more than any
+/// API client needs and a cheap way to make the gateway buffer and scan.
+fn header_block_len(req: &RequestHeader) -> usize {
+    let line = req.method.as_str().len() + req.raw_path().len() + 12;
+    req.headers
+        .iter()
+        .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
+}
+
+/// Form fields are decoded as UTF-8 here; an upstream told another charset
+/// would read different names and values than the ones that were checked.
+fn utf8_charset(content_type: &str) -> bool {
+    content_type
+        .split(';')
+        .skip(1)
+        .filter_map(|p| p.split_once('='))
+        .filter(|(k, _)| k.trim() == "charset")
+        .all(|(_, v)| {
+            let v = v.trim().trim_matches('"');
+            v == "utf-8" || v == "utf8" || v == "us-ascii"
+        })
+}
+
 pub(crate) fn header_str<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
     req.headers.get(name).and_then(|v| v.to_str().ok())
 }
@@ -696,6 +762,11 @@ impl ProxyHttp for Gateway {
             status: 0,
             upstream_time: Duration::ZERO,
         }
+    }
+
+    async fn early_request_filter(&self, _session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
+        crate::header_deadline::mark_header_read();
+        Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {

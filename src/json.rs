@@ -23,6 +23,89 @@ pub enum JsonError {
     DuplicateKey(String),
     #[error("JSON nesting exceeds the maximum depth of {0}")]
     TooDeep(usize),
+    #[error("the number {0} cannot be forwarded exactly (integers are 64-bit, decimals 17 significant digits)")]
+    InexactNumber(String),
+}
+
+/// [`parse_strict`] for a record the gateway will re-serialise and forward:
+/// also refuses numbers that would not survive that unchanged. Without this a
+/// 40-digit integer would reach the upstream rounded to a different value.
+pub fn parse_record(bytes: &[u8], max_depth: usize) -> Result<Value, JsonError> {
+    let v = parse_strict(bytes, max_depth)?;
+    match first_inexact_number(bytes) {
+        Some(n) => Err(JsonError::InexactNumber(n)),
+        None => Ok(v),
+    }
+}
+
+/// Scans valid JSON for a number literal that `serde_json::Value` (64-bit
+/// integers, `f64`) would not reproduce digit for digit.
+fn first_inexact_number(bytes: &[u8]) -> Option<String> {
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                i += 1;
+                while i < bytes.len() {
+                    match bytes[i] {
+                        b'\\' => i += 2,
+                        b'"' => {
+                            i += 1;
+                            break;
+                        }
+                        _ => i += 1,
+                    }
+                }
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i < bytes.len()
+                    && matches!(bytes[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+                {
+                    i += 1;
+                }
+                let token = String::from_utf8_lossy(&bytes[start..i]);
+                if !is_exact(&token) {
+                    return Some(token.into_owned());
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+fn is_exact(token: &str) -> bool {
+    if !token.contains(['.', 'e', 'E']) {
+        return token.parse::<i64>().is_ok() || token.parse::<u64>().is_ok();
+    }
+    match token.parse::<f64>() {
+        Ok(f) if f.is_finite() => {
+            significant_digits(token) == significant_digits(&format!("{f:e}"))
+        }
+        _ => false,
+    }
+}
+
+/// The digits of a decimal literal without leading or trailing zeros, and
+/// the position of the decimal point relative to them; `None` if the
+/// exponent itself is out of range.
+fn significant_digits(literal: &str) -> Option<(String, i64)> {
+    let literal = literal.trim_start_matches('-');
+    let (mantissa, exponent) = match literal.split_once(['e', 'E']) {
+        Some((m, e)) => (m, e.trim_start_matches('+').parse::<i64>().ok()?),
+        None => (literal, 0),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let mut point = exponent.checked_add(int.len() as i64)?;
+    let all: String = int.chars().chain(frac.chars()).collect();
+    let trimmed = all.trim_start_matches('0');
+    point -= (all.len() - trimmed.len()) as i64;
+    let digits = trimmed.trim_end_matches('0');
+    if digits.is_empty() {
+        return Some((String::new(), 0));
+    }
+    Some((digits.to_string(), point))
 }
 
 /// Parses `bytes` as exactly one JSON value.
@@ -253,6 +336,41 @@ mod tests {
         ));
         assert!(matches!(parse_strict(b"", 10), Err(JsonError::Syntax(_))));
         assert!(parse_strict(b" {} \n", 10).is_ok());
+    }
+
+    #[test]
+    fn numbers_that_would_change_are_refused_for_records() {
+        for ok in [
+            "0",
+            "-0",
+            "0.0",
+            "1.10",
+            "0.1",
+            "1e2",
+            "-9223372036854775808",
+            "18446744073709551615",
+            "1.7976931348623157e308",
+            "5e-324",
+            "123.456",
+            "1E+3",
+            "0.30000000000000004",
+        ] {
+            assert!(parse_record(ok.as_bytes(), 8).is_ok(), "{ok}");
+        }
+        for bad in [
+            "18446744073709551616",
+            "-9223372036854775809",
+            "1234567890123456789012345678901234567890",
+            "0.1000000000000000055511151231257827",
+            "1e400",
+            "1e99999999999999999999",
+        ] {
+            let doc = format!(r#"{{"a":[1,{bad}],"s":"1e999"}}"#);
+            assert!(parse_record(doc.as_bytes(), 8).is_err(), "{bad}");
+        }
+        // Digits inside strings are not numbers.
+        assert!(parse_record(br#"{"a":"123456789012345678901234567890"}"#, 8).is_ok());
+        assert!(parse_record(br#"{"a\"1e999":1}"#, 8).is_ok());
     }
 
     #[test]

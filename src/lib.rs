@@ -12,6 +12,7 @@ pub mod enforce;
 pub mod errors;
 pub mod filter;
 pub mod gateway;
+pub mod header_deadline;
 pub mod json;
 pub mod management;
 pub mod metrics;

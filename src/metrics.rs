@@ -64,6 +64,12 @@ pub static UPSTREAM_ERRORS: LazyLock<IntCounterVec> = counter_vec!(
     &["kind"]
 );
 
+pub static CLIENT_TIMEOUTS: LazyLock<IntCounterVec> = counter_vec!(
+    "recordgate_client_timeouts_total",
+    "Client connections cut off for sending too slowly, by phase (header, body).",
+    &["phase"]
+);
+
 pub static BYTES: LazyLock<IntCounterVec> = counter_vec!(
     "recordgate_body_bytes_total",
     "Body bytes by direction (in from clients, out to clients).",
@@ -180,6 +186,9 @@ pub fn init() {
     }
     for direction in ["in", "out"] {
         BYTES.with_label_values(&[direction]);
+    }
+    for phase in ["header", "body"] {
+        CLIENT_TIMEOUTS.with_label_values(&[phase]);
     }
 }
 

@@ -23,6 +23,21 @@ impl Params {
                         "the value is not valid percent-encoded UTF-8",
                     ));
                 }
+                // An upstream written in C may stop reading a name at NUL or
+                // another control character, and then see `attributes` where
+                // the gateway saw a name it does not filter.
+                if k.chars().any(char::is_control) {
+                    return Err(ApiError::invalid_argument(
+                        &k.escape_default().to_string(),
+                        "a parameter name may not contain control characters",
+                    ));
+                }
+                if v.contains('\0') {
+                    return Err(ApiError::invalid_argument(
+                        &k,
+                        "the value contains a NUL (control) character",
+                    ));
+                }
                 if p.get(&k).is_some() {
                     return Err(ApiError::duplicate_argument(&k));
                 }
@@ -89,6 +104,21 @@ mod tests {
         assert_eq!(e.code, 201);
         let e = Params::parse(Some("filter=x"), Some(b"filter=y")).unwrap_err();
         assert_eq!(e.argument_name.as_deref(), Some("filter"));
+    }
+
+    #[test]
+    fn control_characters_in_names_and_nul_in_values_are_refused() {
+        for body in [
+            &b"attributes%00x=1"[..],
+            b"a%0Ab=1",
+            b"%7F=1",
+            b"type_name=us%00er",
+        ] {
+            let e = Params::parse(None, Some(body)).unwrap_err();
+            assert_eq!(e.code, 200, "{}", String::from_utf8_lossy(body));
+        }
+        // Newlines and tabs inside values are data.
+        assert!(Params::parse(None, Some(b"filter=a%0Ab%09c")).is_ok());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! optional embedded demo upstream, and the policy reload on SIGHUP.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use base64::Engine;
@@ -96,8 +97,12 @@ pub fn serve(settings: Settings, opts: ServeOptions) -> Result<(), String> {
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let mut proxy =
-        pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "recordgate");
+    let app = crate::header_deadline::HeaderDeadline::new(
+        pingora::proxy::http_proxy(&server.configuration, gateway),
+        Duration::from_millis(settings.timeouts.downstream_header_ms),
+        Duration::from_millis(settings.timeouts.downstream_read_ms),
+    );
+    let mut proxy = pingora::services::listening::Service::new("recordgate".to_string(), app);
     for addr in &settings.listen {
         proxy.add_tcp(addr);
     }
@@ -178,7 +183,7 @@ impl BackgroundService for PolicyReloader {
         // Polling the file's stamp rather than inotify: editors and Kubernetes
         // ConfigMaps replace the file (rename, symlink swap), which a watch on
         // the old inode misses. A stat every 250 ms is negligible.
-        let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {

@@ -101,7 +101,14 @@ pub struct Timeouts {
     pub upstream_connect_ms: u64,
     pub upstream_read_ms: u64,
     pub upstream_write_ms: u64,
+    /// Longest wait for one read from a client (header or body).
     pub downstream_read_ms: u64,
+    /// Longest time a request line and its headers may take to arrive in
+    /// total, including the idle wait for the next request on a keep-alive
+    /// connection: a client trickling bytes is cut off here.
+    pub downstream_header_ms: u64,
+    /// Longest time a request body may take to arrive in total.
+    pub downstream_body_ms: u64,
     pub upstream_idle_ms: u64,
 }
 
@@ -112,6 +119,8 @@ impl Default for Timeouts {
             upstream_read_ms: 30_000,
             upstream_write_ms: 10_000,
             downstream_read_ms: 10_000,
+            downstream_header_ms: 30_000,
+            downstream_body_ms: 60_000,
             upstream_idle_ms: 60_000,
         }
     }
@@ -341,6 +350,23 @@ impl Settings {
                 "limits.max_response_body_bytes".into(),
                 "must be > 0".into(),
             );
+        }
+        if l.max_header_bytes == 0 {
+            err("limits.max_header_bytes".into(), "must be > 0".into());
+        }
+        let t = &self.timeouts;
+        for (key, ms) in [
+            ("upstream_connect_ms", t.upstream_connect_ms),
+            ("upstream_read_ms", t.upstream_read_ms),
+            ("upstream_write_ms", t.upstream_write_ms),
+            ("downstream_read_ms", t.downstream_read_ms),
+            ("downstream_header_ms", t.downstream_header_ms),
+            ("downstream_body_ms", t.downstream_body_ms),
+            ("upstream_idle_ms", t.upstream_idle_ms),
+        ] {
+            if ms == 0 {
+                err(format!("timeouts.{key}"), "must be > 0".into());
+            }
         }
         if self.server.threads == 0 {
             err("server.threads".into(), "must be > 0".into());

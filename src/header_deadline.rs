@@ -1,0 +1,95 @@
+//! A total deadline for receiving a request's line and headers.
+//!
+//! Pingora bounds each read of a request header (60 s by default), not the
+//! whole header: a client that sends one byte every few seconds holds a
+//! connection and a task for as long as it likes. This wraps the proxy
+//! application: each request gets `timeouts.downstream_header_ms` from the
+//! moment the connection starts waiting for it, and the gateway marks the
+//! header as read from its first hook. A connection still without a complete
+//! header at the deadline is dropped. The wait covers the idle time of a
+//! keep-alive connection between requests too, so it also bounds that.
+
+use std::cell::Cell;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
+use pingora::protocols::http::ServerSession;
+use pingora::server::ShutdownWatch;
+
+use crate::metrics;
+
+tokio::task_local! {
+    static HEADER_READ: Cell<bool>;
+}
+
+/// Called by the gateway once a request header is in: from here on, the
+/// header deadline no longer applies to this request.
+pub fn mark_header_read() {
+    let _ = HEADER_READ.try_with(|read| read.set(true));
+}
+
+pub struct HeaderDeadline<A> {
+    inner: Arc<A>,
+    header: Duration,
+    per_read: Duration,
+}
+
+impl<A> HeaderDeadline<A> {
+    pub fn new(inner: A, header: Duration, per_read: Duration) -> Self {
+        HeaderDeadline {
+            inner: Arc::new(inner),
+            header,
+            per_read,
+        }
+    }
+}
+
+#[async_trait]
+impl<A> HttpServerApp for HeaderDeadline<A>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        session.set_read_timeout(Some(self.per_read));
+        let header = self.header;
+        let request = self.inner.process_new_http(session, shutdown);
+        HEADER_READ
+            .scope(Cell::new(false), async move {
+                let deadline = async {
+                    tokio::time::sleep(header).await;
+                    if HEADER_READ.try_with(Cell::get).unwrap_or(true) {
+                        // The header arrived in time; the request runs on
+                        // under its own time-outs.
+                        std::future::pending::<()>().await;
+                    }
+                };
+                tokio::select! {
+                    reused = request => reused,
+                    () = deadline => {
+                        metrics::CLIENT_TIMEOUTS.with_label_values(&["header"]).inc();
+                        tracing::debug!(?header, "request header not complete in time; closing");
+                        None
+                    }
+                }
+            })
+            .await
+    }
+
+    fn h2_options(&self) -> Option<pingora::protocols::http::v2::server::H2Options> {
+        self.inner.h2_options()
+    }
+
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        self.inner.server_options()
+    }
+
+    async fn http_cleanup(&self) {
+        self.inner.http_cleanup().await
+    }
+}
