@@ -159,16 +159,25 @@ fn assert_not_saved(r: &Resp) {
     );
 }
 
-/// The policy file written the way a careless editor or `cat > file` does:
-/// in place, same inode, truncated first.
+/// Rewrites the file in place (same inode, not atomic), the way `cp` onto
+/// it or many editors do: new bytes over the old, then cut to length. It
+/// never passes through an empty file (see the emptied-file test for that).
 fn overwrite_in_place(path: &Path, contents: &[u8]) {
-    let mut f = std::fs::OpenOptions::new()
+    let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all(contents).unwrap();
+    f.set_len(contents.len() as u64).unwrap();
+    f.sync_all().unwrap();
+}
+
+/// Empties the file in place (`: > policy.yaml`).
+fn empty_in_place(path: &Path) {
+    std::fs::OpenOptions::new()
         .write(true)
         .truncate(true)
         .open(path)
+        .unwrap()
+        .sync_all()
         .unwrap();
-    f.write_all(contents).unwrap();
-    f.sync_all().unwrap();
 }
 
 /// Replaces the file atomically (temporary file, fsync, rename).
@@ -466,7 +475,7 @@ fn an_emptied_policy_file_is_rejected_not_taken_as_a_policy_without_clients() {
     let good = std::fs::read(&path).unwrap();
     let before = observe(&gw);
     let failures = reloads(&gw, "file", "failure");
-    overwrite_in_place(&path, b"");
+    empty_in_place(&path);
     std::thread::sleep(Duration::from_millis(600));
     let st = status(&gw);
     assert_eq!(
