@@ -421,7 +421,6 @@ fn a_deleted_policy_file_keeps_the_last_good_policy_until_it_is_put_back() {
 }
 
 #[test]
-#[ignore = "bug: a missing policy file is re-read and reported as a new failure on every 250 ms poll (src/policy/store.rs reload_if_changed)"]
 fn a_missing_policy_file_is_reported_once_not_on_every_poll() {
     let (_up, gw) = start();
     let failures = reloads(&gw, "file", "failure");
@@ -466,7 +465,6 @@ fn a_policy_file_truncated_in_place_is_rejected_whole_until_restored() {
 }
 
 #[test]
-#[ignore = "bug: an empty policy file is accepted as a valid policy with no clients, locking everyone (the owner too) out (src/policy/store.rs reload_locked / compile.rs compile)"]
 fn an_emptied_policy_file_is_rejected_not_taken_as_a_policy_without_clients() {
     // `: > policy.yaml`, or the instant between truncate and write of any
     // in-place rewrite (`cat new > policy.yaml`) that the poller may see.

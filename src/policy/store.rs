@@ -68,6 +68,16 @@ fn read_policy(path: &Path) -> Result<PolicyFile, Vec<ConfigError>> {
             message: format!("cannot read: {e}"),
         }]
     })?;
+    // An empty document would parse as a policy without clients and lock
+    // everyone out; it is what a poll sees between the truncate and the
+    // write of an in-place rewrite, or after `: > policy.yaml`.
+    if text.trim().is_empty() {
+        return Err(vec![ConfigError {
+            file: path.display().to_string(),
+            key: String::new(),
+            message: "the policy file is empty".into(),
+        }]);
+    }
     from_yaml(path, &text).map_err(|e| vec![e])
 }
 
@@ -152,7 +162,9 @@ impl PolicyStore {
     ) -> Result<Option<Arc<Snapshot>>, Vec<ConfigError>> {
         let mut seen = lock(&self.writer);
         let now = stamp(&self.path);
-        if now.is_some() && now == *seen {
+        // A missing file (`None`) that was already missing at the last poll
+        // is the same state: it was reported once, when it went away.
+        if now == *seen {
             return Ok(None);
         }
         self.reload_locked(&mut seen, now, source)
