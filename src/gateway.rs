@@ -162,9 +162,7 @@ impl Gateway {
         }
         let query = req.uri.query().map(str::to_string);
         let body = self.read_body(session).await?;
-        metrics::BYTES
-            .with_label_values(&["in"])
-            .inc_by(body.len() as u64);
+        metrics::BYTES_IN.inc_by(body.len() as u64);
 
         let media = content_type.split(';').next().unwrap_or("").trim();
         let mut json_body: Option<Value> = None;
@@ -226,9 +224,7 @@ impl Gateway {
             limits.max_json_depth,
         )?;
         if outcome.removed > 0 {
-            metrics::FILTERED_ATTRIBUTES
-                .with_label_values(&["request"])
-                .inc_by(outcome.removed as u64);
+            metrics::FILTERED_REQUEST.inc_by(outcome.removed as u64);
         }
         for p in CREDENTIAL_PARAMS {
             params.remove(p);
@@ -359,9 +355,7 @@ impl Gateway {
                         break ("malformed", e.to_string());
                     }
                     if out.len() >= FLUSH_AT {
-                        metrics::BYTES
-                            .with_label_values(&["out"])
-                            .inc_by(out.len() as u64);
+                        metrics::BYTES_OUT.inc_by(out.len() as u64);
                         let full = std::mem::replace(&mut out, Vec::with_capacity(2 * FLUSH_AT));
                         session
                             .write_response_body(Some(Bytes::from(full)), false)
@@ -372,13 +366,9 @@ impl Gateway {
                     Ok(removed) => {
                         open.finish().await;
                         if removed > 0 {
-                            metrics::FILTERED_ATTRIBUTES
-                                .with_label_values(&["response"])
-                                .inc_by(removed as u64);
+                            metrics::FILTERED_RESPONSE.inc_by(removed as u64);
                         }
-                        metrics::BYTES
-                            .with_label_values(&["out"])
-                            .inc_by(out.len() as u64);
+                        metrics::BYTES_OUT.inc_by(out.len() as u64);
                         session
                             .write_response_body(Some(Bytes::from(out)), true)
                             .await?;
@@ -549,9 +539,7 @@ impl Gateway {
                 ApiError::bad_gateway("the upstream sent a response that could not be filtered")
             })?;
             if filtered.removed > 0 {
-                metrics::FILTERED_ATTRIBUTES
-                    .with_label_values(&["response"])
-                    .inc_by(filtered.removed as u64);
+                metrics::FILTERED_RESPONSE.inc_by(filtered.removed as u64);
             }
             Bytes::from(filtered.body)
         };
@@ -576,9 +564,7 @@ impl Gateway {
         if e.http_status == 401 {
             header.insert_header("www-authenticate", "Basic realm=\"recordgate\"")?;
         }
-        metrics::BYTES
-            .with_label_values(&["out"])
-            .inc_by(body.len() as u64);
+        metrics::BYTES_OUT.inc_by(body.len() as u64);
         let head = session.req_header().method == http::Method::HEAD;
         session
             .write_response_header(Box::new(header), head)
@@ -802,9 +788,7 @@ impl ProxyHttp for Gateway {
                     .write_response_header(Box::new(reply.header), end)
                     .await?;
                 if let Some(body) = reply.body {
-                    metrics::BYTES
-                        .with_label_values(&["out"])
-                        .inc_by(body.len() as u64);
+                    metrics::BYTES_OUT.inc_by(body.len() as u64);
                     session.write_response_body(Some(body), true).await?;
                 }
             }
@@ -842,10 +826,7 @@ impl ProxyHttp for Gateway {
     async fn logging(&self, _session: &mut Session, e: Option<&pingora::Error>, ctx: &mut Ctx) {
         let total = ctx.start.elapsed();
         let status = if ctx.status == 0 { 499 } else { ctx.status };
-        let status_label = status.to_string();
-        metrics::REQUESTS
-            .with_label_values(&[ctx.route, ctx.decision, status_label.as_str()])
-            .inc();
+        metrics::count_request(ctx.route, ctx.decision, status);
         if let Some(client) = ctx.client_id.as_deref() {
             if self.client_label_enabled() {
                 metrics::CLIENT_REQUESTS
@@ -853,17 +834,11 @@ impl ProxyHttp for Gateway {
                     .inc();
             }
         }
-        metrics::DURATION
-            .with_label_values(&["total"])
-            .observe(total.as_secs_f64());
+        metrics::DURATION_TOTAL.observe(total.as_secs_f64());
         if !ctx.upstream_time.is_zero() {
-            metrics::DURATION
-                .with_label_values(&["upstream"])
-                .observe(ctx.upstream_time.as_secs_f64());
+            metrics::DURATION_UPSTREAM.observe(ctx.upstream_time.as_secs_f64());
         }
-        metrics::DURATION
-            .with_label_values(&["gateway"])
-            .observe(total.saturating_sub(ctx.upstream_time).as_secs_f64());
+        metrics::DURATION_GATEWAY.observe(total.saturating_sub(ctx.upstream_time).as_secs_f64());
         tracing::info!(
             target: "access",
             request_id = %ctx.request_id,

@@ -3,9 +3,12 @@
 
 use std::sync::LazyLock;
 
+use std::cell::RefCell;
+
 use prometheus::{
     register_gauge, register_histogram_vec, register_int_counter_vec, register_int_gauge,
-    register_int_gauge_vec, Gauge, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
+    register_int_gauge_vec, Gauge, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec,
 };
 
 // A registration failure means a name clash in our own code: metrics are
@@ -145,6 +148,53 @@ pub static BUILD_INFO: LazyLock<IntGaugeVec> = LazyLock::new(|| {
         },
     )
 });
+
+// Series every request touches, resolved once: `with_label_values` hashes
+// the labels and takes a lock on each call.
+pub static BYTES_IN: LazyLock<IntCounter> = LazyLock::new(|| BYTES.with_label_values(&["in"]));
+pub static BYTES_OUT: LazyLock<IntCounter> = LazyLock::new(|| BYTES.with_label_values(&["out"]));
+pub static FILTERED_REQUEST: LazyLock<IntCounter> =
+    LazyLock::new(|| FILTERED_ATTRIBUTES.with_label_values(&["request"]));
+pub static FILTERED_RESPONSE: LazyLock<IntCounter> =
+    LazyLock::new(|| FILTERED_ATTRIBUTES.with_label_values(&["response"]));
+pub static DURATION_TOTAL: LazyLock<Histogram> =
+    LazyLock::new(|| DURATION.with_label_values(&["total"]));
+pub static DURATION_UPSTREAM: LazyLock<Histogram> =
+    LazyLock::new(|| DURATION.with_label_values(&["upstream"]));
+pub static DURATION_GATEWAY: LazyLock<Histogram> =
+    LazyLock::new(|| DURATION.with_label_values(&["gateway"]));
+
+thread_local! {
+    static REQUEST_SERIES: RefCell<Vec<(&'static str, &'static str, u16, IntCounter)>> =
+        const { RefCell::new(Vec::new()) };
+}
+
+/// Counts one request in `recordgate_requests_total`. The handful of
+/// (route, decision, status) series a worker thread sees are kept per thread
+/// rather than looked up by label every time.
+pub fn count_request(route: &'static str, decision: &'static str, status: u16) {
+    let hit = REQUEST_SERIES.with(|cache| {
+        let cache = cache.borrow();
+        cache
+            .iter()
+            .find(|(r, d, s, _)| *s == status && r == &route && d == &decision)
+            .map(|(.., c)| c.inc())
+            .is_some()
+    });
+    if hit {
+        return;
+    }
+    let counter = REQUESTS.with_label_values(&[route, decision, &status.to_string()]);
+    counter.inc();
+    REQUEST_SERIES.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        // Bounded: routes, decisions and statuses are few, but an upstream
+        // could vary its status; past this the lookup path is used.
+        if cache.len() < 64 {
+            cache.push((route, decision, status, counter));
+        }
+    });
+}
 
 /// Records that a policy snapshot became active.
 pub fn policy_activated(version: u64, clients: usize) {
