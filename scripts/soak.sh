@@ -5,7 +5,7 @@
 # force at that moment, and the gateway's resident memory must stay flat.
 #
 # Usage (from anywhere; it runs from the repository root):
-#   scripts/soak.sh            # 180 s, 16 workers
+#   scripts/soak.sh            # 180 s (+20 s warm-up), 16 workers
 #   scripts/soak.sh 600        # 600 s
 #   scripts/soak.sh 600 32     # 600 s, 32 workers
 # Environment: RECORDGATE_SOAK_SECS / RECORDGATE_SOAK_WORKERS are used when

@@ -4,7 +4,8 @@
 //! what the policy allowed at that moment; no 5xx, no leaked attribute, and
 //! the gateway's resident memory stays flat.
 //!
-//! `RECORDGATE_SOAK_SECS` (default 10) sets the length,
+//! `RECORDGATE_SOAK_SECS` (default 10) sets the length (after a warm-up of
+//! a fifth of it, 1 to 20 s, before the memory baseline is taken),
 //! `RECORDGATE_SOAK_WORKERS` (default 16) the number of workers;
 //! `scripts/soak.sh` runs it at full length on a release build.
 
@@ -556,9 +557,15 @@ fn soak_with_live_changes_decides_right_leaks_nothing_and_keeps_memory_flat() {
         changes as f64 / elapsed.as_secs_f64(),
         up.writes.load(Ordering::SeqCst),
     );
+    let kb: Vec<u64> = rss.iter().map(|(_, kb)| *kb).collect();
     eprintln!(
-        "soak: gateway VmRSS (s, KiB): {:?}",
+        "soak: gateway VmRSS KiB: first {:?}, min {:?}, max {:?}, last {:?}; (s, KiB) {:?}",
+        kb.first(),
+        kb.iter().min(),
+        kb.iter().max(),
+        kb.last(),
         rss.iter()
+            .step_by((rss.len() / 20).max(1))
             .map(|(t, kb)| (t.as_secs(), *kb))
             .collect::<Vec<_>>()
     );
