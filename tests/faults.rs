@@ -496,7 +496,6 @@ fn an_emptied_policy_file_is_rejected_not_taken_as_a_policy_without_clients() {
 }
 
 #[test]
-#[ignore = "bug: a policy file without content (only a comment, `{}`, `clients: {}`) is accepted as a policy with no clients, locking everyone out (src/policy/store.rs read_policy only refuses a blank file)"]
 fn a_policy_file_without_content_is_rejected_not_taken_as_a_policy_without_clients() {
     // A file the management API wrote starts with a comment line, so a
     // truncation right after it leaves a YAML document with no content, as

@@ -78,7 +78,17 @@ fn read_policy(path: &Path) -> Result<PolicyFile, Vec<ConfigError>> {
             message: "the policy file is empty".into(),
         }]);
     }
-    from_yaml(path, &text).map_err(|e| vec![e])
+    let policy: PolicyFile = from_yaml(path, &text).map_err(|e| vec![e])?;
+    // Likewise a file cut down to its header comment, `{}` or `clients: {}`:
+    // no caller could be served and no owner could repair it through the API.
+    if policy.clients.is_empty() {
+        return Err(vec![ConfigError {
+            file: path.display().to_string(),
+            key: "clients".into(),
+            message: "the policy has no clients: it would lock every caller out".into(),
+        }]);
+    }
+    Ok(policy)
 }
 
 /// Reads and compiles a policy file without touching any live state.
