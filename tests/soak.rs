@@ -25,6 +25,12 @@ use serde_json::{json, Value};
 
 const ENTITY: &str = "/entity?type_name=user&id=7";
 const FIND: &str = "/entity.find?type_name=user";
+/// Records the upstream answers with injected faults: malformed JSON carrying
+/// hidden values, and a compressed body the gateway was not asked to take.
+const FAULT_MALFORMED: &str = "/entity?type_name=user&id=13";
+const FAULT_GZIP: &str = "/entity?type_name=user&id=14";
+/// Request kinds: 0..=9 ordinary, 10 and 11 the injected faults.
+const KINDS: usize = 12;
 const RESERVED: [&str; 4] = ["id", "uuid", "created", "lastUpdated"];
 /// `partner`'s two read schemas (neither shows a `HIDDEN_VALUES` attribute).
 const SCHEMA_A: &str = r#"["givenName", "familyName"]"#;
@@ -193,6 +199,24 @@ async fn answer(
             bad.lock().unwrap().push(format!("{attrs:?}"));
         }
     }
+    // Injected faults, each carrying values a reader must never see.
+    if rec.target.ends_with("id=13") {
+        return hyper::Response::builder()
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(
+                br#"{"stat":"ok","result":{"givenName":"A","email":"hidden-email-13@x","#,
+            )))
+            .unwrap();
+    }
+    if rec.target.ends_with("id=14") {
+        return hyper::Response::builder()
+            .header("content-type", "application/json")
+            .header("content-encoding", "gzip")
+            .body(Full::new(Bytes::from_static(
+                br#"{"stat":"ok","result":{"email":"hidden-email-14@x"}}"#,
+            )))
+            .unwrap();
+    }
     let reply = capture_handler(&rec);
     let mut b = hyper::Response::builder().status(reply.status);
     for (k, v) in &reply.headers {
@@ -262,6 +286,8 @@ fn send(c: &reqwest::blocking::Client, base: &str, k: usize) -> reqwest::Result<
         6 => get("login", "login-secret", ENTITY),
         7 => get("partner", "not-the-secret", ENTITY),
         8 => get("offsite", "offsite-secret", ENTITY),
+        10 => get("reader", "reader-secret", FAULT_MALFORMED),
+        11 => get("reader", "reader-secret", FAULT_GZIP),
         _ => c
             .post(format!("{base}/entity.update"))
             .header("authorization", basic("writer", "writer-secret"))
@@ -287,11 +313,19 @@ fn error_is(r: &Resp, http: u16, code: u64, error: &str) -> bool {
 /// Checks a response of kind `k` on its own; what it shows of the changing
 /// policy is returned for the oracle.
 fn check(k: usize, r: &Resp) -> Result<Option<Seen>, String> {
-    if r.status >= 500 {
-        return Err("5xx".into());
-    }
     if let Some(h) = HIDDEN_VALUES.iter().find(|h| contains(&r.body, h)) {
         return Err(format!("{h} leaked"));
+    }
+    if k >= 10 {
+        // Injected faults: the one 5xx allowed, a clean 502.
+        return if error_is(r, 502, 500, "unexpected_error") {
+            Ok(None)
+        } else {
+            Err("an injected upstream fault was not a clean 502".into())
+        };
+    }
+    if r.status >= 500 {
+        return Err("5xx".into());
     }
     let v: Value = serde_json::from_slice(&r.body).map_err(|e| format!("not JSON: {e}"))?;
     let rec = &v["result"];
@@ -382,7 +416,7 @@ fn soak_with_live_changes_decides_right_leaks_nothing_and_keeps_memory_flat() {
     }]);
     let failures = Failures::default();
     let done = AtomicBool::new(false);
-    let per_kind: Vec<AtomicU64> = (0..10).map(|_| AtomicU64::new(0)).collect();
+    let per_kind: Vec<AtomicU64> = (0..KINDS).map(|_| AtomicU64::new(0)).collect();
     let seen_values: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
     let changes = AtomicU64::new(0);
     let writes_ok = AtomicU64::new(0);
@@ -406,7 +440,7 @@ fn soak_with_live_changes_decides_right_leaks_nothing_and_keeps_memory_flat() {
                     if done.load(Ordering::SeqCst) || Instant::now() >= end {
                         break;
                     }
-                    let k = (i * 7 + t) % 10;
+                    let k = (i * 7 + t) % KINDS;
                     let sent = Instant::now();
                     let r = send(&c, &gw.base, k);
                     let received = Instant::now();
@@ -601,7 +635,7 @@ fn soak_with_live_changes_decides_right_leaks_nothing_and_keeps_memory_flat() {
         );
     }
     // The gateway's own account agrees: every change a success, the last in
-    // force, and no 5xx at all.
+    // force, and no 5xx but the injected faults.
     let st = gw.admin_get("/status").json();
     assert_eq!(
         st["policy"]["version"].as_u64(),
@@ -614,7 +648,12 @@ fn soak_with_live_changes_decides_right_leaks_nothing_and_keeps_memory_flat() {
         .filter(|l| l.starts_with("recordgate_requests_total{") && l.contains("status=\"5"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
-    assert_eq!(fivexx, 0.0, "5xx in the gateway's metrics");
+    let injected = kinds[10] + kinds[11];
+    assert!(injected > 0, "no faults were injected");
+    assert_eq!(
+        fivexx, injected as f64,
+        "5xx in the gateway's metrics other than the {injected} injected faults"
+    );
     assert!(
         text.lines()
             .any(|l| l.starts_with("recordgate_policy_reloads_total{")
