@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::http::HttpTask;
 use pingora::prelude::{HttpPeer, ProxyHttp, Session};
 use pingora::proxy::FailToProxy;
 use pingora::{Error, ErrorType, Result};
@@ -564,17 +565,9 @@ impl Gateway {
         if e.http_status == 401 {
             header.insert_header("www-authenticate", "Basic realm=\"recordgate\"")?;
         }
-        metrics::BYTES_OUT.inc_by(body.len() as u64);
         let head = session.req_header().method == http::Method::HEAD;
-        session
-            .write_response_header(Box::new(header), head)
-            .await?;
-        if !head {
-            session
-                .write_response_body(Some(Bytes::from(body)), true)
-                .await?;
-        }
-        Ok(())
+        let body = (!head).then(|| Bytes::from(body));
+        write_whole_response(session, header, body).await
     }
 }
 
@@ -657,6 +650,23 @@ fn upstream_error(e: UpstreamError) -> ApiError {
 pub(crate) enum Handled {
     Reply(Reply),
     Streamed(Result<()>),
+}
+
+/// Writes a complete response with one flush: header and body as separate
+/// writes cost an extra `send` per request.
+async fn write_whole_response(
+    session: &mut Session,
+    header: ResponseHeader,
+    body: Option<Bytes>,
+) -> Result<()> {
+    let mut tasks = Vec::with_capacity(2);
+    tasks.push(HttpTask::Header(Box::new(header), body.is_none()));
+    if let Some(body) = body {
+        metrics::BYTES_OUT.inc_by(body.len() as u64);
+        tasks.push(HttpTask::Body(Some(body), true));
+    }
+    session.write_response_tasks(tasks).await?;
+    Ok(())
 }
 
 /// Reads the whole request body, refusing it once it passes `limit`.
@@ -783,14 +793,7 @@ impl ProxyHttp for Gateway {
                 reply
                     .header
                     .insert_header("x-request-id", ctx.request_id.as_str())?;
-                let end = reply.body.is_none();
-                session
-                    .write_response_header(Box::new(reply.header), end)
-                    .await?;
-                if let Some(body) = reply.body {
-                    metrics::BYTES_OUT.inc_by(body.len() as u64);
-                    session.write_response_body(Some(body), true).await?;
-                }
+                write_whole_response(session, reply.header, reply.body).await?;
             }
             Err(e) => self.write_error(session, ctx, &e).await?,
         }
