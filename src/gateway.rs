@@ -93,12 +93,18 @@ fn route_label(route: &Route) -> &'static str {
 }
 
 fn new_request_id() -> String {
-    use rand::Rng;
-    const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    let mut rng = rand::thread_rng();
-    (0..16)
-        .map(|_| CHARS[rng.gen_range(0..CHARS.len())] as char)
-        .collect()
+    const CHARS: &[u8; 36] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    // Two random words, eight base-36 digits from each (36^8 < 2^42): one
+    // call into the RNG per request instead of one per character.
+    let words: [u64; 2] = rand::random();
+    let mut id = String::with_capacity(16);
+    for mut w in words {
+        for _ in 0..8 {
+            id.push(char::from(CHARS[(w % 36) as usize]));
+            w /= 36;
+        }
+    }
+    id
 }
 
 pub(crate) fn now_secs() -> i64 {
