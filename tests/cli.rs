@@ -192,6 +192,19 @@ fn check_rejects_a_duplicate_client_id() {
 }
 
 #[test]
+fn check_rejects_client_ids_that_basic_auth_cannot_carry() {
+    for id in ["\"part:ner\"", "\"tab\\tid\""] {
+        let policy = policy_with_clients(&format!(
+            "clients:\n  {id}:\n    secret: s\n    features: [direct_read_access]\n"
+        ));
+        let (d, c) = check(&policy, "");
+        assert!(!c.ok, "{id} accepted: {}", c.stdout);
+        assert!(c.stderr.contains(&policy_file(d.path())), "{}", c.stderr);
+        assert!(c.stderr.contains("control characters"), "{}", c.stderr);
+    }
+}
+
+#[test]
 fn check_rejects_an_unknown_settings_key() {
     let (d, c) = check(&default_policy(), "listn: [\"127.0.0.1:1\"]\n");
     assert_fails(&c, &settings_file(d.path()), "listn", "unknown field");

@@ -87,6 +87,51 @@ pub fn compile(policy: PolicyFile, ctx: &CompileContext<'_>) -> Result<Snapshot,
         })
     };
 
+    // The canonical hash is a serialisation of the whole policy: on a second
+    // thread it overlaps compilation instead of adding to it.
+    let (hash, compiled) = std::thread::scope(|s| {
+        let hash = s.spawn(|| policy_hash(&policy));
+        let compiled = compile_parts(&policy, base_dir, &mut err);
+        (hash.join().unwrap_or_default(), compiled)
+    });
+    let (clients, entity_types) = compiled;
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(Snapshot {
+        version: ctx.version,
+        hash,
+        clients,
+        entity_types,
+        source: policy,
+    })
+}
+
+type Compiled = (HashMap<String, Client>, HashMap<String, CompiledEntityType>);
+
+/// Error keys are built only when there is an error: a large policy has
+/// hundreds of thousands of clients and normally no error at all.
+struct ClientKey<'a>(&'a str);
+
+impl std::fmt::Display for ClientKey<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "clients.{}", self.0)
+    }
+}
+
+struct SchemaKey<'a>(&'a str, &'a str);
+
+impl std::fmt::Display for SchemaKey<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "clients.{}.access_schemas.{}", self.0, self.1)
+    }
+}
+
+fn compile_parts(
+    policy: &PolicyFile,
+    base_dir: &Path,
+    err: &mut impl FnMut(String, String),
+) -> Compiled {
     let mut entity_types = HashMap::new();
     for (name, def) in &policy.entity_types {
         let et = EntityType {
@@ -101,12 +146,20 @@ pub fn compile(policy: PolicyFile, ctx: &CompileContext<'_>) -> Result<Snapshot,
         entity_types.insert(name.clone(), CompiledEntityType { def: et, full });
     }
 
-    let mut clients = HashMap::new();
+    let mut clients = HashMap::with_capacity(policy.clients.len());
     let mut trees = TreeCache::new();
     for (id, def) in &policy.clients {
-        let key = format!("clients.{id}");
+        let key = ClientKey(id);
         if id.is_empty() {
-            err(key.clone(), "client id must not be empty".into());
+            err(key.to_string(), "client id must not be empty".into());
+        }
+        // Basic credentials split at the first colon, so such an id could
+        // never authenticate; control characters have no place in an id.
+        if id.contains(':') || id.chars().any(char::is_control) {
+            err(
+                key.to_string(),
+                "client id must not contain ':' or control characters".into(),
+            );
         }
         let secret = match def.secret.resolve(base_dir) {
             Ok(s) if s.is_empty() => {
@@ -156,12 +209,15 @@ pub fn compile(policy: PolicyFile, ctx: &CompileContext<'_>) -> Result<Snapshot,
         }
         let mut schemas = HashMap::new();
         for (type_name, s) in &def.access_schemas {
-            let skey = format!("{key}.access_schemas.{type_name}");
+            let skey = SchemaKey(id, type_name);
             let Some(et) = entity_types.get(type_name) else {
                 if policy.entity_types.contains_key(type_name) {
                     continue; // already reported as an invalid entity type
                 }
-                err(skey, format!("{type_name} is not a defined entity type"));
+                err(
+                    skey.to_string(),
+                    format!("{type_name} is not a defined entity type"),
+                );
                 continue;
             };
             match compile_schemas(&et.def, type_name, s, &skey, &mut trees) {
@@ -191,16 +247,7 @@ pub fn compile(policy: PolicyFile, ctx: &CompileContext<'_>) -> Result<Snapshot,
         );
     }
 
-    if !errors.is_empty() {
-        return Err(errors);
-    }
-    Ok(Snapshot {
-        version: ctx.version,
-        hash: policy_hash(&policy),
-        clients,
-        entity_types,
-        source: policy,
-    })
+    (clients, entity_types)
 }
 
 /// Compiled trees shared by every client with the same list on the same
@@ -211,7 +258,7 @@ fn compile_schemas<'p>(
     et: &EntityType,
     type_name: &'p str,
     s: &'p AccessSchemasDef,
-    key: &str,
+    key: &dyn std::fmt::Display,
     trees: &mut TreeCache<'p>,
 ) -> Result<ClientSchemas, Vec<(String, String)>> {
     let mut errors = Vec::new();
