@@ -18,6 +18,10 @@ use recordgate::response_filter::filter_response;
 use recordgate::routes::ResponseRecords;
 use recordgate::schema::{AccessTree, AttrPath};
 use recordgate::stream_filter::{filter_response_bytes, StreamFilter};
+
+// The allocator the gateway binary runs with (src/main.rs).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use serde_json::{json, Value};
 
 const MAX_DEPTH: usize = 64;
