@@ -423,6 +423,23 @@ impl Gateway {
         session.set_read_timeout(Some(Duration::from_millis(
             self.settings.timeouts.downstream_read_ms,
         )));
+        // A client that asked (curl does for bodies over 1 KiB) waits for
+        // this before sending the body; without it the body arrives only
+        // after the client's own time-out, or never.
+        if header_str(session.req_header(), "expect")
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"))
+            && !session.is_body_done()
+        {
+            session.write_continue_response().await.map_err(|e| {
+                ApiError::invalid_argument(
+                    "body",
+                    format!(
+                        "could not ask for the request body ({})",
+                        e.etype().as_str()
+                    ),
+                )
+            })?;
+        }
         let total = Duration::from_millis(self.settings.timeouts.downstream_body_ms);
         match tokio::time::timeout(total, read_limited(session, limit)).await {
             Ok(read) => read,

@@ -385,3 +385,64 @@ fn malformed_stream_halfway_cuts_the_connection_without_a_final_chunk() {
     );
     assert!(!text.contains("hidden-email"));
 }
+
+/// Reads until `needle` has arrived (or the read time-out passes).
+fn read_until(s: &mut TcpStream, needle: &[u8]) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while find(&got, needle).is_none() {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    got
+}
+
+#[test]
+fn expect_100_continue_is_answered_before_the_body_is_read() {
+    let (up, gw) = gateway_with_default_upstream();
+    let body = encode_form(&[
+        ("type_name", "user"),
+        ("id", "7"),
+        (
+            "attributes",
+            &json!({"givenName": "G".repeat(2000), "email": "e@x"}).to_string(),
+        ),
+    ]);
+    let mut s = gw.connect();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    write!(
+        s,
+        "POST /entity.update HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        basic("writer", "writer-secret"),
+        body.len()
+    )
+    .unwrap();
+    // A strict client sends nothing more until it is told to go on.
+    let interim = read_until(&mut s, b"\r\n\r\n");
+    assert!(
+        interim.starts_with(b"HTTP/1.1 100"),
+        "no 100 Continue: {:?}",
+        String::from_utf8_lossy(&interim)
+    );
+    s.write_all(body.as_bytes()).unwrap();
+    let r = read_raw_response(&mut s, false);
+    assert_eq!(r.status(), 200, "{}", String::from_utf8_lossy(&r.body));
+    let fwd = up.only().json_param("attributes").unwrap();
+    assert_eq!(fwd, json!({"givenName": "G".repeat(2000)}));
+
+    // Too large by its Content-Length: refused without inviting the body.
+    let mut s = gw.connect();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    write!(
+        s,
+        "POST /entity.update HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        basic("writer", "writer-secret"),
+        64 << 20
+    )
+    .unwrap();
+    let r = read_raw_response(&mut s, false);
+    assert_eq!(r.status(), 413, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(up.count(), 1);
+}
