@@ -970,3 +970,32 @@ fn a_huge_forwarded_for_chain_from_a_trusted_proxy_is_handled() {
     up.assert_untouched();
     let _ = Value::Null;
 }
+
+#[test]
+fn pipelined_requests_are_not_run_unseen() {
+    // Pingora serves the first of pipelined requests, then closes the
+    // connection (RFC 9112 9.3.2 lets the client retry the rest). What must
+    // not happen is a later request running upstream without its answer.
+    let (up, gw) = gateway_with_default_upstream();
+    let reader = basic_header("reader", "reader-secret");
+    let writer = basic_header("writer", "writer-secret");
+    let body = "type_name=user&id=7&attributes=%7B%22givenName%22%3A%22P%22%7D";
+    let req = format!(
+        "GET {ENTITY} HTTP/1.1\r\nHost: x\r\nAuthorization: {reader}\r\n\r\n\
+         POST /entity.update HTTP/1.1\r\nHost: x\r\nAuthorization: {writer}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}\
+         GET {ENTITY} HTTP/1.1\r\nHost: x\r\nAuthorization: {reader}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let got = exchange(&gw, req.as_bytes(), Duration::from_secs(5));
+    let answered = statuses(&got).len();
+    assert!(answered >= 1, "{}", String::from_utf8_lossy(&got));
+    assert_eq!(
+        up.count(),
+        answered,
+        "requests ran upstream without an answer: {}",
+        String::from_utf8_lossy(&got)
+    );
+    for h in HIDDEN_VALUES {
+        assert!(!contains(&got, h), "{h} leaked");
+    }
+}
