@@ -203,7 +203,7 @@ impl Gateway {
                 if media.is_empty() { "none" } else { media }
             )));
         };
-        let mut params = Params::parse(query.as_deref(), form_body)?;
+        let mut params = Params::parse_limited(query.as_deref(), form_body, limits.max_parameters)?;
 
         let snap = self.policy.load();
         let req = session.req_header();

@@ -9,8 +9,21 @@ pub struct Params {
     pairs: Vec<(String, String)>,
 }
 
+/// Parameters accepted per call unless settings say otherwise. Capture calls
+/// use a dozen; a cap keeps the duplicate check (linear per name) cheap
+/// against a body of a hundred thousand distinct names.
+pub const DEFAULT_MAX_PARAMETERS: usize = 256;
+
 impl Params {
     pub fn parse(query: Option<&str>, form_body: Option<&[u8]>) -> Result<Params, ApiError> {
+        Params::parse_limited(query, form_body, DEFAULT_MAX_PARAMETERS)
+    }
+
+    pub fn parse_limited(
+        query: Option<&str>,
+        form_body: Option<&[u8]>,
+        max: usize,
+    ) -> Result<Params, ApiError> {
         let mut p = Params::default();
         let sources = query.map(str::as_bytes).into_iter().chain(form_body);
         for src in sources {
@@ -36,6 +49,12 @@ impl Params {
                     return Err(ApiError::invalid_argument(
                         &k,
                         "the value contains a NUL (control) character",
+                    ));
+                }
+                if p.pairs.len() >= max {
+                    return Err(ApiError::invalid_argument(
+                        "parameters",
+                        format!("more than {max} parameters"),
                     ));
                 }
                 if p.get(&k).is_some() {
@@ -119,6 +138,14 @@ mod tests {
         }
         // Newlines and tabs inside values are data.
         assert!(Params::parse(None, Some(b"filter=a%0Ab%09c")).is_ok());
+    }
+
+    #[test]
+    fn parameter_count_is_capped() {
+        let body: String = (0..300).map(|i| format!("a{i}=1&")).collect();
+        let e = Params::parse(None, Some(body.as_bytes())).unwrap_err();
+        assert_eq!(e.argument_name.as_deref(), Some("parameters"));
+        assert!(Params::parse_limited(None, Some(body.as_bytes()), 300).is_ok());
     }
 
     #[test]

@@ -80,6 +80,8 @@ pub struct Limits {
     pub max_json_depth: usize,
     /// Largest request header block the gateway accepts (bytes).
     pub max_header_bytes: usize,
+    /// Most parameters (query and form fields together) in one call.
+    pub max_parameters: usize,
 }
 
 impl Default for Limits {
@@ -91,6 +93,7 @@ impl Default for Limits {
             max_streamed_response_bytes: 4 << 30,
             max_json_depth: 32,
             max_header_bytes: 16 << 10,
+            max_parameters: crate::params::DEFAULT_MAX_PARAMETERS,
         }
     }
 }
@@ -349,6 +352,12 @@ impl Settings {
             err(
                 "limits.max_response_body_bytes".into(),
                 "must be > 0".into(),
+            );
+        }
+        if l.max_parameters == 0 || l.max_parameters > 4096 {
+            err(
+                "limits.max_parameters".into(),
+                "must be between 1 and 4096".into(),
             );
         }
         if l.max_header_bytes == 0 {

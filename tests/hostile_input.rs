@@ -999,3 +999,37 @@ fn pipelined_requests_are_not_run_unseen() {
         assert!(!contains(&got, h), "{h} leaked");
     }
 }
+
+#[test]
+fn a_flood_of_parameters_is_refused_quickly() {
+    // 60,000 distinct names in half a megabyte: a duplicate check that
+    // compares each name with all before it would burn seconds of CPU.
+    let (up, gw) = gateway_with_default_upstream();
+    let body: String = (0..60_000).map(|i| format!("a{i}=1&")).collect();
+    let started = Instant::now();
+    let r = post_raw_form(
+        &gw,
+        "writer",
+        "/entity.update",
+        "application/x-www-form-urlencoded",
+        &body,
+    );
+    let v = r.assert_error(400, 200, "invalid_argument");
+    assert_eq!(v["argument_name"], "parameters");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+    // The cap is a setting.
+    let gw2 = GatewayBuilder::new(&up)
+        .setting("limits", json!({"max_parameters": 3}))
+        .start();
+    gw2.get_as("reader", ENTITY).assert_ok();
+    let r = gw2.get_as("reader", "/entity?type_name=user&id=7&a=1&b=2");
+    assert_eq!(
+        r.assert_error(400, 200, "invalid_argument")["argument_name"],
+        "parameters"
+    );
+    assert_eq!(up.count(), 1);
+}
