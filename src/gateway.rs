@@ -207,6 +207,15 @@ impl Gateway {
 
         let snap = self.policy.load();
         let req = session.req_header();
+        // Two credentials would let the gateway and a proxy in front of it
+        // (or the upstream) each believe a different one.
+        if req.headers.get_all("authorization").iter().nth(1).is_some() {
+            return Err(ApiError::invalid_argument(
+                "Authorization",
+                "more than one Authorization header",
+            )
+            .with_reason(crate::errors::DenyReason::Credentials));
+        }
         let auth_input = AuthInput {
             authorization: req.headers.get("authorization").map(|v| v.as_bytes()),
             date: header_str(req, "date"),

@@ -1033,3 +1033,18 @@ fn a_flood_of_parameters_is_refused_quickly() {
     );
     assert_eq!(up.count(), 1);
 }
+
+#[test]
+fn two_authorization_headers_are_refused() {
+    let (up, gw) = gateway_with_default_upstream();
+    let r = gw.send(
+        http_client()
+            .get(gw.url(ENTITY))
+            .header("authorization", basic("reader", "reader-secret"))
+            .header("authorization", basic("owner", "owner-secret")),
+    );
+    let v = r.assert_error(400, 200, "invalid_argument");
+    assert_eq!(v["argument_name"], "Authorization");
+    assert!(!r.text().contains("secret"), "{}", r.text());
+    up.assert_untouched();
+}
