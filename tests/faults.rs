@@ -256,7 +256,17 @@ fn a_change_that_cannot_be_persisted_is_refused_and_changes_nothing() {
         b"not the gateway's"
     );
     assert_eq!(reloads(&gw, "api", "failure"), api_failures + 2);
-    assert_eq!(status(&gw)["policy"]["last_reload"]["result"], "success");
+    // `/status` says so too, naming the reason.
+    let last = &status(&gw)["policy"]["last_reload"];
+    assert_eq!(last["result"], "failure", "{last}");
+    assert_eq!(last["source"], "api", "{last}");
+    assert!(
+        last["errors"][0]
+            .as_str()
+            .unwrap_or("")
+            .contains("could not be saved"),
+        "{last}"
+    );
     assert!(
         gw.stderr().contains("could not be persisted"),
         "the failure is logged"
@@ -265,6 +275,7 @@ fn a_change_that_cannot_be_persisted_is_refused_and_changes_nothing() {
     // Once the obstacle is gone the same change goes through.
     std::fs::remove_dir_all(&obstacle).unwrap();
     assert_eq!(revoke_fullreader(&gw).assert_ok(), json!({"stat": "ok"}));
+    assert_eq!(status(&gw)["policy"]["last_reload"]["result"], "success");
     gw.get_as("fullreader", ENTITY)
         .assert_error(403, 403, "client_permission_error");
     let file: Value =

@@ -247,25 +247,38 @@ impl PolicyStore {
                 .map_err(ChangeError::Invalid)?;
         }
         let current = self.current.load_full();
-        let before = current.source.clone();
+        // One deep copy of the model per change: the running snapshot keeps
+        // the `before` side, and the compiled snapshot keeps the new one.
+        let before = &current.source;
         let mut next = before.clone();
         let out = change(&mut next, &current).map_err(ChangeError::Refused)?;
+        let yaml = serde_yaml::to_string(&next)
+            .map_err(|e| ChangeError::Persist(std::io::Error::other(e)))?;
         let version = self.next_version.fetch_add(1, Ordering::SeqCst);
         let snap = compile(
-            next.clone(),
+            next,
             &CompileContext {
                 file: &self.path,
                 version,
             },
         )
         .map_err(ChangeError::Invalid)?;
-        let yaml = serde_yaml::to_string(&next)
-            .map_err(|e| ChangeError::Persist(std::io::Error::other(e)))?;
         let text =
             format!("# Written by recordgate's management API; edits are picked up live.\n{yaml}");
-        write_atomically(&self.path, text.as_bytes()).map_err(ChangeError::Persist)?;
+        if let Err(e) = write_atomically(&self.path, text.as_bytes()) {
+            // Shown in `/status` as well as counted: the change did not happen.
+            self.record(
+                "api",
+                &[ConfigError {
+                    file: self.path.display().to_string(),
+                    key: String::new(),
+                    message: format!("the change could not be saved and was not applied: {e}"),
+                }],
+            );
+            return Err(ChangeError::Persist(e));
+        }
         *seen = stamp(&self.path);
-        after_persist(&before, &next, &out);
+        after_persist(before, &snap.source, &out);
         let snap = Arc::new(snap);
         self.current.store(snap.clone());
         self.record("api", &[]);
