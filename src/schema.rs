@@ -239,10 +239,10 @@ impl EntityType {
     }
 
     fn compile(&self, paths: &[AttrPath], read: bool) -> Result<AccessTree, UnknownAttribute> {
-        let mut root = AccessTree::none();
+        let mut root = TreeBuilder::default();
         if read {
             for name in RESERVED {
-                root.children.insert(name.into(), AccessTree::all());
+                root.children.insert(name.into(), TreeBuilder::all());
             }
         }
         for path in paths {
@@ -256,10 +256,10 @@ impl EntityType {
             }
             self.grant(&mut root, path)?;
         }
-        Ok(root)
+        Ok(root.freeze())
     }
 
-    fn grant(&self, root: &mut AccessTree, path: &AttrPath) -> Result<(), UnknownAttribute> {
+    fn grant(&self, root: &mut TreeBuilder, path: &AttrPath) -> Result<(), UnknownAttribute> {
         let mut defs: &[AttrDef] = &self.attr_defs;
         let mut parent: Option<&AttrDef> = None;
         let mut node = root;
@@ -272,7 +272,7 @@ impl EntityType {
             if !node.all {
                 node = node.children.entry(seg.as_str().into()).or_default();
                 if def.is_plural() && i < last && !node.all {
-                    node.children.insert("id".into(), AccessTree::all());
+                    node.children.insert("id".into(), TreeBuilder::all());
                 }
             }
             defs = def.attr_defs.as_deref().unwrap_or(&[]);
@@ -358,6 +358,99 @@ fn validate_defs(defs: &[AttrDef], prefix: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// An [`AccessTree`] under construction: `grant` needs a map it can walk
+/// into, while lookups want the frozen, indexed form.
+#[derive(Default)]
+struct TreeBuilder {
+    all: bool,
+    children: BTreeMap<Box<str>, TreeBuilder>,
+}
+
+impl TreeBuilder {
+    fn all() -> TreeBuilder {
+        TreeBuilder {
+            all: true,
+            children: BTreeMap::new(),
+        }
+    }
+
+    fn freeze(self) -> AccessTree {
+        let children: Vec<(Box<str>, AccessTree)> = self
+            .children
+            .into_iter()
+            .map(|(k, v)| (k, v.freeze()))
+            .collect();
+        let index = KeyIndex::new(&children);
+        AccessTree {
+            all: self.all,
+            children,
+            index,
+        }
+    }
+}
+
+/// The first eight bytes of `key` as a little-endian word, zero-padded: with
+/// the length it tells most keys apart without touching their bytes.
+#[inline(always)]
+pub fn key_word(key: &[u8]) -> u64 {
+    if let Some(Ok(word)) = key.get(..8).map(<[u8; 8]>::try_from) {
+        return u64::from_le_bytes(word);
+    }
+    key.iter()
+        .enumerate()
+        .fold(0u64, |acc, (i, &b)| acc | u64::from(b) << (8 * i))
+}
+
+/// Mixes a key's [`key_word`] and length; the high bits are well spread.
+#[inline(always)]
+pub fn key_hash(word: u64, len: usize) -> u64 {
+    (word ^ (len as u64).rotate_left(56)).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// Open-addressing index over a node's children, built once per compiled tree
+/// so that the response filter's per-key lookup is a hash, a word compare and
+/// rarely a byte compare, instead of a `BTreeMap` walk of string compares.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct KeyIndex {
+    /// Child position + 1 per slot, 0 when empty; a power of two long, at
+    /// most half full, or empty when there are no children.
+    slots: Vec<u32>,
+    /// `64 - log2(slots.len())`: the hash's top bits pick the slot.
+    shift: u32,
+    /// Each child's [`key_word`] and length, by position.
+    words: Vec<(u64, usize)>,
+}
+
+impl KeyIndex {
+    fn new(children: &[(Box<str>, AccessTree)]) -> KeyIndex {
+        if children.is_empty() {
+            return KeyIndex::default();
+        }
+        let size = (children.len() * 2).next_power_of_two().max(2);
+        let shift = 64 - size.trailing_zeros();
+        let mut slots = vec![0u32; size];
+        let mut words = Vec::with_capacity(children.len());
+        for (pos, (name, _)) in children.iter().enumerate() {
+            let key = name.as_bytes();
+            let word = key_word(key);
+            words.push((word, key.len()));
+            let mut s = (key_hash(word, key.len()) >> shift) as usize;
+            // At most half full, so a free slot is always found.
+            while slots.get(s).is_some_and(|&v| v != 0) {
+                s = (s + 1) & (size - 1);
+            }
+            if let Some(slot) = slots.get_mut(s) {
+                *slot = pos as u32 + 1;
+            }
+        }
+        KeyIndex {
+            slots,
+            shift,
+            words,
+        }
+    }
+}
+
 /// A compiled, immutable grant over attribute paths.
 ///
 /// A node either grants everything beneath it (`all`) or exactly its children. A
@@ -366,22 +459,26 @@ fn validate_defs(defs: &[AttrDef], prefix: &str) -> Result<(), String> {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct AccessTree {
     all: bool,
-    // BTreeMap because its `new` is const, which lets `ALL` be a plain static.
-    children: BTreeMap<Box<str>, AccessTree>,
+    /// Sorted by name (the order they are listed in). A `Vec` because its
+    /// `new` is const, which lets `ALL` be a plain static.
+    children: Vec<(Box<str>, AccessTree)>,
+    index: KeyIndex,
 }
 
 static ALL: AccessTree = AccessTree {
     all: true,
-    children: BTreeMap::new(),
+    children: Vec::new(),
+    index: KeyIndex {
+        slots: Vec::new(),
+        shift: 0,
+        words: Vec::new(),
+    },
 };
 
 impl AccessTree {
     /// Grants everything.
     pub fn all() -> AccessTree {
-        AccessTree {
-            all: true,
-            children: BTreeMap::new(),
-        }
+        TreeBuilder::all().freeze()
     }
 
     /// Grants nothing.
@@ -400,10 +497,38 @@ impl AccessTree {
 
     /// The grant for attribute `key` beneath this node, if any.
     pub fn child(&self, key: &str) -> Option<&AccessTree> {
+        self.child_bytes(key.as_bytes())
+    }
+
+    /// [`child`](Self::child) for a key that is still bytes.
+    #[inline]
+    pub fn child_bytes(&self, key: &[u8]) -> Option<&AccessTree> {
         if self.all {
-            Some(&ALL)
-        } else {
-            self.children.get(key)
+            return Some(&ALL);
+        }
+        self.child_word(key, key_word(key))
+    }
+
+    /// [`child_bytes`](Self::child_bytes) when the caller already has the
+    /// key's [`key_word`].
+    #[inline]
+    pub fn child_word(&self, key: &[u8], word: u64) -> Option<&AccessTree> {
+        if self.all {
+            return Some(&ALL);
+        }
+        let idx = &self.index;
+        let mask = idx.slots.len().checked_sub(1)?;
+        let mut s = (key_hash(word, key.len()) >> idx.shift) as usize;
+        loop {
+            let pos = (*idx.slots.get(s)? as usize).checked_sub(1)?;
+            if idx.words.get(pos) == Some(&(word, key.len())) {
+                let (name, tree) = self.children.get(pos)?;
+                // Equal words and lengths settle keys of up to eight bytes.
+                if key.len() <= 8 || name.as_bytes().get(8..) == key.get(8..) {
+                    return Some(tree);
+                }
+            }
+            s = (s + 1) & mask;
         }
     }
 
@@ -736,5 +861,53 @@ mod tests {
 
         assert_eq!(t.granted_defs(&t.full_tree()), t.attr_defs);
         assert!(t.granted_defs(&t.write_tree(&[]).unwrap()).is_empty());
+    }
+
+    #[test]
+    fn child_index_finds_exactly_the_children() {
+        // Names that share their first eight bytes, lengths around eight,
+        // the empty name and non-ASCII: the cases a word-and-length index
+        // could confuse.
+        let names = [
+            "",
+            "a",
+            "id",
+            "statusCr",
+            "statusCreated",
+            "statusCreatee",
+            "statusCreatedAt",
+            "primaryAddress",
+            "caf\u{e9}",
+            "x y",
+            "01234567",
+            "012345678",
+        ];
+        let defs: Vec<serde_json::Value> = names
+            .iter()
+            .filter(|n| !n.is_empty())
+            .map(|n| json!({"name": n, "type": "string"}))
+            .collect();
+        let t: EntityType =
+            serde_json::from_value(json!({"name": "t", "attr_defs": defs})).unwrap();
+        let granted: Vec<&str> = names.iter().copied().filter(|n| !n.is_empty()).collect();
+        for take in [0, 1, 2, 5, granted.len()] {
+            let tree = t.read_tree(&paths(&granted[..take])).unwrap();
+            for (name, sub) in tree.children() {
+                assert!(std::ptr::eq(tree.child(name).unwrap(), sub), "{name}");
+                assert!(std::ptr::eq(
+                    tree.child_bytes(name.as_bytes()).unwrap(),
+                    sub
+                ));
+            }
+            for name in names
+                .iter()
+                .chain(&["statusCreatedA", "b", "caf", "0123456"])
+            {
+                let listed = tree.children().any(|(k, _)| k == *name);
+                assert_eq!(tree.child(name).is_some(), listed, "{name} with {take}");
+            }
+        }
+        assert!(AccessTree::all().child("anything").unwrap().is_all());
+        assert!(AccessTree::none().child("").is_none());
     }
 }

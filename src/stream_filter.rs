@@ -24,7 +24,7 @@ use std::hash::{BuildHasher, RandomState};
 use crate::json::MAX_SUPPORTED_DEPTH;
 use crate::response_filter::{FilterFailure, Filtered};
 use crate::routes::ResponseRecords;
-use crate::schema::{AccessTree, AttrPath};
+use crate::schema::{key_hash, key_word, AccessTree, AttrPath};
 
 /// One slot per possible open container; the depth limit never exceeds
 /// [`MAX_SUPPORTED_DEPTH`].
@@ -326,6 +326,104 @@ fn out_of_range(sig: u64, exponent: i32) -> bool {
     (f * pow).is_infinite()
 }
 
+/// Runs the number machine over `input` from `start`: `Ok((end, ended))`,
+/// where `ended` means a byte that cannot continue the number was reached at
+/// `end`, or `Err(pos)` for a syntax error at `pos`. Shared by the state
+/// machine and the fast path so both accept exactly the same numbers.
+fn number_run(num: &mut Num, input: &[u8], start: usize) -> Result<(usize, bool), usize> {
+    let mut i = start;
+    let ended = loop {
+        let Some(&b) = input.get(i) else {
+            break false;
+        };
+        let d = b.wrapping_sub(b'0');
+        let digit = d < 10;
+        match num.phase {
+            NumPhase::Start => {
+                if b == b'-' {
+                    num.phase = NumPhase::Minus;
+                } else if b == b'0' {
+                    num.phase = NumPhase::Zero;
+                } else if digit {
+                    num.sig = u64::from(d);
+                    num.phase = NumPhase::Int;
+                } else {
+                    return Err(i);
+                }
+            }
+            NumPhase::Minus => {
+                if b == b'0' {
+                    num.phase = NumPhase::Zero;
+                } else if digit {
+                    num.sig = u64::from(d);
+                    num.phase = NumPhase::Int;
+                } else {
+                    return Err(i);
+                }
+            }
+            NumPhase::Zero | NumPhase::Int => {
+                if digit {
+                    if num.phase == NumPhase::Zero {
+                        // serde_json: "There can be only one leading '0'".
+                        return Err(i);
+                    }
+                    num.int_digit(u64::from(d));
+                } else if b == b'.' {
+                    num.float = true;
+                    num.phase = NumPhase::Frac0;
+                } else if b | 0x20 == b'e' {
+                    num.float = true;
+                    num.phase = NumPhase::ExpStart;
+                } else {
+                    break true;
+                }
+            }
+            NumPhase::Frac0 | NumPhase::Frac => {
+                if digit {
+                    num.frac_digit(u64::from(d));
+                    num.phase = NumPhase::Frac;
+                } else if num.phase == NumPhase::Frac0 {
+                    return Err(i);
+                } else if b | 0x20 == b'e' {
+                    num.phase = NumPhase::ExpStart;
+                } else {
+                    break true;
+                }
+            }
+            NumPhase::ExpStart => {
+                if b == b'+' {
+                    num.phase = NumPhase::ExpSign;
+                } else if b == b'-' {
+                    num.exp_pos = false;
+                    num.phase = NumPhase::ExpSign;
+                } else if digit {
+                    num.e = i32::from(d);
+                    num.phase = NumPhase::Exp;
+                } else {
+                    return Err(i);
+                }
+            }
+            NumPhase::ExpSign => {
+                if digit {
+                    num.e = i32::from(d);
+                    num.phase = NumPhase::Exp;
+                } else {
+                    return Err(i);
+                }
+            }
+            NumPhase::Exp => {
+                if digit {
+                    num.exp_digit(d);
+                } else {
+                    break true;
+                }
+            }
+        }
+        i += 1;
+    };
+    Ok((i, ended))
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Lit {
     text: &'static [u8],
@@ -339,94 +437,6 @@ struct KeyEntry {
     len: usize,
     /// First eight bytes, so most comparisons never touch the arena.
     prefix: u64,
-}
-
-/// The first eight bytes of `key`, zero-padded. A fixed-size load or a short
-/// loop: a variable-length `copy_from_slice` would call `memmove` per key.
-#[inline(always)]
-fn prefix8(key: &[u8]) -> u64 {
-    if let Some(Ok(word)) = key.get(..8).map(<[u8; 8]>::try_from) {
-        return u64::from_le_bytes(word);
-    }
-    key.iter()
-        .enumerate()
-        .fold(0u64, |acc, (i, &b)| acc | u64::from(b) << (8 * i))
-}
-
-/// What a partially granted node says about one key.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Verdict {
-    Denied,
-    All,
-    Partial,
-}
-
-const CACHE_SLOTS: usize = 64;
-/// Longer keys are looked up directly.
-const CACHE_KEY: usize = 24;
-
-/// One remembered `tree.child(key)` verdict. Records in a `results` array
-/// repeat the same keys against the same nodes, and a `BTreeMap<Box<str>>`
-/// lookup costs several string compares per key. Entries are tagged with the
-/// `run` they were made in and never outlive it, so the node address is only
-/// compared while the trees are borrowed and cannot be reused.
-#[derive(Clone, Copy)]
-struct CacheEntry {
-    gen: u32,
-    node: usize,
-    len: usize,
-    words: [u64; 3],
-    verdict: Verdict,
-}
-
-const EMPTY_ENTRY: CacheEntry = CacheEntry {
-    gen: 0,
-    node: 0,
-    len: 0,
-    words: [0; 3],
-    verdict: Verdict::Denied,
-};
-
-fn child_verdict(
-    cache: &mut [CacheEntry; CACHE_SLOTS],
-    gen: u32,
-    tree: &AccessTree,
-    key: &[u8],
-) -> Result<Verdict, StreamError> {
-    let lookup = || -> Result<Verdict, StreamError> {
-        let name = std::str::from_utf8(key).map_err(|_| StreamError::Internal)?;
-        Ok(match tree.child(name) {
-            None => Verdict::Denied,
-            Some(t) if t.is_all() => Verdict::All,
-            Some(_) => Verdict::Partial,
-        })
-    };
-    if key.len() > CACHE_KEY {
-        return lookup();
-    }
-    let node = std::ptr::from_ref(tree) as usize;
-    let words = [
-        prefix8(key),
-        prefix8(key.get(8..).unwrap_or(&[])),
-        prefix8(key.get(16..).unwrap_or(&[])),
-    ];
-    let h = (words[0] ^ words[1].rotate_left(21) ^ words[2].rotate_left(42) ^ key.len() as u64)
-        .wrapping_add(node as u64)
-        .wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    let slot = (h >> 58) as usize % CACHE_SLOTS;
-    let entry = cache.get_mut(slot).ok_or(StreamError::Internal)?;
-    if entry.gen == gen && entry.node == node && entry.len == key.len() && entry.words == words {
-        return Ok(entry.verdict);
-    }
-    let verdict = lookup()?;
-    *entry = CacheEntry {
-        gen,
-        node,
-        len: key.len(),
-        words,
-        verdict,
-    };
-    Ok(verdict)
 }
 
 #[derive(Clone, Copy)]
@@ -594,9 +604,10 @@ pub struct DetachedStreamFilter {
     carry_len: usize,
     shape_error: bool,
     failed: Option<StreamError>,
-    cache: Box<[CacheEntry; CACHE_SLOTS]>,
-    /// Tags cache entries with the `run` that made them.
-    gen: u32,
+    /// The fast path's key stack, kept for reuse.
+    fast_keys: Vec<FastKey>,
+    /// Absolute offset where the fast path last gave up.
+    no_fast_until: u64,
 }
 
 impl DetachedStreamFilter {
@@ -650,8 +661,8 @@ impl DetachedStreamFilter {
             carry_len: 0,
             shape_error: false,
             failed: None,
-            cache: Box::new([EMPTY_ENTRY; CACHE_SLOTS]),
-            gen: 0,
+            fast_keys: Vec::with_capacity(64),
+            no_fast_until: 0,
         }
     }
 
@@ -765,13 +776,9 @@ impl DetachedStreamFilter {
         StreamError::Syntax(self.offset + i as u64)
     }
 
-    fn key_str(&self, k: usize) -> Result<&str, StreamError> {
-        let e = self.keys.get(k).ok_or(StreamError::Internal)?;
-        let bytes = self
-            .arena
-            .get(e.start..e.start + e.len)
-            .ok_or(StreamError::Internal)?;
-        std::str::from_utf8(bytes).map_err(|_| StreamError::Internal)
+    fn key_bytes(&self, k: usize) -> Option<&[u8]> {
+        let e = self.keys.get(k)?;
+        self.arena.get(e.start..e.start + e.len)
     }
 
     fn resolve<'r>(
@@ -784,7 +791,7 @@ impl DetachedStreamFilter {
             Node::Read => Some(roots.read),
             Node::Result => roots.result,
             Node::Inherit => parent,
-            Node::Key(k) => parent.and_then(|p| self.key_str(k).ok().and_then(|s| p.child(s))),
+            Node::Key(k) => parent.and_then(|p| p.child_bytes(self.key_bytes(k)?)),
         };
         tree.ok_or(StreamError::Internal)
     }
@@ -841,12 +848,6 @@ impl DetachedStreamFilter {
     ) -> Result<(), StreamError> {
         // The projecting frames' trees, re-derived from the roots on every
         // call because the filter keeps no borrow between chunks.
-        self.gen = self.gen.wrapping_add(1);
-        if self.gen == 0 {
-            // Entries from 2^32 runs ago would look current again.
-            self.cache.fill(EMPTY_ENTRY);
-            self.gen = 1;
-        }
         let mut trees: [Option<&AccessTree>; TREE_SLOTS] = [None; TREE_SLOTS];
         for d in 0..self.frames.len() {
             let f = self.frames[d];
@@ -891,7 +892,10 @@ impl DetachedStreamFilter {
                         self.close(b, i, out)?;
                         i += 1;
                     } else {
-                        i = self.start_value(roots, &mut trees, input, i, out)?;
+                        i = match self.try_fast(roots, &trees, input, i, out) {
+                            Some(end) => end,
+                            None => self.start_value(roots, &mut trees, input, i, out)?,
+                        };
                     }
                 }
                 St::KeyOrEnd | St::Key => {
@@ -922,6 +926,109 @@ impl DetachedStreamFilter {
         }
         self.offset += n as u64;
         Ok(())
+    }
+
+    /// Runs the value starting at `i` through the fast path when it can.
+    /// `Some(end)`: the value is done and the state machine is after it.
+    /// `None`: nothing has changed, and the state machine takes the value.
+    fn try_fast<'r>(
+        &mut self,
+        roots: Roots<'r>,
+        trees: &[Option<&'r AccessTree>; TREE_SLOTS],
+        input: &[u8],
+        i: usize,
+        out: &mut Vec<u8>,
+    ) -> Option<usize> {
+        // Values that start before the last bail are left to the state
+        // machine, so no byte is run through the fast path twice, however
+        // the input is built.
+        if self.offset + (i as u64) < self.no_fast_until {
+            return None;
+        }
+        let b = *input.get(i)?;
+        let depth = self.frames.len();
+        let plan = match self.pending {
+            Disp::Copy => Plan::Copy,
+            Disp::Skip => Plan::Skip,
+            Disp::Null => Plan::Null,
+            Disp::Project { node, top } => {
+                if Self::node_is_all(node, roots) {
+                    Plan::Copy
+                } else {
+                    match b {
+                        b'{' | b'[' => {
+                            let parent = depth
+                                .checked_sub(1)
+                                .and_then(|p| trees.get(p).copied().flatten());
+                            Plan::Project(self.resolve(node, roots, parent).ok()?)
+                        }
+                        b'n' => Plan::Copy,
+                        _ => Plan::Removed { top },
+                    }
+                }
+            }
+            Disp::ObjectsOnly => {
+                if b == b'{' && !roots.read.is_all() {
+                    Plan::Project(roots.read)
+                } else {
+                    Plan::Copy
+                }
+            }
+            Disp::Envelope | Disp::ResultsArray => return None,
+        };
+        let out_len = out.len();
+        let emitted = self.frames.last().map(|f| f.emitted);
+        let mut removed = 0;
+        match plan {
+            Plan::Skip => {}
+            Plan::Copy | Plan::Project(_) => self.emit_prefix(out),
+            Plan::Null => {
+                self.emit_prefix(out);
+                out.extend_from_slice(b"null");
+            }
+            Plan::Removed { top } => {
+                removed = 1;
+                if top {
+                    self.emit_prefix(out);
+                    out.extend_from_slice(b"null");
+                }
+            }
+        }
+        let mut keys = std::mem::take(&mut self.fast_keys);
+        keys.clear();
+        let mut fast = Fast {
+            input,
+            out,
+            keys: &mut keys,
+            removed,
+            depth,
+            limit: self.limit,
+            nest: 0,
+            span: i,
+        };
+        let result = match plan {
+            Plan::Copy => fast.copy(i),
+            Plan::Skip | Plan::Null | Plan::Removed { .. } => fast.value::<false>(i),
+            Plan::Project(tree) if b == b'{' => fast.project_object(tree, i),
+            Plan::Project(tree) => fast.project_array(tree, i),
+        };
+        let removed = fast.removed;
+        self.fast_keys = keys;
+        match result {
+            Ok(end) => {
+                self.removed += removed;
+                self.st = St::After;
+                Some(end)
+            }
+            Err(at) => {
+                out.truncate(out_len);
+                if let (Some(f), Some(e)) = (self.frames.last_mut(), emitted) {
+                    f.emitted = e;
+                }
+                self.no_fast_until = self.offset + at as u64;
+                None
+            }
+        }
     }
 
     fn close(&mut self, b: u8, i: usize, out: &mut Vec<u8>) -> Result<(), StreamError> {
@@ -1229,7 +1336,7 @@ impl DetachedStreamFilter {
             return Err(StreamError::Internal);
         };
         let key = &self.arena[start..];
-        let prefix = prefix8(key);
+        let prefix = key_word(key);
         let from = frame.keys_from;
         let arena = &self.arena;
         let same = |e: &KeyEntry| {
@@ -1285,13 +1392,13 @@ impl DetachedStreamFilter {
                     .checked_sub(1)
                     .and_then(|d| trees.get(d).copied().flatten())
                     .ok_or(StreamError::Internal)?;
-                match child_verdict(&mut self.cache, self.gen, tree, key)? {
-                    Verdict::Denied => {
+                match tree.child_word(key, prefix) {
+                    None => {
                         self.removed += 1;
                         Disp::Skip
                     }
-                    Verdict::All => Disp::Copy,
-                    Verdict::Partial => Disp::Project {
+                    Some(t) if t.is_all() => Disp::Copy,
+                    Some(_) => Disp::Project {
                         node: Node::Key(idx),
                         top: false,
                     },
@@ -1324,96 +1431,7 @@ impl DetachedStreamFilter {
         out: &mut Vec<u8>,
     ) -> Result<usize, StreamError> {
         let mut num = self.num;
-        let mut i = start;
-        let ended = loop {
-            let Some(&b) = input.get(i) else {
-                break false;
-            };
-            let d = b.wrapping_sub(b'0');
-            let digit = d < 10;
-            match num.phase {
-                NumPhase::Start => {
-                    if b == b'-' {
-                        num.phase = NumPhase::Minus;
-                    } else if b == b'0' {
-                        num.phase = NumPhase::Zero;
-                    } else if digit {
-                        num.sig = u64::from(d);
-                        num.phase = NumPhase::Int;
-                    } else {
-                        return Err(self.syntax(i));
-                    }
-                }
-                NumPhase::Minus => {
-                    if b == b'0' {
-                        num.phase = NumPhase::Zero;
-                    } else if digit {
-                        num.sig = u64::from(d);
-                        num.phase = NumPhase::Int;
-                    } else {
-                        return Err(self.syntax(i));
-                    }
-                }
-                NumPhase::Zero | NumPhase::Int => {
-                    if digit {
-                        if num.phase == NumPhase::Zero {
-                            // serde_json: "There can be only one leading '0'".
-                            return Err(self.syntax(i));
-                        }
-                        num.int_digit(u64::from(d));
-                    } else if b == b'.' {
-                        num.float = true;
-                        num.phase = NumPhase::Frac0;
-                    } else if b | 0x20 == b'e' {
-                        num.float = true;
-                        num.phase = NumPhase::ExpStart;
-                    } else {
-                        break true;
-                    }
-                }
-                NumPhase::Frac0 | NumPhase::Frac => {
-                    if digit {
-                        num.frac_digit(u64::from(d));
-                        num.phase = NumPhase::Frac;
-                    } else if num.phase == NumPhase::Frac0 {
-                        return Err(self.syntax(i));
-                    } else if b | 0x20 == b'e' {
-                        num.phase = NumPhase::ExpStart;
-                    } else {
-                        break true;
-                    }
-                }
-                NumPhase::ExpStart => {
-                    if b == b'+' {
-                        num.phase = NumPhase::ExpSign;
-                    } else if b == b'-' {
-                        num.exp_pos = false;
-                        num.phase = NumPhase::ExpSign;
-                    } else if digit {
-                        num.e = i32::from(d);
-                        num.phase = NumPhase::Exp;
-                    } else {
-                        return Err(self.syntax(i));
-                    }
-                }
-                NumPhase::ExpSign => {
-                    if digit {
-                        num.e = i32::from(d);
-                        num.phase = NumPhase::Exp;
-                    } else {
-                        return Err(self.syntax(i));
-                    }
-                }
-                NumPhase::Exp => {
-                    if digit {
-                        num.exp_digit(d);
-                    } else {
-                        break true;
-                    }
-                }
-            }
-            i += 1;
-        };
+        let (i, ended) = number_run(&mut num, input, start).map_err(|p| self.syntax(p))?;
         if num.emit {
             append(out, input, start, i);
         }
@@ -1449,6 +1467,432 @@ impl DetachedStreamFilter {
             }
         }
         Ok(i)
+    }
+}
+
+/// Containers the fast path opens itself before it leaves the rest of a value
+/// to the state machine; bounds its recursion, and so its stack, well below
+/// the depth limit.
+const FAST_NEST: usize = 48;
+
+/// Keys one object may have in the fast path; larger objects go to the state
+/// machine, whose duplicate check switches to a hash index.
+const FAST_KEYS: usize = 64;
+
+/// A key of an object open in the fast path: a span of the input (keys with
+/// escapes never get this far, so the span is also the unescaped key).
+#[derive(Clone, Copy)]
+struct FastKey {
+    word: u64,
+    start: usize,
+    len: usize,
+}
+
+/// Where the fast path gave up on a value. It says nothing about why: the
+/// state machine redoes the value from its start and produces the output, or
+/// the error, itself.
+type Bail = usize;
+
+/// How the fast path treats the value it starts on.
+#[derive(Clone, Copy)]
+enum Plan<'r> {
+    Copy,
+    Skip,
+    /// `null` written in its place, the value validated and dropped.
+    Null,
+    /// A scalar under a partial grant: counted, and replaced by `null` if `top`.
+    Removed {
+        top: bool,
+    },
+    Project(&'r AccessTree),
+}
+
+/// The fast path: a recursive descent over one value that lies wholly inside
+/// the current chunk, deciding per member instead of per byte. It accepts a
+/// subset of what the state machine accepts, and for that subset writes
+/// exactly the state machine's output and counts the same removals. Anything
+/// else (an escaped key, a value cut off by the chunk's end, a large object,
+/// deep nesting, any error) is a [`Bail`], after which the caller throws away
+/// what was written.
+struct Fast<'a> {
+    input: &'a [u8],
+    out: &'a mut Vec<u8>,
+    keys: &'a mut Vec<FastKey>,
+    removed: usize,
+    /// Open containers, the state machine's frames included.
+    depth: usize,
+    limit: usize,
+    /// Containers opened by the fast path itself.
+    nest: usize,
+    /// Start of the copied run not yet written out (copy mode).
+    span: usize,
+}
+
+impl Fast<'_> {
+    #[inline(always)]
+    fn byte(&self, i: usize) -> Result<u8, Bail> {
+        self.input.get(i).copied().ok_or(i)
+    }
+
+    /// The first byte at or after `i` that is not whitespace. When copying,
+    /// whitespace ends the copied run, as the state machine drops it too.
+    #[inline(always)]
+    fn ws<const EMIT: bool>(&mut self, i: usize) -> Result<usize, Bail> {
+        let mut j = i;
+        while is_ws(self.byte(j)?) {
+            j += 1;
+        }
+        if EMIT && j > i {
+            self.flush(i);
+            self.span = j;
+        }
+        Ok(j)
+    }
+
+    #[inline(always)]
+    fn flush(&mut self, to: usize) {
+        append(self.out, self.input, self.span, to);
+    }
+
+    #[inline(always)]
+    fn open(&mut self, i: usize) -> Result<(), Bail> {
+        if self.depth >= self.limit || self.nest >= FAST_NEST {
+            return Err(i);
+        }
+        self.depth += 1;
+        self.nest += 1;
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn close(&mut self) {
+        self.depth = self.depth.saturating_sub(1);
+        self.nest = self.nest.saturating_sub(1);
+    }
+
+    /// Validates one value, copying it when `EMIT`; returns where it ends.
+    fn value<const EMIT: bool>(&mut self, i: usize) -> Result<usize, Bail> {
+        match self.byte(i)? {
+            b'"' => self.string(i + 1),
+            b'{' => self.object::<EMIT>(i),
+            b'[' => self.array::<EMIT>(i),
+            b't' => self.literal(i, b"true"),
+            b'f' => self.literal(i, b"false"),
+            b'n' => self.literal(i, b"null"),
+            b'-' | b'0'..=b'9' => self.number(i),
+            _ => Err(i),
+        }
+    }
+
+    /// Copies one value as whole runs of input, without its whitespace.
+    #[inline]
+    fn copy(&mut self, i: usize) -> Result<usize, Bail> {
+        self.span = i;
+        let end = self.value::<true>(i)?;
+        self.flush(end);
+        Ok(end)
+    }
+
+    fn literal(&self, i: usize, text: &[u8]) -> Result<usize, Bail> {
+        if self.input.get(i..i + text.len()) == Some(text) {
+            Ok(i + text.len())
+        } else {
+            Err(i)
+        }
+    }
+
+    #[inline]
+    fn number(&self, i: usize) -> Result<usize, Bail> {
+        let mut j = i;
+        if self.byte(j)? == b'-' {
+            j += 1;
+        }
+        let first = self.byte(j)?;
+        let digits = j;
+        while self.byte(j)?.is_ascii_digit() {
+            j += 1;
+        }
+        let next = self.byte(j)?;
+        let count = j - digits;
+        // A short integer without a leading zero is neither malformed nor out
+        // of range; anything else runs serde_json's bookkeeping.
+        if count > 0
+            && count <= 19
+            && (first != b'0' || count == 1)
+            && next != b'.'
+            && next | 0x20 != b'e'
+        {
+            return Ok(j);
+        }
+        let mut num = Num::new(false);
+        match number_run(&mut num, self.input, i) {
+            Ok((end, true)) if num.complete() == Ok(true) => Ok(end),
+            _ => Err(i),
+        }
+    }
+
+    /// `i` is just past the opening quote; returns the position past the
+    /// closing one. The chunk is valid UTF-8 already, so only escapes and
+    /// control characters need checking.
+    #[inline]
+    fn string(&self, i: usize) -> Result<usize, Bail> {
+        let mut j = i;
+        loop {
+            j = find_special(self.input, j);
+            match self.byte(j)? {
+                b'"' => return Ok(j + 1),
+                b'\\' => j = self.escape(j + 1)?,
+                _ => return Err(j),
+            }
+        }
+    }
+
+    /// `i` is just past a backslash. The state machine's `Esc` rules: a
+    /// leading surrogate must be followed by an escaped trailing one, and a
+    /// trailing one must not stand alone.
+    fn escape(&self, i: usize) -> Result<usize, Bail> {
+        match self.byte(i)? {
+            b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Ok(i + 1),
+            b'u' => {
+                let hex = |at: usize| self.input.get(at..at + 4).and_then(hex4).ok_or(at);
+                let high = hex(i + 1)?;
+                let j = i + 5;
+                if (0xDC00..=0xDFFF).contains(&high) {
+                    return Err(j);
+                }
+                if !(0xD800..=0xDBFF).contains(&high) {
+                    return Ok(j);
+                }
+                if self.input.get(j..j + 2) != Some(b"\\u") {
+                    return Err(j);
+                }
+                let low = hex(j + 2)?;
+                if !(0xDC00..=0xDFFF).contains(&low) {
+                    return Err(j);
+                }
+                Ok(j + 6)
+            }
+            _ => Err(i),
+        }
+    }
+
+    /// A key, `i` just past its opening quote. Refuses (by bailing) escapes
+    /// and duplicates among the object's keys from `base`. `seen` is a
+    /// one-word Bloom filter of those keys, so a new key is usually known to
+    /// be new without a scan. Returns the position past the closing quote
+    /// and the key's [`key_word`].
+    #[inline]
+    fn key(&mut self, i: usize, base: usize, seen: &mut u64) -> Result<(usize, u64), Bail> {
+        let end = find_special(self.input, i);
+        if self.byte(end)? != b'"' {
+            return Err(end);
+        }
+        let len = end - i;
+        // One load of the bytes at the key, masked to its length: the closing
+        // quote and what follows make eight bytes available almost always.
+        let word = match self.input.get(i..i + 8).map(<[u8; 8]>::try_from) {
+            Some(Ok(w)) if len < 8 => u64::from_le_bytes(w) & ((1u64 << (8 * len)) - 1),
+            Some(Ok(w)) => u64::from_le_bytes(w),
+            _ => key_word(self.input.get(i..end).ok_or(i)?),
+        };
+        let count = self.keys.len().saturating_sub(base);
+        if count >= FAST_KEYS {
+            return Err(i);
+        }
+        let bit = 1u64 << (key_hash(word, len) >> 58);
+        if *seen & bit != 0 {
+            let input = self.input;
+            let key = input.get(i..end);
+            let dup = self.keys.get(base..).ok_or(i)?.iter().any(|k| {
+                k.word == word && k.len == len && input.get(k.start..k.start + k.len) == key
+            });
+            if dup {
+                return Err(i);
+            }
+        }
+        *seen |= bit;
+        self.keys.push(FastKey {
+            word,
+            start: i,
+            len,
+        });
+        Ok((end + 1, word))
+    }
+
+    fn object<const EMIT: bool>(&mut self, i: usize) -> Result<usize, Bail> {
+        self.open(i)?;
+        let base = self.keys.len();
+        let mut seen = 0u64;
+        let mut j = self.ws::<EMIT>(i + 1)?;
+        if self.byte(j)? == b'}' {
+            self.close();
+            return Ok(j + 1);
+        }
+        loop {
+            if self.byte(j)? != b'"' {
+                return Err(j);
+            }
+            let (end, _) = self.key(j + 1, base, &mut seen)?;
+            j = self.ws::<EMIT>(end)?;
+            if self.byte(j)? != b':' {
+                return Err(j);
+            }
+            j = self.ws::<EMIT>(j + 1)?;
+            j = self.value::<EMIT>(j)?;
+            j = self.ws::<EMIT>(j)?;
+            match self.byte(j)? {
+                b',' => j = self.ws::<EMIT>(j + 1)?,
+                b'}' => {
+                    self.keys.truncate(base);
+                    self.close();
+                    return Ok(j + 1);
+                }
+                _ => return Err(j),
+            }
+        }
+    }
+
+    fn array<const EMIT: bool>(&mut self, i: usize) -> Result<usize, Bail> {
+        self.open(i)?;
+        let mut j = self.ws::<EMIT>(i + 1)?;
+        if self.byte(j)? == b']' {
+            self.close();
+            return Ok(j + 1);
+        }
+        loop {
+            j = self.value::<EMIT>(j)?;
+            j = self.ws::<EMIT>(j)?;
+            match self.byte(j)? {
+                b',' => j = self.ws::<EMIT>(j + 1)?,
+                b']' => {
+                    self.close();
+                    return Ok(j + 1);
+                }
+                _ => return Err(j),
+            }
+        }
+    }
+
+    /// Starts a kept member: the separator and, in an object, the quoted key
+    /// at `key` (a span of the input) and its colon.
+    #[inline(always)]
+    fn member(&mut self, first: &mut bool, key: Option<(usize, usize)>) {
+        if !*first {
+            self.out.push(b',');
+        }
+        *first = false;
+        if let Some((from, to)) = key {
+            append(self.out, self.input, from, to);
+            self.out.push(b':');
+        }
+    }
+
+    /// A member or element under a partial grant (`Disp::Project` with `top`
+    /// false): containers are projected, `null` is kept, other scalars are
+    /// removed.
+    fn partial(
+        &mut self,
+        tree: &AccessTree,
+        i: usize,
+        first: &mut bool,
+        key: Option<(usize, usize)>,
+    ) -> Result<usize, Bail> {
+        match self.byte(i)? {
+            b'{' => {
+                self.member(first, key);
+                self.project_object(tree, i)
+            }
+            b'[' => {
+                self.member(first, key);
+                self.project_array(tree, i)
+            }
+            b'n' => {
+                self.member(first, key);
+                self.copy(i)
+            }
+            _ => {
+                self.removed += 1;
+                self.value::<false>(i)
+            }
+        }
+    }
+
+    /// An object under the partial grant `tree`, `i` at its `{`.
+    fn project_object(&mut self, tree: &AccessTree, i: usize) -> Result<usize, Bail> {
+        self.open(i)?;
+        self.out.push(b'{');
+        let base = self.keys.len();
+        let mut seen = 0u64;
+        let mut first = true;
+        let input = self.input;
+        let mut j = self.ws::<false>(i + 1)?;
+        if self.byte(j)? == b'}' {
+            self.out.push(b'}');
+            self.close();
+            return Ok(j + 1);
+        }
+        loop {
+            if self.byte(j)? != b'"' {
+                return Err(j);
+            }
+            let quoted = j;
+            let (end, word) = self.key(j + 1, base, &mut seen)?;
+            let key = input.get(j + 1..end - 1).ok_or(j)?;
+            j = self.ws::<false>(end)?;
+            if self.byte(j)? != b':' {
+                return Err(j);
+            }
+            j = self.ws::<false>(j + 1)?;
+            j = match tree.child_word(key, word) {
+                None => {
+                    self.removed += 1;
+                    self.value::<false>(j)?
+                }
+                Some(t) if t.is_all() => {
+                    self.member(&mut first, Some((quoted, end)));
+                    self.copy(j)?
+                }
+                Some(t) => self.partial(t, j, &mut first, Some((quoted, end)))?,
+            };
+            j = self.ws::<false>(j)?;
+            match self.byte(j)? {
+                b',' => j = self.ws::<false>(j + 1)?,
+                b'}' => {
+                    self.out.push(b'}');
+                    self.keys.truncate(base);
+                    self.close();
+                    return Ok(j + 1);
+                }
+                _ => return Err(j),
+            }
+        }
+    }
+
+    /// An array under the partial grant `tree` (a plural: each element gets
+    /// the same tree), `i` at its `[`.
+    fn project_array(&mut self, tree: &AccessTree, i: usize) -> Result<usize, Bail> {
+        self.open(i)?;
+        self.out.push(b'[');
+        let mut first = true;
+        let mut j = self.ws::<false>(i + 1)?;
+        if self.byte(j)? == b']' {
+            self.out.push(b']');
+            self.close();
+            return Ok(j + 1);
+        }
+        loop {
+            j = self.partial(tree, j, &mut first, None)?;
+            j = self.ws::<false>(j)?;
+            match self.byte(j)? {
+                b',' => j = self.ws::<false>(j + 1)?,
+                b']' => {
+                    self.out.push(b']');
+                    self.close();
+                    return Ok(j + 1);
+                }
+                _ => return Err(j),
+            }
+        }
     }
 }
 
