@@ -2,7 +2,8 @@
 //! data (feature bit sets, CIDR range tables, attribute trees) that requests
 //! only read. Every problem is collected, located by key, and reported at once.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -41,7 +42,8 @@ pub struct Client {
     pub on_write_violation: WriteViolationMode,
     pub tenant: Option<String>,
     pub roles: Vec<String>,
-    pub schemas: HashMap<String, ClientSchemas>,
+    /// Shared by every client with the same `access_schemas`.
+    pub schemas: Arc<HashMap<String, ClientSchemas>>,
 }
 
 impl Client {
@@ -148,6 +150,7 @@ fn compile_parts(
 
     let mut clients = HashMap::with_capacity(policy.clients.len());
     let mut trees = TreeCache::new();
+    let mut shared: HashMap<SchemasKey<'_>, Arc<HashMap<String, ClientSchemas>>> = HashMap::new();
     for (id, def) in &policy.clients {
         let key = ClientKey(id);
         if id.is_empty() {
@@ -207,30 +210,46 @@ fn compile_parts(
                 );
             }
         }
-        let mut schemas = HashMap::new();
-        for (type_name, s) in &def.access_schemas {
-            let skey = SchemaKey(id, type_name);
-            let Some(et) = entity_types.get(type_name) else {
-                if policy.entity_types.contains_key(type_name) {
-                    continue; // already reported as an invalid entity type
-                }
-                err(
-                    skey.to_string(),
-                    format!("{type_name} is not a defined entity type"),
-                );
-                continue;
-            };
-            match compile_schemas(&et.def, type_name, s, &skey, &mut trees) {
-                Ok(c) => {
-                    schemas.insert(type_name.clone(), c);
-                }
-                Err(es) => {
-                    for (k, m) in es {
-                        err(k, m);
+        let shared_key = SchemasKey(&def.access_schemas);
+        let schemas = match shared.get(&shared_key) {
+            Some(map) => map.clone(),
+            None => {
+                let mut map = HashMap::with_capacity(def.access_schemas.len());
+                let mut failed = false;
+                for (type_name, s) in &def.access_schemas {
+                    let skey = SchemaKey(id, type_name);
+                    let Some(et) = entity_types.get(type_name) else {
+                        if policy.entity_types.contains_key(type_name) {
+                            continue; // already reported as an invalid entity type
+                        }
+                        failed = true;
+                        err(
+                            skey.to_string(),
+                            format!("{type_name} is not a defined entity type"),
+                        );
+                        continue;
+                    };
+                    match compile_schemas(&et.def, type_name, s, &skey, &mut trees) {
+                        Ok(c) => {
+                            map.insert(type_name.clone(), c);
+                        }
+                        Err(es) => {
+                            failed = true;
+                            for (k, m) in es {
+                                err(k, m);
+                            }
+                        }
                     }
                 }
+                let map = Arc::new(map);
+                // Errors name the client, so a list that failed is compiled
+                // (and reported) again for every client that has it.
+                if !failed {
+                    shared.insert(shared_key, map.clone());
+                }
+                map
             }
-        }
+        };
         clients.insert(
             id.clone(),
             Client {
@@ -248,6 +267,32 @@ fn compile_parts(
     }
 
     (clients, entity_types)
+}
+
+/// A client's `access_schemas` by content. Large policies give thousands of
+/// clients the same grants; they share one compiled map instead of each
+/// allocating its own.
+struct SchemasKey<'p>(&'p BTreeMap<String, AccessSchemasDef>);
+
+impl PartialEq for SchemasKey<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl Eq for SchemasKey<'_> {}
+
+impl Hash for SchemasKey<'_> {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        h.write_usize(self.0.len());
+        for (type_name, s) in self.0 {
+            type_name.hash(h);
+            s.read.hash(h);
+            s.write.hash(h);
+            s.read_with_token.hash(h);
+            s.write_with_token.hash(h);
+        }
+    }
 }
 
 /// Compiled trees shared by every client with the same list on the same
@@ -323,9 +368,89 @@ impl std::io::Write for HashWriter {
 
 pub fn policy_hash(policy: &PolicyFile) -> String {
     // BTreeMaps make the JSON canonical, so equal policies hash equally.
-    let mut w = HashWriter(Sha256::new());
+    // serde_json writes a few bytes at a time; batching them keeps the
+    // digest's per-call bookkeeping off the hot path.
+    let mut w = std::io::BufWriter::with_capacity(1 << 16, HashWriter(Sha256::new()));
     if serde_json::to_writer(&mut w, policy).is_err() {
         return String::new();
     }
-    w.0.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    let Ok(HashWriter(digest)) = w.into_inner() else {
+        return String::new();
+    };
+    digest
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TYPES: &str = r#"
+entity_types:
+  user:
+    attr_defs:
+      - {name: givenName, type: string}
+      - {name: email, type: string}
+"#;
+
+    fn compile_text(clients: &str) -> Result<Snapshot, Vec<ConfigError>> {
+        let text = format!("{TYPES}clients:\n{clients}");
+        let policy: PolicyFile =
+            crate::settings::from_yaml(Path::new("p.yaml"), &text).map_err(|e| vec![e])?;
+        compile(
+            policy,
+            &CompileContext {
+                file: Path::new("p.yaml"),
+                version: 1,
+            },
+        )
+    }
+
+    #[test]
+    fn clients_with_equal_schemas_share_one_map() {
+        let snap = compile_text(
+            r#"
+  a: {secret: s1, access_schemas: {user: {read: [givenName]}}}
+  b: {secret: s2, access_schemas: {user: {read: [givenName]}}}
+  c: {secret: s3, access_schemas: {user: {read: [email]}}}
+  d: {secret: s4}
+"#,
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        let map = |id: &str| snap.clients[id].schemas.clone();
+        assert!(Arc::ptr_eq(&map("a"), &map("b")));
+        assert!(!Arc::ptr_eq(&map("a"), &map("c")));
+        assert!(map("d").is_empty());
+        let read = |id: &str| map(id)["user"].read.clone().unwrap();
+        assert!(read("a").child("givenName").is_some());
+        assert!(read("c").child("givenName").is_none());
+        assert!(read("c").child("email").is_some());
+    }
+
+    #[test]
+    fn a_bad_schema_is_reported_for_every_client_that_has_it() {
+        let Err(errors) = compile_text(
+            r#"
+  a: {secret: s1, access_schemas: {user: {read: [nope]}}}
+  b: {secret: s2, access_schemas: {user: {read: [nope]}}}
+  c: {secret: s3, access_schemas: {other: {read: [x]}}}
+  d: {secret: s4, access_schemas: {other: {read: [x]}}}
+"#,
+        ) else {
+            panic!("a policy with unknown attributes compiled");
+        };
+        let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "clients.a.access_schemas.user.read",
+                "clients.b.access_schemas.user.read",
+                "clients.c.access_schemas.other",
+                "clients.d.access_schemas.other",
+            ]
+        );
+    }
 }
