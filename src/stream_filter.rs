@@ -10,6 +10,14 @@
 //! [`crate::json::parse_strict`]) and a few bytes of the token in progress, so
 //! the same code also runs incrementally over chunks as they arrive.
 //!
+//! That byte-at-a-time state machine is the general path. Most values lie
+//! wholly inside the chunk at hand, and those first go to a fast path (`Fast`):
+//! a recursive descent that decides per member instead of per byte and copies
+//! kept values as whole runs. It handles a subset of valid input and gives up
+//! on anything else, errors included; the state machine then redoes the value
+//! from its start, so what is refused, and where, is decided by one piece of
+//! code only.
+//!
 //! It accepts and refuses exactly what the reference does: invalid JSON anywhere
 //! (skipped subtrees are validated too), invalid UTF-8, lone surrogate escapes,
 //! duplicate keys after unescaping in any object, nesting deeper than the limit,
