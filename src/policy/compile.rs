@@ -78,6 +78,24 @@ pub struct CompileContext<'a> {
 }
 
 pub fn compile(policy: PolicyFile, ctx: &CompileContext<'_>) -> Result<Snapshot, Vec<ConfigError>> {
+    compile_inner(policy, ctx, None)
+}
+
+/// [`compile`] for a caller that already computed [`policy_hash`] (the file
+/// reload, which compares it with the running policy first).
+pub fn compile_hashed(
+    policy: PolicyFile,
+    ctx: &CompileContext<'_>,
+    hash: String,
+) -> Result<Snapshot, Vec<ConfigError>> {
+    compile_inner(policy, ctx, Some(hash))
+}
+
+fn compile_inner(
+    policy: PolicyFile,
+    ctx: &CompileContext<'_>,
+    known_hash: Option<String>,
+) -> Result<Snapshot, Vec<ConfigError>> {
     let file = ctx.file.display().to_string();
     let base_dir = ctx.file.parent().unwrap_or(Path::new("."));
     let mut errors = Vec::new();
@@ -91,11 +109,14 @@ pub fn compile(policy: PolicyFile, ctx: &CompileContext<'_>) -> Result<Snapshot,
 
     // The canonical hash is a serialisation of the whole policy: on a second
     // thread it overlaps compilation instead of adding to it.
-    let (hash, compiled) = std::thread::scope(|s| {
-        let hash = s.spawn(|| policy_hash(&policy));
-        let compiled = compile_parts(&policy, base_dir, &mut err);
-        (hash.join().unwrap_or_default(), compiled)
-    });
+    let (hash, compiled) = match known_hash {
+        Some(hash) => (hash, compile_parts(&policy, base_dir, &mut err)),
+        None => std::thread::scope(|s| {
+            let hash = s.spawn(|| policy_hash(&policy));
+            let compiled = compile_parts(&policy, base_dir, &mut err);
+            (hash.join().unwrap_or_default(), compiled)
+        }),
+    };
     let (clients, entity_types) = compiled;
     if !errors.is_empty() {
         return Err(errors);

@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 
-use super::compile::{compile, CompileContext, Snapshot};
+use super::compile::{compile, compile_hashed, CompileContext, Snapshot};
 use super::model::PolicyFile;
 use super::persist::write_atomically;
 use crate::settings::{from_yaml, ConfigError};
@@ -203,19 +203,21 @@ impl PolicyStore {
                 return Err(e);
             }
         };
-        if super::compile::policy_hash(&policy) == self.current.load().hash {
+        let hash = super::compile::policy_hash(&policy);
+        if hash == self.current.load().hash {
             // A valid file with the running content (fixed back, or SIGHUP
             // with no edit) is a successful load: no new version is needed.
             self.record(source, &[]);
             return Ok(Some(self.current.load_full()));
         }
         let version = self.next_version.fetch_add(1, Ordering::SeqCst);
-        match compile(
+        match compile_hashed(
             policy,
             &CompileContext {
                 file: &self.path,
                 version,
             },
+            hash,
         ) {
             Ok(snap) => {
                 let snap = Arc::new(snap);
