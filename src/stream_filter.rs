@@ -347,19 +347,8 @@ fn number_run(num: &mut Num, input: &[u8], start: usize) -> Result<(usize, bool)
         let d = b.wrapping_sub(b'0');
         let digit = d < 10;
         match num.phase {
-            NumPhase::Start => {
-                if b == b'-' {
-                    num.phase = NumPhase::Minus;
-                } else if b == b'0' {
-                    num.phase = NumPhase::Zero;
-                } else if digit {
-                    num.sig = u64::from(d);
-                    num.phase = NumPhase::Int;
-                } else {
-                    return Err(i);
-                }
-            }
-            NumPhase::Minus => {
+            NumPhase::Start if b == b'-' => num.phase = NumPhase::Minus,
+            NumPhase::Start | NumPhase::Minus => {
                 if b == b'0' {
                     num.phase = NumPhase::Zero;
                 } else if digit {
