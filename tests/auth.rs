@@ -5,8 +5,6 @@ mod common;
 
 use base64::Engine;
 use common::*;
-use hmac::{Hmac, Mac};
-use sha1::Sha1;
 
 const ENTITY: &str = "/entity?type_name=user&id=7";
 
@@ -199,21 +197,6 @@ fn legacy_form_fields_with_a_wrong_secret_are_refused() {
 fn now_date(offset_secs: i64) -> String {
     let t = chrono::Utc::now() + chrono::Duration::seconds(offset_secs);
     t.format("%Y-%m-%d %H:%M:%S").to_string()
-}
-
-/// HMAC-SHA1 over `endpoint\ndate\n` and the sorted `k=v\n` lines, computed
-/// here independently of the gateway's code.
-fn signature(secret: &str, endpoint: &str, date: &str, params: &[(&str, &str)]) -> String {
-    let mut lines: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    lines.sort();
-    let mut s = format!("{endpoint}\n{date}\n");
-    for l in lines {
-        s.push_str(&l);
-        s.push('\n');
-    }
-    let mut mac = Hmac::<Sha1>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(s.as_bytes());
-    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
 }
 
 fn signed_get(gw: &Gateway, client: &str, sig: &str, date: &str) -> Resp {

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use hmac::Mac;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::service::service_fn;
@@ -851,6 +852,21 @@ pub fn basic(id: &str, secret: &str) -> String {
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
     )
+}
+
+/// HMAC-SHA1 over `endpoint\ndate\n` and the sorted `k=v\n` lines, computed
+/// here independently of the gateway's code.
+pub fn signature(secret: &str, endpoint: &str, date: &str, params: &[(&str, &str)]) -> String {
+    let mut lines: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    lines.sort();
+    let mut s = format!("{endpoint}\n{date}\n");
+    for l in lines {
+        s.push_str(&l);
+        s.push('\n');
+    }
+    let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(s.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
 }
 
 pub fn encode_form(fields: &[(&str, &str)]) -> String {
