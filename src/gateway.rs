@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::{HttpPeer, ProxyHttp, Session};
 use pingora::protocols::http::HttpTask;
@@ -38,8 +39,11 @@ pub struct Gateway {
     pub upstream: Upstream,
     pub trusted_proxies: CidrSet,
     pub settings: Arc<Settings>,
-    /// `Authorization` value the gateway presents upstream, if configured.
-    pub upstream_authorization: Option<String>,
+    /// `Authorization` value the gateway presents upstream, if configured
+    /// (marked sensitive, so it is never indexed or logged by `http`).
+    pub upstream_authorization: Option<HeaderValue>,
+    /// `Host` sent upstream: the first configured server.
+    pub upstream_host: Option<HeaderValue>,
     pub audit: Arc<crate::policy::audit::AuditLog>,
 }
 
@@ -74,7 +78,28 @@ const RESPONSE_HEADERS_DROPPED: [&str; 13] = [
 
 /// Request headers forwarded upstream. An allow-list: credentials, cookies and
 /// ranges of the caller have no business at the upstream.
-const REQUEST_HEADERS_FORWARDED: [&str; 3] = ["user-agent", "accept", "accept-language"];
+const REQUEST_HEADERS_FORWARDED: [HeaderName; 3] =
+    [header::USER_AGENT, header::ACCEPT, header::ACCEPT_LANGUAGE];
+
+/// The forwarded request headers' values, in the order of
+/// `REQUEST_HEADERS_FORWARDED`.
+type ForwardedHeaders = [Option<HeaderValue>; 3];
+
+fn forwarded_headers(req: &RequestHeader) -> ForwardedHeaders {
+    REQUEST_HEADERS_FORWARDED
+        .clone()
+        .map(|name| req.headers.get(name).cloned())
+}
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// The upstream request's target and body, fixed before the first attempt.
+struct UpstreamTarget {
+    path: String,
+    body: Bytes,
+    content_type: Option<HeaderValue>,
+}
 
 fn route_label(route: &Route) -> &'static str {
     // Metric labels must stay bounded: built-in paths map to static names,
@@ -246,19 +271,25 @@ impl Gateway {
             params.remove(p);
         }
 
-        let (upstream_req, upstream_body) = self.upstream_request(
-            session,
-            &method,
-            route,
-            &params,
-            json_body,
-            &ctx.request_id,
-            ip,
-        )?;
+        let target = Self::upstream_target(&method, route, &params, json_body)?;
+        let forwarded = forwarded_headers(session.req_header());
+        let request_id = HeaderValue::from_str(&ctx.request_id)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let client_ip = HeaderValue::from_str(&ip.to_string())
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let build = || self.upstream_header(&method, &target, &forwarded, &request_id, &client_ip);
+        let first = build().map_err(|e| {
+            ApiError::internal(format!("could not build the upstream request: {e}"))
+        })?;
         let sent_at = Instant::now();
         let open = self
             .upstream
-            .open(&upstream_req, upstream_body, route.access == Access::Read)
+            .open(
+                first,
+                &build,
+                target.body.clone(),
+                route.access == Access::Read,
+            )
             .await;
         ctx.upstream_time = sent_at.elapsed();
         let mut open = open.map_err(upstream_error)?;
@@ -267,12 +298,41 @@ impl Gateway {
         } else {
             None
         };
-        let status = open.header.status.as_u16();
+        let (status, header, filterable, declared_len) = {
+            let upstream = open.header().map_err(upstream_error)?;
+            let status = upstream.status.as_u16();
+            let bodiless =
+                is_head || status == 204 || status == 304 || (100..200).contains(&status);
+            let filterable = if bodiless {
+                Ok(())
+            } else {
+                check_filterable(route, upstream)
+            };
+            let declared_len = upstream
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<usize>().ok());
+            (status, client_header(upstream)?, filterable, declared_len)
+        };
         let bodiless = is_head || status == 204 || status == 304 || (100..200).contains(&status);
+        if let Err(e) = filterable {
+            open.abandon().await;
+            return Err(e);
+        }
         // Small bodies are buffered, so any failure is still a clean 502;
         // past `stream_responses_over_bytes` the rest is filtered as it streams.
         let streamable = route.response_records != ResponseRecords::None;
-        let mut body = BytesMut::new();
+        // Sized from Content-Length, capped where buffering would stop anyway,
+        // so a lying upstream cannot make the gateway reserve more.
+        let mut body = BytesMut::with_capacity(
+            declared_len.unwrap_or(0).min(
+                limits
+                    .stream_responses_over_bytes
+                    .saturating_add(1)
+                    .min(limits.max_response_body_bytes),
+            ),
+        );
         if !bodiless {
             loop {
                 match open.next_chunk().await {
@@ -283,8 +343,6 @@ impl Gateway {
                         }
                         body.extend_from_slice(&chunk);
                         if streamable && body.len() > limits.stream_responses_over_bytes {
-                            check_filterable(route, &open.header)?;
-                            let header = client_header(&open.header)?;
                             let prefix = body.freeze();
                             let result = self
                                 .stream(
@@ -307,7 +365,6 @@ impl Gateway {
             }
         }
         ctx.upstream_time = sent_at.elapsed();
-        let header = open.header.clone();
         open.finish().await;
         self.reply(
             route,
@@ -340,7 +397,7 @@ impl Gateway {
         let limits = &self.settings.limits;
         ctx.status = header.status.as_u16();
         header.insert_header("transfer-encoding", "chunked")?;
-        header.insert_header("x-request-id", ctx.request_id.as_str())?;
+        header.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
         session
             .write_response_header(Box::new(header), false)
             .await?;
@@ -482,79 +539,93 @@ impl Gateway {
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn upstream_request(
-        &self,
-        session: &Session,
+    /// Where the upstream request goes and what it carries: the filtered
+    /// parameters as a query, or as a form body for POST, or a JSON body.
+    fn upstream_target(
         method: &http::Method,
         route: &Route,
         params: &Params,
         json_body: Option<Value>,
-        request_id: &str,
-        client_ip: IpAddr,
-    ) -> std::result::Result<(RequestHeader, Bytes), ApiError> {
+    ) -> std::result::Result<UpstreamTarget, ApiError> {
         let encoded = params.encode();
-        let (path, body, content_type) = match json_body {
-            Some(v) => (
-                with_query(&route.path, &encoded),
-                Bytes::from(serde_json::to_vec(&v).map_err(|e| ApiError::internal(e.to_string()))?),
-                Some("application/json"),
-            ),
-            None if *method == http::Method::POST => (
-                route.path.clone(),
-                Bytes::from(encoded),
-                Some("application/x-www-form-urlencoded"),
-            ),
-            None => (with_query(&route.path, &encoded), Bytes::new(), None),
-        };
-        let build = || -> Result<RequestHeader> {
-            let mut r = RequestHeader::build(method.clone(), path.as_bytes(), None)?;
-            let downstream = session.req_header();
-            for name in REQUEST_HEADERS_FORWARDED {
-                if let Some(v) = downstream.headers.get(name) {
-                    r.insert_header(name, v.clone())?;
-                }
+        Ok(match json_body {
+            Some(v) => UpstreamTarget {
+                path: with_query(&route.path, &encoded),
+                body: Bytes::from(
+                    serde_json::to_vec(&v).map_err(|e| ApiError::internal(e.to_string()))?,
+                ),
+                content_type: Some(HeaderValue::from_static("application/json")),
+            },
+            None if *method == http::Method::POST => UpstreamTarget {
+                path: route.path.clone(),
+                body: Bytes::from(encoded),
+                content_type: Some(HeaderValue::from_static(
+                    "application/x-www-form-urlencoded",
+                )),
+            },
+            None => UpstreamTarget {
+                path: with_query(&route.path, &encoded),
+                body: Bytes::new(),
+                content_type: None,
+            },
+        })
+    }
+
+    /// Builds the upstream request header. Called once per attempt: Pingora
+    /// consumes the header it writes, and building a new one for the rare
+    /// retry is cheaper than cloning one on every request.
+    fn upstream_header(
+        &self,
+        method: &http::Method,
+        target: &UpstreamTarget,
+        forwarded: &ForwardedHeaders,
+        request_id: &HeaderValue,
+        client_ip: &HeaderValue,
+    ) -> Result<RequestHeader> {
+        // No case map: every name here is already in the lower case it is
+        // sent in, and the map would cost an allocation per header.
+        let mut r = RequestHeader::build_no_case(method.clone(), target.path.as_bytes(), Some(10))?;
+        for (name, value) in REQUEST_HEADERS_FORWARDED.iter().zip(forwarded) {
+            if let Some(v) = value {
+                r.insert_header(name.clone(), v.clone())?;
             }
-            if let Some(host) = self.settings.upstream.servers.first() {
-                r.insert_header("host", host.as_str())?;
-            }
-            // Identity only: a compressed body could not be filtered.
-            r.insert_header("accept-encoding", "identity")?;
-            if let Some(ct) = content_type {
-                r.insert_header("content-type", ct)?;
-            }
-            if !body.is_empty() || *method == http::Method::POST {
-                r.insert_header("content-length", body.len().to_string())?;
-            }
-            if let Some(a) = &self.upstream_authorization {
-                r.insert_header("authorization", a.as_str())?;
-            }
-            r.insert_header("x-request-id", request_id)?;
-            r.insert_header("x-forwarded-for", client_ip.to_string())?;
-            Ok(r)
-        };
-        let header = build().map_err(|e| {
-            ApiError::internal(format!("could not build the upstream request: {e}"))
-        })?;
-        Ok((header, body))
+        }
+        if let Some(host) = &self.upstream_host {
+            r.insert_header(header::HOST, host.clone())?;
+        }
+        // Identity only: a compressed body could not be filtered.
+        r.insert_header(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        )?;
+        if let Some(ct) = &target.content_type {
+            r.insert_header(header::CONTENT_TYPE, ct.clone())?;
+        }
+        if !target.body.is_empty() || *method == http::Method::POST {
+            r.insert_header(header::CONTENT_LENGTH, HeaderValue::from(target.body.len()))?;
+        }
+        if let Some(a) = &self.upstream_authorization {
+            r.insert_header(header::AUTHORIZATION, a.clone())?;
+        }
+        r.insert_header(X_REQUEST_ID, request_id.clone())?;
+        r.insert_header(X_FORWARDED_FOR, client_ip.clone())?;
+        Ok(r)
     }
 
     fn reply(
         &self,
         route: &Route,
         bodiless: bool,
-        upstream: ResponseHeader,
+        mut header: ResponseHeader,
         body: Bytes,
         read: &crate::schema::AccessTree,
         relative_to: Option<&crate::schema::AttrPath>,
     ) -> std::result::Result<Reply, ApiError> {
-        let mut header = client_header(&upstream)?;
         if bodiless {
             // HEAD keeps no Content-Length: the unfiltered length would tell
             // the caller how much it is not allowed to see.
             return Ok(Reply { header, body: None });
         }
-        check_filterable(route, &upstream)?;
         let body = if route.response_records == ResponseRecords::None {
             body
         } else {
@@ -577,7 +648,7 @@ impl Gateway {
             Bytes::from(filtered.body)
         };
         header
-            .insert_header("content-length", body.len().to_string())
+            .insert_header(header::CONTENT_LENGTH, HeaderValue::from(body.len()))
             .map_err(|e| ApiError::internal(e.to_string()))?;
         Ok(Reply {
             header,
@@ -593,7 +664,7 @@ impl Gateway {
         let mut header = ResponseHeader::build(status, Some(4))?;
         header.insert_header("content-type", "application/json")?;
         header.insert_header("content-length", body.len().to_string())?;
-        header.insert_header("x-request-id", ctx.request_id.as_str())?;
+        header.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
         if e.http_status == 401 {
             header.insert_header("www-authenticate", "Basic realm=\"recordgate\"")?;
         }
@@ -613,8 +684,11 @@ impl ApiError {
 /// The upstream's response header as sent to the client: hop-by-hop,
 /// framing and unfiltered-body validators removed.
 fn client_header(upstream: &ResponseHeader) -> std::result::Result<ResponseHeader, ApiError> {
-    let mut header = ResponseHeader::build(upstream.status.as_u16(), None)
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+    // No case map: the names come from a parsed header map, already in
+    // lower case, and the map would cost an allocation per header.
+    let mut header =
+        ResponseHeader::build_no_case(upstream.status.as_u16(), Some(upstream.headers.len() + 2))
+            .map_err(|e| ApiError::internal(e.to_string()))?;
     for (name, value) in upstream.headers.iter() {
         if RESPONSE_HEADERS_DROPPED.contains(&name.as_str()) {
             continue;
@@ -801,7 +875,7 @@ impl ProxyHttp for Gateway {
         ctx.request_id = session
             .req_header()
             .headers
-            .get("x-request-id")
+            .get(X_REQUEST_ID)
             .and_then(|v| v.to_str().ok())
             .filter(|v| {
                 !v.is_empty()
@@ -824,7 +898,7 @@ impl ProxyHttp for Gateway {
                 ctx.status = reply.header.status.as_u16();
                 reply
                     .header
-                    .insert_header("x-request-id", ctx.request_id.as_str())?;
+                    .insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
                 write_whole_response(session, reply.header, reply.body).await?;
             }
             Err(e) => self.write_error(session, ctx, &e).await?,

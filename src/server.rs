@@ -48,8 +48,18 @@ pub fn build_gateway(settings: Arc<Settings>, policy: Arc<PolicyStore>) -> Resul
                 .map_err(|e| format!("upstream.credentials.secret: {e}"))?;
             let token = base64::engine::general_purpose::STANDARD
                 .encode(format!("{}:{}", c.client_id, secret));
-            Some(format!("Basic {token}"))
+            let mut value = http::HeaderValue::from_str(&format!("Basic {token}"))
+                .map_err(|_| "upstream.credentials: not valid in an HTTP header".to_string())?;
+            value.set_sensitive(true);
+            Some(value)
         }
+    };
+    let upstream_host = match settings.upstream.servers.first() {
+        None => None,
+        Some(server) => Some(
+            http::HeaderValue::from_str(server)
+                .map_err(|_| format!("upstream.servers: {server:?} is not a valid Host"))?,
+        ),
     };
     Ok(Gateway {
         policy,
@@ -61,6 +71,7 @@ pub fn build_gateway(settings: Arc<Settings>, policy: Arc<PolicyStore>) -> Resul
         )),
         settings,
         upstream_authorization,
+        upstream_host,
     })
 }
 

@@ -97,17 +97,28 @@ impl Upstream {
     /// in turn when a connection cannot be made; a request that may have
     /// reached a server is retried only on a stale pooled connection, and
     /// only before any response byte when `idempotent`.
-    pub async fn open(
+    ///
+    /// `first` is the header for the first attempt; `rebuild` makes another
+    /// for each retry (Pingora consumes the header it writes).
+    pub async fn open<F>(
         &self,
-        req: &RequestHeader,
+        first: RequestHeader,
+        rebuild: &F,
         body: Bytes,
         idempotent: bool,
-    ) -> Result<OpenResponse<'_>, UpstreamError> {
+    ) -> Result<OpenResponse<'_>, UpstreamError>
+    where
+        F: Fn() -> pingora::Result<RequestHeader> + Sync,
+    {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let mut last = UpstreamError::Connect("no upstream server".into());
+        let mut first = Some(first);
         for i in 0..self.peers.len() {
             let peer = &self.peers[(start + i) % self.peers.len()];
-            match self.open_on(peer, req, &body, idempotent).await {
+            match self
+                .open_on(peer, &mut first, rebuild, &body, idempotent)
+                .await
+            {
                 Err(Attempt::NotSent(e)) => last = e,
                 Err(Attempt::Failed(e)) => return Err(e),
                 Ok(r) => return Ok(r),
@@ -116,13 +127,17 @@ impl Upstream {
         Err(last)
     }
 
-    async fn open_on<'a>(
+    async fn open_on<'a, F>(
         &'a self,
         peer: &'a HttpPeer,
-        req: &RequestHeader,
+        first: &mut Option<RequestHeader>,
+        rebuild: &F,
         body: &Bytes,
         idempotent: bool,
-    ) -> Result<OpenResponse<'a>, Attempt> {
+    ) -> Result<OpenResponse<'a>, Attempt>
+    where
+        F: Fn() -> pingora::Result<RequestHeader> + Sync,
+    {
         // Pooled connections may have been closed by the server meanwhile
         // (an upstream restart closes all of them): a failure on a reused
         // connection moves on to the next one, up to a bound.
@@ -138,8 +153,16 @@ impl Upstream {
             // are per session (Pingora's proxy sets them the same way).
             session.set_read_timeout(peer.options.read_timeout);
             session.set_write_timeout(peer.options.write_timeout);
+            let req = match first.take() {
+                Some(req) => req,
+                None => rebuild().map_err(|e| {
+                    Attempt::Failed(UpstreamError::Protocol(format!(
+                        "could not rebuild the request: {e}"
+                    )))
+                })?,
+            };
             let written = async {
-                session.write_request_header(Box::new(req.clone())).await?;
+                session.write_request_header(Box::new(req)).await?;
                 if !body.is_empty() {
                     session.write_request_body(body.clone(), true).await?;
                 }
@@ -160,17 +183,16 @@ impl Upstream {
                 session.shutdown().await;
                 return Err(Attempt::Failed(kind));
             }
-            let Some(header) = session.response_header().cloned() else {
+            if session.response_header().is_none() {
                 session.shutdown().await;
                 return Err(Attempt::Failed(UpstreamError::Protocol(
                     "no response header".into(),
                 )));
-            };
+            }
             return Ok(OpenResponse {
                 upstream: self,
                 peer,
                 session,
-                header,
             });
         }
         Err(Attempt::NotSent(UpstreamError::Connect(
@@ -189,10 +211,16 @@ pub struct OpenResponse<'a> {
     upstream: &'a Upstream,
     peer: &'a HttpPeer,
     session: HttpSession,
-    pub header: ResponseHeader,
 }
 
 impl OpenResponse<'_> {
+    /// The response header, borrowed from the session rather than copied.
+    pub fn header(&self) -> Result<&ResponseHeader, UpstreamError> {
+        self.session
+            .response_header()
+            .ok_or_else(|| UpstreamError::Protocol("no response header".into()))
+    }
+
     pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, UpstreamError> {
         self.session
             .read_response_body()
