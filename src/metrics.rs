@@ -151,6 +151,40 @@ pub static BUILD_INFO: LazyLock<IntGaugeVec> = LazyLock::new(|| {
 
 // Series every request touches, resolved once: `with_label_values` hashes
 // the labels and takes a lock on each call.
+pub static LOG_LINES_DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
+    or_unregistered(
+        prometheus::register_int_counter!(
+            "recordgate_log_lines_dropped_total",
+            "Log lines dropped because the log writer fell behind (logging never blocks a request)"
+        ),
+        || {
+            IntCounter::new("recordgate_log_lines_dropped_total", "dropped log lines")
+                .unwrap_or_else(|_| unreachable_metric())
+        },
+    )
+});
+
+static LOG_DROPS: std::sync::OnceLock<tracing_appender::non_blocking::ErrorCounter> =
+    std::sync::OnceLock::new();
+
+/// The log writer's count of dropped lines, read into
+/// `recordgate_log_lines_dropped_total` at each scrape.
+pub fn watch_log_drops(counter: tracing_appender::non_blocking::ErrorCounter) {
+    let _ = LOG_DROPS.set(counter);
+}
+
+/// Brings the counters that are kept elsewhere up to date; called before
+/// each scrape.
+pub fn refresh() {
+    if let Some(c) = LOG_DROPS.get() {
+        let dropped = c.dropped_lines() as u64;
+        let shown = LOG_LINES_DROPPED.get();
+        if dropped > shown {
+            LOG_LINES_DROPPED.inc_by(dropped - shown);
+        }
+    }
+}
+
 pub static BYTES_IN: LazyLock<IntCounter> = LazyLock::new(|| BYTES.with_label_values(&["in"]));
 pub static BYTES_OUT: LazyLock<IntCounter> = LazyLock::new(|| BYTES.with_label_values(&["out"]));
 pub static FILTERED_REQUEST: LazyLock<IntCounter> =
@@ -218,6 +252,7 @@ pub fn init() {
     LazyLock::force(&BYTES);
     LazyLock::force(&POLICY_RELOADS);
     LazyLock::force(&DURATION);
+    LazyLock::force(&LOG_LINES_DROPPED);
     // Series that exist from the start at 0, so `increase()` and alerts see
     // the first failure rather than a series appearing at 1.
     for source in ["file", "api", "signal"] {

@@ -216,10 +216,24 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogSettings {
     pub format: LogFormat,
+    /// Lines queued for the log writer thread; past this, lines are dropped
+    /// (and counted) rather than requests slowed.
+    pub buffer_lines: usize,
+}
+
+pub const DEFAULT_LOG_BUFFER_LINES: usize = 128_000;
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            format: LogFormat::default(),
+            buffer_lines: DEFAULT_LOG_BUFFER_LINES,
+        }
+    }
 }
 
 /// A settings or policy problem, located by file and key.
@@ -362,6 +376,12 @@ impl Settings {
         }
         if l.max_header_bytes == 0 {
             err("limits.max_header_bytes".into(), "must be > 0".into());
+        }
+        if self.log.buffer_lines == 0 || self.log.buffer_lines > 10_000_000 {
+            err(
+                "log.buffer_lines".into(),
+                "must be between 1 and 10000000".into(),
+            );
         }
         let t = &self.timeouts;
         for (key, ms) in [

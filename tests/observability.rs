@@ -1400,3 +1400,59 @@ fn operator_listener_closes_http10_connections() {
         "HTTP/1.0 connection left open after the response:\n{text}"
     );
 }
+
+/// A log reader that stops reading (a full pipe, a stalled collector) must
+/// not stall requests: log lines are written by their own thread, and past
+/// `log.buffer_lines` queued lines they are dropped and counted. Written
+/// synchronously, as before, the 300th or so request would block on the
+/// full pipe and this test would time out.
+#[test]
+fn a_stalled_log_reader_never_stalls_requests_and_dropped_lines_are_counted() {
+    let up = TestUpstream::capture_like();
+    let gw = GatewayBuilder::new(&up)
+        .metrics(json!({}))
+        .setting("log", json!({"format": "json", "buffer_lines": 64}))
+        .stdout_unread()
+        .start();
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    // ~250 JSON lines fill the 64 KiB pipe, 64 more the queue.
+    for i in 0..1500 {
+        let r = client
+            .get(gw.url("/entity?type_name=user&id=7"))
+            .header("authorization", basic("reader", "reader-secret"))
+            .send()
+            .unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert_eq!(r.status(), 200, "request {i}");
+    }
+    let text = gw.scrape();
+    let dropped: f64 = text
+        .lines()
+        .find(|l| l.starts_with("recordgate_log_lines_dropped_total "))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no recordgate_log_lines_dropped_total in:\n{text}"));
+    assert!(dropped >= 1000.0, "dropped {dropped} of ~1500 lines");
+}
+
+#[test]
+fn log_buffer_lines_out_of_range_is_refused_at_startup() {
+    for bad in [0u64, 10_000_001] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("policy.yaml"), default_policy()).unwrap();
+        let settings = dir.path().join("settings.yaml");
+        std::fs::write(
+            &settings,
+            format!(
+                "listen: [\"127.0.0.1:{}\"]\nupstream: {{servers: [\"127.0.0.1:9\"]}}\npolicy: policy.yaml\nlog: {{buffer_lines: {bad}}}\n",
+                free_port()
+            ),
+        )
+        .unwrap();
+        let out = run_cli(&["check", "--config", settings.to_str().unwrap()]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("log.buffer_lines"), "{err}");
+    }
+}

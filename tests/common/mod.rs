@@ -593,6 +593,8 @@ pub struct GatewayBuilder {
     env: Vec<(String, String)>,
     /// Keys merged into the generated `server:` block (see `server_setting`).
     server: serde_json::Map<String, Value>,
+    /// stdout goes to a pipe nobody reads (see `stdout_unread`).
+    stdout_unread: bool,
 }
 
 /// A running `recordgate serve`, killed on drop.
@@ -604,6 +606,8 @@ pub struct Gateway {
     pub base: String,
     /// Environment given to the process (reused by `spawn_upgrade`).
     env: Vec<(String, String)>,
+    /// The read end of an unread stdout pipe, held open so it stays full.
+    _stdout_pipe: Option<std::process::ChildStdout>,
 }
 
 impl GatewayBuilder {
@@ -621,7 +625,15 @@ impl GatewayBuilder {
             files: Vec::new(),
             env: Vec::new(),
             server: serde_json::Map::new(),
+            stdout_unread: false,
         }
+    }
+
+    /// Connects the gateway's stdout (where its log goes) to a pipe that is
+    /// never read: after 64 KiB, every write to it would block.
+    pub fn stdout_unread(mut self) -> Self {
+        self.stdout_unread = true;
+        self
     }
 
     pub fn policy(mut self, yaml: &str) -> Self {
@@ -696,9 +708,13 @@ impl GatewayBuilder {
             serde_json::to_vec_pretty(&settings).unwrap(),
         )
         .unwrap();
-        let stdout = std::fs::File::create(dir.path().join("stdout.log")).unwrap();
+        let stdout = if self.stdout_unread {
+            Stdio::piped()
+        } else {
+            Stdio::from(std::fs::File::create(dir.path().join("stdout.log")).unwrap())
+        };
         let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_recordgate"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_recordgate"))
             .arg("serve")
             .arg("--config")
             .arg(&settings_path)
@@ -714,12 +730,14 @@ impl GatewayBuilder {
         } else {
             format!("http://127.0.0.1:{}", addr.port())
         };
+        let stdout_pipe = child.stdout.take();
         let mut gw = Gateway {
             child,
             dir,
             addr,
             base,
             env: self.env,
+            _stdout_pipe: stdout_pipe,
         };
         gw.wait_ready();
         gw
