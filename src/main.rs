@@ -47,17 +47,29 @@ enum Command {
 /// Log lines go to stdout from a writer thread, not from the worker that
 /// logs them: a synchronous `write` per access-log line cost about 8 µs of
 /// CPU per request, and a slow stdout (a full pipe, a stalled collector) would
-/// stall requests. Lines are batched into one `write` while they queue up. When the writer falls behind by `LOG_BUFFERED_LINES`,
-/// lines are dropped, never requests, and counted in
-/// `recordgate_log_lines_dropped_total`.
+/// stall requests. Lines are batched into one `write` while they queue up.
+/// When the writer falls behind by `buffer_lines`, lines are dropped, never
+/// requests, and counted in `recordgate_log_lines_dropped_total`.
+///
+/// With `--daemon` lines are written directly instead: Pingora forks to
+/// daemonise after this runs, and a thread does not survive a fork.
 ///
 /// The returned guard flushes what is queued when it is dropped.
 fn init_logging(
     format: LogFormat,
     buffer_lines: usize,
-) -> tracing_appender::non_blocking::WorkerGuard {
+    daemon: bool,
+) -> Option<tracing_appender::non_blocking::WorkerGuard> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if daemon {
+        let builder = tracing_subscriber::fmt().with_env_filter(filter);
+        match format {
+            LogFormat::Json => builder.json().init(),
+            LogFormat::Human => builder.init(),
+        }
+        return None;
+    }
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(true)
         .buffered_lines_limit(buffer_lines)
@@ -76,7 +88,7 @@ fn init_logging(
         LogFormat::Json => builder.json().init(),
         LogFormat::Human => builder.init(),
     }
-    guard
+    Some(guard)
 }
 
 fn main() -> ExitCode {
@@ -84,7 +96,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::DemoUpstream { listen, records } => {
-            let _log = init_logging(LogFormat::Human, DEFAULT_LOG_BUFFER_LINES);
+            let _log = init_logging(LogFormat::Human, DEFAULT_LOG_BUFFER_LINES, false);
             recordgate::server::serve_demo_upstream(&listen, records)
         }
         Command::Serve {
@@ -101,7 +113,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let _log = init_logging(settings.log.format, settings.log.buffer_lines);
+            let _log = init_logging(settings.log.format, settings.log.buffer_lines, daemon);
             match serve(settings, ServeOptions { upgrade, daemon }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

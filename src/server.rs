@@ -144,7 +144,11 @@ pub fn serve(settings: Settings, opts: ServeOptions) -> Result<(), String> {
     ));
 
     tracing::info!(listen = ?settings.listen, "recordgate started");
-    server.run_forever()
+    // `run` returns once shutdown is complete (unlike `run_forever`, which
+    // exits the process), so the caller can flush the log before exiting.
+    server.run(pingora::server::RunArgs::default());
+    tracing::info!("recordgate stopped");
+    Ok(())
 }
 
 /// Reloads the policy file on SIGHUP and when it changes; a bad file leaves
@@ -207,7 +211,7 @@ impl BackgroundService for PolicyReloader {
 }
 
 /// Runs only the embedded sample API, as its own process.
-pub fn serve_demo_upstream(listen: &str, records: usize) -> ! {
+pub fn serve_demo_upstream(listen: &str, records: usize) -> std::process::ExitCode {
     let conf = ServerConf {
         threads: 1,
         grace_period_seconds: Some(0),
@@ -219,5 +223,6 @@ pub fn serve_demo_upstream(listen: &str, records: usize) -> ! {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     server.add_service(crate::demo_upstream::demo_upstream_service(listen, records));
-    server.run_forever()
+    server.run(pingora::server::RunArgs::default());
+    std::process::ExitCode::SUCCESS
 }

@@ -1456,3 +1456,34 @@ fn log_buffer_lines_out_of_range_is_refused_at_startup() {
         assert!(err.contains("log.buffer_lines"), "{err}");
     }
 }
+
+/// The log is written by a thread of its own; on a normal stop the process
+/// waits for it, so the access line of the last request before SIGTERM is
+/// on stdout, and the exit status is success.
+#[test]
+fn sigterm_flushes_the_access_log_and_exits_cleanly() {
+    let up = TestUpstream::capture_like();
+    let mut gw = GatewayBuilder::new(&up)
+        .setting("log", json!({"format": "json"}))
+        .start();
+    let r = gw.get_as("reader", "/entity?type_name=user&id=7");
+    r.assert_ok();
+    let id = r
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("x-request-id")
+        .to_string();
+    gw.signal("TERM");
+    let status = gw
+        .wait_exit(Duration::from_secs(20))
+        .expect("recordgate did not exit within 20 s of SIGTERM");
+    assert!(status.success(), "exit status {status}:\n{}", gw.stderr());
+    let log = gw.stderr();
+    assert!(
+        access_events(&log)
+            .iter()
+            .any(|e| e["fields"]["request_id"] == id.as_str()),
+        "no access line for {id}:\n{log}"
+    );
+}
