@@ -33,7 +33,9 @@ wait_port() { for _ in $(seq 1 100); do (echo > /dev/tcp/127.0.0.1/"$1") 2>/dev/
 
 taskset -c $SRV_CPU $BIN/recordgate demo-upstream --listen 127.0.0.1:18090 --records 300 >/tmp/rg-load-upstream.log 2>&1 & pids+=($!)
 taskset -c $SRV_CPU $BIN/passthrough 127.0.0.1:18081 127.0.0.1:18090 2 >/tmp/rg-load-passthrough.log 2>&1 & pids+=($!); PT_PID=$!
-RUST_LOG=warn taskset -c $SRV_CPU $BIN/recordgate serve --config benches/load/settings.yaml >/tmp/rg-load-gateway.log 2>&1 & pids+=($!); GW_PID=$!
+# The gateway runs as shipped: access log on (RUST_LOG defaults to info), one JSON line per
+# request to stdout, here thrown away so the disk is not measured.
+env -u RUST_LOG taskset -c $SRV_CPU $BIN/recordgate serve --config benches/load/settings.yaml >/dev/null 2>/tmp/rg-load-gateway.log & pids+=($!); GW_PID=$!
 wait_port 18090; wait_port 18081; wait_port 18080
 
 AUTH="Basic $(printf 'partner-readonly:partner-secret' | base64)"
