@@ -671,15 +671,7 @@ struct ResetUpstream {
 impl ResetUpstream {
     fn start(body: Vec<u8>, sent: usize) -> ResetUpstream {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let addr = listener.local_addr().unwrap();
+        let (rt, listener, addr) = upstream_runtime(1);
         let body = std::sync::Arc::new(body);
         rt.spawn(async move {
             loop {
@@ -710,16 +702,8 @@ impl ResetUpstream {
                         let _ = s.set_zero_linger();
                         drop(s);
                     } else {
-                        let small = serde_json::to_vec(
-                            &json!({"stat": "ok", "result": sample_record(7)}),
-                        )
-                        .unwrap_or_default();
-                        let mut out = format!(
-                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-                            small.len()
-                        )
-                        .into_bytes();
-                        out.extend_from_slice(&small);
+                        let out =
+                            json_ok_response(&json!({"stat": "ok", "result": sample_record(7)}));
                         let _ = s.write_all(&out).await;
                         let _ = s.shutdown().await;
                     }
@@ -870,15 +854,7 @@ struct OneShotUpstream {
 impl OneShotUpstream {
     fn start() -> OneShotUpstream {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let addr = listener.local_addr().unwrap();
+        let (rt, listener, addr) = upstream_runtime(1);
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Seen>::new()));
         let log = seen.clone();
         rt.spawn(async move {
@@ -929,16 +905,8 @@ impl OneShotUpstream {
                             let _ = s.set_zero_linger();
                             return;
                         }
-                        let reply = serde_json::to_vec(
-                            &json!({"stat": "ok", "result": sample_record(7)}),
-                        )
-                        .unwrap_or_default();
-                        let mut out = format!(
-                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-                            reply.len()
-                        )
-                        .into_bytes();
-                        out.extend_from_slice(&reply);
+                        let out =
+                            json_ok_response(&json!({"stat": "ok", "result": sample_record(7)}));
                         if s.write_all(&out).await.is_err() {
                             return;
                         }

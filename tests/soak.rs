@@ -130,15 +130,7 @@ struct Upstream {
 
 impl Upstream {
     fn start() -> Upstream {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let addr = listener.local_addr().unwrap();
+        let (rt, listener, addr) = upstream_runtime(2);
         let writes = Arc::new(AtomicU64::new(0));
         let bad_writes = Arc::new(Mutex::new(Vec::new()));
         let (w, bad) = (writes.clone(), bad_writes.clone());

@@ -1132,6 +1132,35 @@ pub fn signal_pid(pid: u32, sig: &str) {
     assert!(st.success(), "kill -s {sig} {pid} failed: {st}");
 }
 
+/// A tokio runtime of `workers` threads and a listener on an ephemeral
+/// 127.0.0.1 port, for the hand-written upstreams of single tests.
+pub fn upstream_runtime(
+    workers: usize,
+) -> (tokio::runtime::Runtime, tokio::net::TcpListener, SocketAddr) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    (rt, listener, addr)
+}
+
+/// A complete `200 OK` HTTP/1.1 response carrying `v` as JSON.
+pub fn json_ok_response(v: &Value) -> Vec<u8> {
+    let body = serde_json::to_vec(v).unwrap_or_default();
+    let mut out = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(&body);
+    out
+}
+
 /// Polls `child` until it exits or `timeout` passes.
 pub fn wait_child(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
     let deadline = Instant::now() + timeout;
