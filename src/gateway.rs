@@ -298,7 +298,7 @@ impl Gateway {
         } else {
             None
         };
-        let (status, header, filterable, declared_len) = {
+        let (bodiless, header, filterable, declared_len) = {
             let upstream = open.header().map_err(upstream_error)?;
             let status = upstream.status.as_u16();
             let bodiless =
@@ -313,9 +313,8 @@ impl Gateway {
                 .get(header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<usize>().ok());
-            (status, client_header(upstream)?, filterable, declared_len)
+            (bodiless, client_header(upstream)?, filterable, declared_len)
         };
-        let bodiless = is_head || status == 204 || status == 304 || (100..200).contains(&status);
         if let Err(e) = filterable {
             open.abandon().await;
             return Err(e);
