@@ -387,20 +387,12 @@ fn number_run(num: &mut Num, input: &[u8], start: usize) -> Result<(usize, bool)
                     break true;
                 }
             }
-            NumPhase::ExpStart => {
-                if b == b'+' {
-                    num.phase = NumPhase::ExpSign;
-                } else if b == b'-' {
-                    num.exp_pos = false;
-                    num.phase = NumPhase::ExpSign;
-                } else if digit {
-                    num.e = i32::from(d);
-                    num.phase = NumPhase::Exp;
-                } else {
-                    return Err(i);
-                }
+            NumPhase::ExpStart if b == b'+' => num.phase = NumPhase::ExpSign,
+            NumPhase::ExpStart if b == b'-' => {
+                num.exp_pos = false;
+                num.phase = NumPhase::ExpSign;
             }
-            NumPhase::ExpSign => {
+            NumPhase::ExpStart | NumPhase::ExpSign => {
                 if digit {
                     num.e = i32::from(d);
                     num.phase = NumPhase::Exp;
