@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use recordgate::policy::store::load_policy_file;
 use recordgate::server::{serve, ServeOptions};
 use recordgate::settings::{LogFormat, Settings, DEFAULT_LOG_BUFFER_LINES};
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 /// Inline enforcement gateway for Capture-style user-record APIs.
 #[derive(Parser)]
@@ -62,25 +63,23 @@ fn init_logging(
 ) -> Option<tracing_appender::non_blocking::WorkerGuard> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    if daemon {
-        let builder = tracing_subscriber::fmt().with_env_filter(filter);
-        match format {
-            LogFormat::Json => builder.json().init(),
-            LogFormat::Human => builder.init(),
-        }
-        return None;
-    }
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(true)
-        .buffered_lines_limit(buffer_lines)
-        .thread_name("recordgate-log")
-        // The writer thread writes every line it has queued, then flushes:
-        // one `write` per batch under load, each line promptly when idle.
-        .finish(std::io::BufWriter::with_capacity(
-            64 << 10,
-            std::io::stdout(),
-        ));
-    recordgate::metrics::watch_log_drops(writer.error_counter());
+    let (writer, guard) = if daemon {
+        (BoxMakeWriter::new(std::io::stdout), None)
+    } else {
+        let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .lossy(true)
+            .buffered_lines_limit(buffer_lines)
+            .thread_name("recordgate-log")
+            // The writer thread writes every line it has queued, then
+            // flushes: one `write` per batch under load, each line promptly
+            // when idle.
+            .finish(std::io::BufWriter::with_capacity(
+                64 << 10,
+                std::io::stdout(),
+            ));
+        recordgate::metrics::watch_log_drops(writer.error_counter());
+        (BoxMakeWriter::new(writer), Some(guard))
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);
@@ -88,7 +87,7 @@ fn init_logging(
         LogFormat::Json => builder.json().init(),
         LogFormat::Human => builder.init(),
     }
-    Some(guard)
+    guard
 }
 
 fn main() -> ExitCode {

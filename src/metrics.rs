@@ -149,8 +149,6 @@ pub static BUILD_INFO: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     )
 });
 
-// Series every request touches, resolved once: `with_label_values` hashes
-// the labels and takes a lock on each call.
 pub static LOG_LINES_DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
     or_unregistered(
         prometheus::register_int_counter!(
@@ -174,8 +172,11 @@ pub fn watch_log_drops(counter: tracing_appender::non_blocking::ErrorCounter) {
 }
 
 /// Brings the counters that are kept elsewhere up to date; called before
-/// each scrape.
+/// each scrape. Serialised, so two concurrent scrapes cannot both add the
+/// same difference.
 pub fn refresh() {
+    static REFRESH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = REFRESH.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(c) = LOG_DROPS.get() {
         let dropped = c.dropped_lines() as u64;
         let shown = LOG_LINES_DROPPED.get();
@@ -185,6 +186,8 @@ pub fn refresh() {
     }
 }
 
+// Series every request touches, resolved once: `with_label_values` hashes
+// the labels and takes a lock on each call.
 pub static BYTES_IN: LazyLock<IntCounter> = LazyLock::new(|| BYTES.with_label_values(&["in"]));
 pub static BYTES_OUT: LazyLock<IntCounter> = LazyLock::new(|| BYTES.with_label_values(&["out"]));
 pub static FILTERED_REQUEST: LazyLock<IntCounter> =
