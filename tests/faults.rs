@@ -670,7 +670,7 @@ struct ResetUpstream {
 
 impl ResetUpstream {
     fn start(body: Vec<u8>, sent: usize) -> ResetUpstream {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::AsyncWriteExt;
         let (rt, listener, addr) = upstream_runtime(1);
         let body = std::sync::Arc::new(body);
         rt.spawn(async move {
@@ -680,15 +680,10 @@ impl ResetUpstream {
                 };
                 let body = body.clone();
                 tokio::spawn(async move {
-                    let mut head = Vec::new();
-                    let mut buf = [0u8; 4096];
-                    while find(&head, b"\r\n\r\n").is_none() && head.len() < 65536 {
-                        match s.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    if head.starts_with(b"GET /entity.find") {
+                    let Some((head, _)) = read_http_request(&mut s, &mut Vec::new()).await else {
+                        return;
+                    };
+                    if head.starts_with("GET /entity.find") {
                         let mut out = format!(
                             "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
                             body.len()
@@ -853,7 +848,7 @@ struct OneShotUpstream {
 
 impl OneShotUpstream {
     fn start() -> OneShotUpstream {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::AsyncWriteExt;
         let (rt, listener, addr) = upstream_runtime(1);
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Seen>::new()));
         let log = seen.clone();
@@ -867,33 +862,10 @@ impl OneShotUpstream {
                 let log = log.clone();
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
                     for n in 0.. {
-                        // One request: the header block, then Content-Length bytes.
-                        let head_end = loop {
-                            if let Some(i) = find(&buf, b"\r\n\r\n") {
-                                break i + 4;
-                            }
-                            match s.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(k) => buf.extend_from_slice(&chunk[..k]),
-                            }
+                        let Some((head, body)) = read_http_request(&mut s, &mut buf).await else {
+                            return;
                         };
-                        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-                        let len = head
-                            .lines()
-                            .filter_map(|l| l.split_once(':'))
-                            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-                            .and_then(|(_, v)| v.trim().parse::<usize>().ok())
-                            .unwrap_or(0);
-                        while buf.len() < head_end + len {
-                            match s.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(k) => buf.extend_from_slice(&chunk[..k]),
-                            }
-                        }
-                        let body = buf[head_end..head_end + len].to_vec();
-                        buf.drain(..head_end + len);
                         let answered = n == 0;
                         log.lock().unwrap().push(Seen {
                             conn,

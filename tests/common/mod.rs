@@ -232,7 +232,7 @@ impl TestUpstream {
     pub fn start_raw(
         handler: impl Fn(&Recorded) -> Vec<u8> + Send + Sync + 'static,
     ) -> TestUpstream {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::AsyncWriteExt;
         let handler: Arc<RawHandler> = Arc::new(handler);
         let log = Arc::new(Mutex::new(Vec::new()));
         let rt = runtime();
@@ -250,20 +250,9 @@ impl TestUpstream {
                 let log = log2.clone();
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    let head_end = loop {
-                        if let Some(i) = find(&buf, b"\r\n\r\n") {
-                            break i + 4;
-                        }
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                        if buf.len() > 1 << 20 {
-                            return;
-                        }
+                    let Some((head, body)) = read_http_request(&mut stream, &mut buf).await else {
+                        return;
                     };
-                    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
                     let mut lines = head.split("\r\n");
                     let mut first = lines.next().unwrap_or("").split(' ');
                     let method = first.next().unwrap_or("").to_string();
@@ -272,18 +261,6 @@ impl TestUpstream {
                         .filter_map(|l| l.split_once(':'))
                         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
                         .collect();
-                    let len: usize = headers
-                        .iter()
-                        .find(|(k, _)| k == "content-length")
-                        .and_then(|(_, v)| v.parse().ok())
-                        .unwrap_or(0);
-                    while buf.len() < head_end + len {
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    let body = buf[head_end..].to_vec();
                     let rec = Recorded {
                         method,
                         target,
@@ -1147,6 +1124,48 @@ pub fn upstream_runtime(
         .unwrap();
     let addr = listener.local_addr().unwrap();
     (rt, listener, addr)
+}
+
+/// Reads one request from `stream` for a hand-written upstream: the header
+/// block (at most 1 MiB) and a `Content-Length` body, as far as it comes
+/// before the peer closes. Bytes read past the request stay in `buf`, for
+/// the next request on the connection. `None` when the connection ends
+/// before a complete header block.
+pub async fn read_http_request(
+    stream: &mut tokio::net::TcpStream,
+    buf: &mut Vec<u8>,
+) -> Option<(String, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = find(buf, b"\r\n\r\n") {
+            break i + 4;
+        }
+        if buf.len() > 1 << 20 {
+            return None;
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let len = head
+        .split("\r\n")
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    while buf.len() < head_end + len {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let end = buf.len().min(head_end + len);
+    let body = buf[head_end..end].to_vec();
+    buf.drain(..end);
+    Some((head, body))
 }
 
 /// A complete `200 OK` HTTP/1.1 response carrying `v` as JSON.
