@@ -275,8 +275,9 @@ impl Gateway {
         let forwarded = forwarded_headers(session.req_header());
         let request_id = HeaderValue::from_str(&ctx.request_id)
             .map_err(|e| ApiError::internal(e.to_string()))?;
-        let client_ip = HeaderValue::from_str(&ip.to_string())
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+        // From the String itself: `from_str` would copy it once more.
+        let client_ip =
+            HeaderValue::try_from(ip.to_string()).map_err(|e| ApiError::internal(e.to_string()))?;
         let build = || self.upstream_header(&method, &target, &forwarded, &request_id, &client_ip);
         let first = build().map_err(|e| {
             ApiError::internal(format!("could not build the upstream request: {e}"))
