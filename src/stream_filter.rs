@@ -1623,7 +1623,7 @@ impl Fast<'_> {
     /// `i` is just past the opening quote; returns the position past the
     /// closing one. The chunk is valid UTF-8 already, so only escapes and
     /// control characters need checking.
-    #[inline]
+    #[inline(always)]
     fn string(&self, i: usize) -> Result<usize, Bail> {
         let mut j = i;
         loop {
@@ -1670,7 +1670,7 @@ impl Fast<'_> {
     /// one-word Bloom filter of those keys, so a new key is usually known to
     /// be new without a scan. Returns the position past the closing quote
     /// and the key's [`key_word`].
-    #[inline]
+    #[inline(always)]
     fn key(&mut self, i: usize, base: usize, seen: &mut u64) -> Result<(usize, u64), Bail> {
         let end = find_special(self.input, i);
         if self.byte(end)? != b'"' {
