@@ -30,7 +30,7 @@ use crate::policy::PolicyStore;
 use crate::response_filter::FilterFailure;
 use crate::routes::{Access, RequestRecords, ResponseRecords, Route, RouteTable};
 use crate::settings::Settings;
-use crate::stream_filter::{filter_response_bytes, StreamFilter};
+use crate::stream_filter::StreamFilter;
 use crate::upstream::{Upstream, UpstreamError};
 
 pub struct Gateway {
@@ -320,67 +320,86 @@ impl Gateway {
             open.abandon().await;
             return Err(e);
         }
-        // Small bodies are buffered, so any failure is still a clean 502;
-        // past `stream_responses_over_bytes` the rest is filtered as it streams.
-        let streamable = route.response_records != ResponseRecords::None;
+        if bodiless {
+            ctx.upstream_time = sent_at.elapsed();
+            open.finish().await;
+            // HEAD keeps no Content-Length: the unfiltered length would tell
+            // the caller how much it is not allowed to see.
+            return Ok(Handled::Reply(Reply { header, body: None }));
+        }
         // Sized from Content-Length, capped where buffering would stop anyway,
         // so a lying upstream cannot make the gateway reserve more.
-        let mut body = BytesMut::with_capacity(
-            declared_len.unwrap_or(0).min(
-                limits
-                    .stream_responses_over_bytes
-                    .saturating_add(1)
-                    .min(limits.max_response_body_bytes),
-            ),
+        let reserve = declared_len.unwrap_or(0).min(
+            limits
+                .stream_responses_over_bytes
+                .saturating_add(1)
+                .min(limits.max_response_body_bytes),
         );
-        if !bodiless {
-            loop {
-                match open.next_chunk().await {
-                    Ok(Some(chunk)) => {
-                        if body.len() + chunk.len() > limits.max_response_body_bytes {
-                            open.abandon().await;
-                            return Err(upstream_error(UpstreamError::TooLarge));
-                        }
-                        body.extend_from_slice(&chunk);
-                        if streamable && body.len() > limits.stream_responses_over_bytes {
-                            let prefix = body.freeze();
-                            let result = self
-                                .stream(
-                                    session,
-                                    ctx,
-                                    open,
-                                    header,
-                                    prefix,
-                                    route,
-                                    grants.read,
-                                    relative_to,
-                                )
-                                .await;
-                            return Ok(Handled::Streamed(result));
-                        }
+        if route.response_records == ResponseRecords::None {
+            let body =
+                match read_unfiltered(&mut open, reserve, limits.max_response_body_bytes).await {
+                    Ok(body) => body,
+                    Err(e) => {
+                        open.abandon().await;
+                        return Err(e);
                     }
-                    Ok(None) => break,
-                    Err(e) => return Err(upstream_error(e)),
+                };
+            ctx.upstream_time = sent_at.elapsed();
+            open.finish().await;
+            return Ok(Handled::Reply(with_length(header, body.freeze())?));
+        }
+        // Each chunk is filtered straight from the connection's read buffer.
+        // Until `stream_responses_over_bytes` only the output is held back,
+        // so any failure is still a clean 502; past it the response streams.
+        let mut filter = StreamFilter::for_response(
+            route.response_records,
+            grants.read,
+            relative_to,
+            limits.max_json_depth,
+        );
+        // Output never exceeds the input by more than a `null` per replaced
+        // scalar; reserving the input size avoids regrowth.
+        let mut out = Vec::with_capacity(reserve);
+        let mut seen = 0usize;
+        loop {
+            match open.next_chunk().await {
+                Ok(Some(chunk)) => {
+                    seen += chunk.len();
+                    if seen > limits.max_response_body_bytes {
+                        open.abandon().await;
+                        return Err(upstream_error(UpstreamError::TooLarge));
+                    }
+                    if let Err(e) = filter.feed(chunk, &mut out) {
+                        open.abandon().await;
+                        return Err(unfilterable(e.failure()));
+                    }
+                    if seen > limits.stream_responses_over_bytes {
+                        let result = self
+                            .stream(session, ctx, open, header, filter, out, seen as u64)
+                            .await;
+                        return Ok(Handled::Streamed(result));
+                    }
                 }
+                Ok(None) => break,
+                Err(e) => return Err(upstream_error(e)),
             }
         }
         ctx.upstream_time = sent_at.elapsed();
         open.finish().await;
-        self.reply(
-            route,
-            bodiless,
-            header,
-            body.freeze(),
-            grants.read,
-            relative_to,
-        )
-        .map(Handled::Reply)
+        let removed = filter
+            .finish(&mut out)
+            .map_err(|e| unfilterable(e.failure()))?;
+        if removed > 0 {
+            metrics::FILTERED_RESPONSE.inc_by(removed as u64);
+        }
+        Ok(Handled::Reply(with_length(header, Bytes::from(out))?))
     }
 
-    /// Sends the response while filtering it. The header is already on the
-    /// wire, so a failure can no longer become a 502: the connection is cut
-    /// instead (no final chunk), and the client never sees a syntactically
-    /// complete unfiltered body.
+    /// Sends the rest of the response while filtering it. From here on the
+    /// header is on the wire, so a failure can no longer become a 502: the
+    /// connection is cut instead (no final chunk), and the client never sees
+    /// a syntactically complete unfiltered body. `out` holds what the first
+    /// `seen` bytes were filtered to.
     #[allow(clippy::too_many_arguments)]
     async fn stream(
         &self,
@@ -388,10 +407,9 @@ impl Gateway {
         ctx: &mut Ctx,
         mut open: crate::upstream::OpenResponse<'_>,
         mut header: ResponseHeader,
-        prefix: Bytes,
-        route: &Route,
-        read: &crate::schema::AccessTree,
-        relative_to: Option<&crate::schema::AttrPath>,
+        mut filter: StreamFilter<'_>,
+        mut out: Vec<u8>,
+        mut seen: u64,
     ) -> Result<()> {
         const FLUSH_AT: usize = 32 << 10;
         let limits = &self.settings.limits;
@@ -401,21 +419,15 @@ impl Gateway {
         session
             .write_response_header(Box::new(header), false)
             .await?;
-        let mut filter = StreamFilter::for_response(
-            route.response_records,
-            read,
-            relative_to,
-            limits.max_json_depth,
-        );
-        let mut out = Vec::with_capacity(2 * FLUSH_AT);
-        let mut seen: u64 = 0;
-        let mut pending = Some(prefix);
         let (reason, detail) = loop {
-            let next = match pending.take() {
-                Some(p) => Ok(Some(p)),
-                None => open.next_chunk().await,
-            };
-            match next {
+            if out.len() >= FLUSH_AT {
+                metrics::BYTES_OUT.inc_by(out.len() as u64);
+                let full = std::mem::replace(&mut out, Vec::with_capacity(2 * FLUSH_AT));
+                session
+                    .write_response_body(Some(Bytes::from(full)), false)
+                    .await?;
+            }
+            match open.next_chunk().await {
                 Ok(Some(chunk)) => {
                     seen += chunk.len() as u64;
                     if seen > limits.max_streamed_response_bytes {
@@ -424,15 +436,8 @@ impl Gateway {
                             "the upstream response exceeds the streaming limit".to_string(),
                         );
                     }
-                    if let Err(e) = filter.feed(&chunk, &mut out) {
+                    if let Err(e) = filter.feed(chunk, &mut out) {
                         break ("malformed", e.to_string());
-                    }
-                    if out.len() >= FLUSH_AT {
-                        metrics::BYTES_OUT.inc_by(out.len() as u64);
-                        let full = std::mem::replace(&mut out, Vec::with_capacity(2 * FLUSH_AT));
-                        session
-                            .write_response_body(Some(Bytes::from(full)), false)
-                            .await?;
                     }
                 }
                 Ok(None) => match filter.finish(&mut out) {
@@ -612,50 +617,6 @@ impl Gateway {
         Ok(r)
     }
 
-    fn reply(
-        &self,
-        route: &Route,
-        bodiless: bool,
-        mut header: ResponseHeader,
-        body: Bytes,
-        read: &crate::schema::AccessTree,
-        relative_to: Option<&crate::schema::AttrPath>,
-    ) -> std::result::Result<Reply, ApiError> {
-        if bodiless {
-            // HEAD keeps no Content-Length: the unfiltered length would tell
-            // the caller how much it is not allowed to see.
-            return Ok(Reply { header, body: None });
-        }
-        let body = if route.response_records == ResponseRecords::None {
-            body
-        } else {
-            let filtered = filter_response_bytes(
-                &body,
-                route.response_records,
-                read,
-                relative_to,
-                self.settings.limits.max_json_depth,
-            )
-            .map_err(|f: FilterFailure| {
-                metrics::FILTER_FAILURES
-                    .with_label_values(&["response", f.label()])
-                    .inc();
-                ApiError::bad_gateway("the upstream sent a response that could not be filtered")
-            })?;
-            if filtered.removed > 0 {
-                metrics::FILTERED_RESPONSE.inc_by(filtered.removed as u64);
-            }
-            Bytes::from(filtered.body)
-        };
-        header
-            .insert_header(header::CONTENT_LENGTH, HeaderValue::from(body.len()))
-            .map_err(|e| ApiError::internal(e.to_string()))?;
-        Ok(Reply {
-            header,
-            body: Some(body),
-        })
-    }
-
     async fn write_error(&self, session: &mut Session, ctx: &mut Ctx, e: &ApiError) -> Result<()> {
         ctx.decision = e.reason.label();
         let status = e.status(self.settings.capture_compat_status);
@@ -773,6 +734,41 @@ async fn write_whole_response(
     }
     session.write_response_tasks(tasks).await?;
     Ok(())
+}
+
+/// The response to send once the whole body is known.
+fn with_length(mut header: ResponseHeader, body: Bytes) -> std::result::Result<Reply, ApiError> {
+    header
+        .insert_header(header::CONTENT_LENGTH, HeaderValue::from(body.len()))
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(Reply {
+        header,
+        body: Some(body),
+    })
+}
+
+/// A response body that could not be filtered: counted, and never sent.
+fn unfilterable(f: FilterFailure) -> ApiError {
+    metrics::FILTER_FAILURES
+        .with_label_values(&["response", f.label()])
+        .inc();
+    ApiError::bad_gateway("the upstream sent a response that could not be filtered")
+}
+
+/// Reads a response body that has no records to filter (bounded by `limit`).
+async fn read_unfiltered(
+    open: &mut crate::upstream::OpenResponse<'_>,
+    reserve: usize,
+    limit: usize,
+) -> std::result::Result<BytesMut, ApiError> {
+    let mut body = BytesMut::with_capacity(reserve);
+    while let Some(chunk) = open.next_chunk().await.map_err(upstream_error)? {
+        if body.len() + chunk.len() > limit {
+            return Err(upstream_error(UpstreamError::TooLarge));
+        }
+        body.extend_from_slice(chunk);
+    }
+    Ok(body)
 }
 
 /// Reads the whole request body, refusing it once it passes `limit`.

@@ -193,6 +193,7 @@ impl Upstream {
                 upstream: self,
                 peer,
                 session,
+                held: None,
             });
         }
         Err(Attempt::NotSent(UpstreamError::Connect(
@@ -211,6 +212,8 @@ pub struct OpenResponse<'a> {
     upstream: &'a Upstream,
     peer: &'a HttpPeer,
     session: HttpSession,
+    /// The last chunk of a non-HTTP/1 body, which arrives as its own buffer.
+    held: Option<Bytes>,
 }
 
 impl OpenResponse<'_> {
@@ -221,11 +224,16 @@ impl OpenResponse<'_> {
             .ok_or_else(|| UpstreamError::Protocol("no response header".into()))
     }
 
-    pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, UpstreamError> {
-        self.session
-            .read_response_body()
-            .await
-            .map_err(|e| classify(&e))
+    /// The next piece of the body, borrowed from the connection's read
+    /// buffer (HTTP/1): valid until the next call, and never copied.
+    pub async fn next_chunk(&mut self) -> Result<Option<&[u8]>, UpstreamError> {
+        match &mut self.session {
+            HttpSession::H1(h1) => h1.read_body_ref().await.map_err(|e| classify(&e)),
+            other => {
+                self.held = other.read_response_body().await.map_err(|e| classify(&e))?;
+                Ok(self.held.as_deref())
+            }
+        }
     }
 
     /// The body was read to its end: the connection goes back to the pool.

@@ -386,6 +386,37 @@ fn malformed_stream_halfway_cuts_the_connection_without_a_final_chunk() {
     assert!(!text.contains("hidden-email"));
 }
 
+#[test]
+fn malformed_start_of_a_long_response_is_a_clean_502_before_anything_streams() {
+    let up = TestUpstream::start(|_| {
+        let results: Vec<Value> = (0..400).map(sample_record).collect();
+        let body = serde_json::to_vec(&json!({"stat": "ok", "results": results})).unwrap();
+        // Far longer than the streaming threshold, but broken in its first
+        // record: the filter sees that before the header would be sent.
+        let text = String::from_utf8(body).unwrap();
+        let broken = text.replacen("\"results\":[", "\"results\":[oops,", 1);
+        assert_ne!(broken, text);
+        Reply::bytes("application/json", broken.into_bytes())
+    });
+    let gw = GatewayBuilder::new(&up)
+        .setting("limits", json!({"stream_responses_over_bytes": 65536}))
+        .start();
+    let r = gw.raw(
+        &get_request(
+            "/entity.find?type_name=user",
+            "reader",
+            "Connection: close\r\n",
+        ),
+        false,
+    );
+    assert_eq!(r.status(), 502, "{r:?}");
+    assert!(r.header("transfer-encoding").is_none(), "{r:?}");
+    assert_eq!(content_length(&r), r.body.len());
+    let v: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["stat"], "error", "{v}");
+    assert!(!contains(&r.body, "hidden-email"));
+}
+
 /// Reads until `needle` has arrived (or the read time-out passes).
 fn read_until(s: &mut TcpStream, needle: &[u8]) -> Vec<u8> {
     let mut got = Vec::new();
