@@ -445,13 +445,17 @@ fn is_ws(b: u8) -> bool {
 /// lowest flagged byte of each word is always a real match (borrows only
 /// propagate upwards from a real match).
 #[inline(always)]
-fn find_special(s: &[u8], mut i: usize) -> usize {
+fn find_special(s: &[u8], i: usize) -> usize {
     const LO: u64 = 0x0101_0101_0101_0101;
     const HI: u64 = 0x8080_8080_8080_8080;
-    while let Some(word) = s.get(i..i + 8) {
-        let Ok(bytes) = <[u8; 8]>::try_from(word) else {
-            break;
-        };
+    let Some(rest) = s.get(i..) else {
+        return i;
+    };
+    let mut words = rest.chunks_exact(8);
+    let mut at = i;
+    for word in words.by_ref() {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(word);
         let w = u64::from_le_bytes(bytes);
         let q = w ^ (LO * u64::from(b'"'));
         let bs = w ^ (LO * u64::from(b'\\'));
@@ -460,17 +464,17 @@ fn find_special(s: &[u8], mut i: usize) -> usize {
             | (w.wrapping_sub(LO * 0x20) & !w))
             & HI;
         if m != 0 {
-            return i + (m.trailing_zeros() / 8) as usize;
+            return at + (m.trailing_zeros() / 8) as usize;
         }
-        i += 8;
+        at += 8;
     }
-    while let Some(&b) = s.get(i) {
+    for &b in words.remainder() {
         if b == b'"' || b == b'\\' || b < 0x20 {
-            return i;
+            return at;
         }
-        i += 1;
+        at += 1;
     }
-    i
+    at
 }
 
 /// Appends `src[from..to]`. Most keys, strings and numbers are a few bytes,
