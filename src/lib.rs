@@ -14,6 +14,7 @@ pub mod filter;
 pub mod gateway;
 pub mod header_deadline;
 pub mod json;
+pub mod log_format;
 pub mod management;
 pub mod metrics;
 pub mod oracle;

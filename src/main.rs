@@ -82,9 +82,12 @@ fn init_logging(
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_timer(recordgate::log_format::CachedUtc)
         .with_writer(writer);
     match format {
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Json => builder
+            .event_format(recordgate::log_format::JsonLines)
+            .init(),
         LogFormat::Human => builder.init(),
     }
     guard
