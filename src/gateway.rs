@@ -374,6 +374,12 @@ impl Gateway {
                         return Err(unfilterable(e.failure()));
                     }
                     if seen > limits.stream_responses_over_bytes {
+                        // Nothing is sent yet: past the streaming limit
+                        // already, this is still a clean 502.
+                        if seen as u64 > limits.max_streamed_response_bytes {
+                            open.abandon().await;
+                            return Err(upstream_error(UpstreamError::TooLarge));
+                        }
                         let result = self
                             .stream(session, ctx, open, header, filter, out, seen as u64)
                             .await;

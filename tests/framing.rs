@@ -417,6 +417,63 @@ fn malformed_start_of_a_long_response_is_a_clean_502_before_anything_streams() {
     assert!(!contains(&r.body, "hidden-email"));
 }
 
+fn long_find_body() -> Vec<u8> {
+    let results: Vec<Value> = (0..400).map(sample_record).collect();
+    serde_json::to_vec(&json!({"stat": "ok", "results": results})).unwrap()
+}
+
+#[test]
+fn response_past_the_streaming_limit_before_streaming_starts_is_a_clean_502() {
+    let up = TestUpstream::start(|_| Reply::bytes("application/json", long_find_body()));
+    let gw = GatewayBuilder::new(&up)
+        .setting(
+            "limits",
+            json!({"stream_responses_over_bytes": 1024, "max_streamed_response_bytes": 2048}),
+        )
+        .start();
+    let r = gw.raw(
+        &get_request(
+            "/entity.find?type_name=user",
+            "reader",
+            "Connection: close\r\n",
+        ),
+        false,
+    );
+    assert_eq!(r.status(), 502, "{r:?}");
+    assert_eq!(content_length(&r), r.body.len());
+    assert!(!contains(&r.body, "hidden-email"));
+}
+
+#[test]
+fn response_passing_the_streaming_limit_while_streaming_is_cut() {
+    let body = long_find_body();
+    let limit = body.len() as u64 - 1;
+    let up = TestUpstream::start(move |_| Reply::bytes("application/json", long_find_body()));
+    let gw = GatewayBuilder::new(&up)
+        .setting(
+            "limits",
+            json!({"stream_responses_over_bytes": 65536, "max_streamed_response_bytes": limit}),
+        )
+        .start();
+    let mut s = gw.connect();
+    s.write_all(&get_request(
+        "/entity.find?type_name=user",
+        "reader",
+        "Connection: close\r\n",
+    ))
+    .unwrap();
+    let mut raw = Vec::new();
+    // Bounded by the stream's read timeout; a cut connection ends the read.
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text:.200}");
+    assert!(
+        !text.ends_with("0\r\n\r\n"),
+        "the stream must not be terminated cleanly"
+    );
+    assert!(!text.contains("hidden-email"));
+}
+
 /// Reads until `needle` has arrived (or the read time-out passes).
 fn read_until(s: &mut TcpStream, needle: &[u8]) -> Vec<u8> {
     let mut got = Vec::new();
