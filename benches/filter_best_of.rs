@@ -33,6 +33,7 @@ fn main() {
     let chunk = args
         .iter()
         .find_map(|a| a.parse::<usize>().ok())
+        .filter(|&c| c > 0)
         .unwrap_or(usize::MAX);
 
     let mut store = Store::generate(52);

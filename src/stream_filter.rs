@@ -749,13 +749,8 @@ impl DetachedStreamFilter {
             self.carry_len = 0;
             self.run(roots, &seq[..full], out)?;
         }
-        // The SIMD check settles the common case; only a chunk it refuses
-        // (bad bytes, or a character cut by the chunk's end) takes std's
-        // slower check, which says where and why.
-        if simdutf8::basic::from_utf8(chunk).is_ok() {
-            return self.run(roots, chunk, out);
-        }
-        match std::str::from_utf8(chunk) {
+        // SIMD-checked; on refusal it says, like std, where and why.
+        match simdutf8::compat::from_utf8(chunk) {
             Ok(_) => self.run(roots, chunk, out),
             Err(e) => {
                 let good = e.valid_up_to();
