@@ -350,11 +350,37 @@ fn http_1_0_request_gets_a_complete_response() {
     assert_eq!(v["result"]["givenName"], "Ada7");
 }
 
+/// Far longer than the 64 KiB streaming threshold the tests below set.
+fn long_find_body() -> Vec<u8> {
+    let results: Vec<Value> = (0..400).map(sample_record).collect();
+    serde_json::to_vec(&json!({"stat": "ok", "results": results})).unwrap()
+}
+
+/// Reads a response that must have started streaming and then been cut:
+/// a 200 header, chunked, and no final chunk.
+fn read_cut_stream(gw: &Gateway, path: &str) -> String {
+    let mut s = gw.connect();
+    s.write_all(&get_request(path, "reader", "Connection: close\r\n"))
+        .unwrap();
+    let mut raw = Vec::new();
+    // Bounded by the stream's read timeout; a cut connection ends the read.
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text:.200}");
+    assert!(text
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked"));
+    assert!(
+        !text.ends_with("0\r\n\r\n"),
+        "the stream must not be terminated cleanly"
+    );
+    text
+}
+
 #[test]
 fn malformed_stream_halfway_cuts_the_connection_without_a_final_chunk() {
     let up = TestUpstream::start(|_| {
-        let results: Vec<Value> = (0..400).map(sample_record).collect();
-        let mut body = serde_json::to_vec(&json!({"stat": "ok", "results": results})).unwrap();
+        let mut body = long_find_body();
         // Break the JSON near the end, after the streaming threshold.
         let n = body.len();
         body.truncate(n - 40);
@@ -364,36 +390,16 @@ fn malformed_stream_halfway_cuts_the_connection_without_a_final_chunk() {
     let gw = GatewayBuilder::new(&up)
         .setting("limits", json!({"stream_responses_over_bytes": 65536}))
         .start();
-    let mut s = gw.connect();
-    s.write_all(&get_request(
-        "/entity.find?type_name=user",
-        "reader",
-        "Connection: close\r\n",
-    ))
-    .unwrap();
-    let mut raw = Vec::new();
-    // Bounded by the stream's read timeout; a cut connection ends the read.
-    let _ = s.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw);
-    assert!(text.starts_with("HTTP/1.1 200"), "{text:.200}");
-    assert!(text
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked"));
-    assert!(
-        !text.ends_with("0\r\n\r\n"),
-        "the stream must not be terminated cleanly"
-    );
+    let text = read_cut_stream(&gw, "/entity.find?type_name=user");
     assert!(!text.contains("hidden-email"));
 }
 
 #[test]
 fn malformed_start_of_a_long_response_is_a_clean_502_before_anything_streams() {
     let up = TestUpstream::start(|_| {
-        let results: Vec<Value> = (0..400).map(sample_record).collect();
-        let body = serde_json::to_vec(&json!({"stat": "ok", "results": results})).unwrap();
         // Far longer than the streaming threshold, but broken in its first
         // record: the filter sees that before the header would be sent.
-        let text = String::from_utf8(body).unwrap();
+        let text = String::from_utf8(long_find_body()).unwrap();
         let broken = text.replacen("\"results\":[", "\"results\":[oops,", 1);
         assert_ne!(broken, text);
         Reply::bytes("application/json", broken.into_bytes())
@@ -415,11 +421,6 @@ fn malformed_start_of_a_long_response_is_a_clean_502_before_anything_streams() {
     let v: Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(v["stat"], "error", "{v}");
     assert!(!contains(&r.body, "hidden-email"));
-}
-
-fn long_find_body() -> Vec<u8> {
-    let results: Vec<Value> = (0..400).map(sample_record).collect();
-    serde_json::to_vec(&json!({"stat": "ok", "results": results})).unwrap()
 }
 
 #[test]
@@ -448,29 +449,14 @@ fn response_past_the_streaming_limit_before_streaming_starts_is_a_clean_502() {
 fn response_passing_the_streaming_limit_while_streaming_is_cut() {
     let body = long_find_body();
     let limit = body.len() as u64 - 1;
-    let up = TestUpstream::start(move |_| Reply::bytes("application/json", long_find_body()));
+    let up = TestUpstream::start(move |_| Reply::bytes("application/json", body.clone()));
     let gw = GatewayBuilder::new(&up)
         .setting(
             "limits",
             json!({"stream_responses_over_bytes": 65536, "max_streamed_response_bytes": limit}),
         )
         .start();
-    let mut s = gw.connect();
-    s.write_all(&get_request(
-        "/entity.find?type_name=user",
-        "reader",
-        "Connection: close\r\n",
-    ))
-    .unwrap();
-    let mut raw = Vec::new();
-    // Bounded by the stream's read timeout; a cut connection ends the read.
-    let _ = s.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw);
-    assert!(text.starts_with("HTTP/1.1 200"), "{text:.200}");
-    assert!(
-        !text.ends_with("0\r\n\r\n"),
-        "the stream must not be terminated cleanly"
-    );
+    let text = read_cut_stream(&gw, "/entity.find?type_name=user");
     assert!(!text.contains("hidden-email"));
 }
 
