@@ -365,7 +365,13 @@ impl Gateway {
             match open.next_chunk().await {
                 Ok(Some(chunk)) => {
                     seen += chunk.len();
-                    if seen > limits.max_response_body_bytes {
+                    let streams = seen > limits.stream_responses_over_bytes;
+                    // Nothing is sent yet, so either limit is still a clean
+                    // 502: the buffered one, or the streaming one if this
+                    // chunk would start the stream already past it.
+                    if seen > limits.max_response_body_bytes
+                        || (streams && seen as u64 > limits.max_streamed_response_bytes)
+                    {
                         open.abandon().await;
                         return Err(upstream_error(UpstreamError::TooLarge));
                     }
@@ -373,13 +379,7 @@ impl Gateway {
                         open.abandon().await;
                         return Err(unfilterable(e.failure()));
                     }
-                    if seen > limits.stream_responses_over_bytes {
-                        // Nothing is sent yet: past the streaming limit
-                        // already, this is still a clean 502.
-                        if seen as u64 > limits.max_streamed_response_bytes {
-                            open.abandon().await;
-                            return Err(upstream_error(UpstreamError::TooLarge));
-                        }
+                    if streams {
                         let result = self
                             .stream(session, ctx, open, header, filter, out, seen as u64)
                             .await;
