@@ -11,6 +11,7 @@
 //! of day are formatted once a second per thread.
 
 use std::cell::RefCell;
+use std::convert::Infallible;
 use std::fmt::{self, Write as _};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -41,20 +42,20 @@ thread_local! {
 
 impl FormatTime for CachedUtc {
     fn format_time(&self, w: &mut Writer<'_>) -> fmt::Result {
-        let mut text = Vec::with_capacity(32);
-        write_now(&mut text);
-        w.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)
+        now_rfc3339(|piece| w.write_str(piece))
     }
 }
 
-fn write_now(out: &mut Vec<u8>) {
+/// Hands the current time to `put` as two pieces: the cached date and time
+/// of day, then the microseconds and `Z`.
+fn now_rfc3339<E>(put: impl FnMut(&str) -> Result<(), E>) -> Result<(), E> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
-    write_rfc3339(out, now.as_secs(), now.subsec_micros());
+    rfc3339(now.as_secs(), now.subsec_micros(), put)
 }
 
-fn write_rfc3339(out: &mut Vec<u8>, secs: u64, micros: u32) {
+fn rfc3339<E>(secs: u64, micros: u32, mut put: impl FnMut(&str) -> Result<(), E>) -> Result<(), E> {
     SECOND.with(|cell| match cell.try_borrow_mut() {
         Ok(mut cached) => {
             let second = match cached.as_mut() {
@@ -64,10 +65,10 @@ fn write_rfc3339(out: &mut Vec<u8>, secs: u64, micros: u32) {
                     text: format_second(secs),
                 }),
             };
-            out.extend_from_slice(second.text.as_bytes());
+            put(&second.text)
         }
-        Err(_) => out.extend_from_slice(format_second(secs).as_bytes()),
-    });
+        Err(_) => put(&format_second(secs)),
+    })?;
     let mut frac = *b".000000Z";
     let mut rest = micros.min(999_999);
     for digit in frac[1..7].iter_mut().rev() {
@@ -75,7 +76,8 @@ fn write_rfc3339(out: &mut Vec<u8>, secs: u64, micros: u32) {
         *digit = b'0' + (rest % 10) as u8;
         rest /= 10;
     }
-    out.extend_from_slice(&frac);
+    // ASCII digits and punctuation only, so the fallback is never taken.
+    put(std::str::from_utf8(&frac).unwrap_or(".000000Z"))
 }
 
 fn format_second(secs: u64) -> String {
@@ -129,7 +131,10 @@ fn write_line(
     let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
     line.clear();
     line.extend_from_slice(b"{\"timestamp\":\"");
-    write_now(line);
+    let _ = now_rfc3339(|piece| {
+        line.extend_from_slice(piece.as_bytes());
+        Ok::<(), Infallible>(())
+    });
     line.extend_from_slice(b"\",\"level\":\"");
     line.extend_from_slice(meta.level().as_str().as_bytes());
     line.extend_from_slice(b"\",\"fields\":{");
@@ -218,9 +223,12 @@ mod tests {
     use super::*;
 
     fn render(secs: u64, micros: u32) -> String {
-        let mut out = Vec::new();
-        write_rfc3339(&mut out, secs, micros);
-        String::from_utf8(out).expect("ASCII")
+        let mut out = String::new();
+        let _ = rfc3339(secs, micros, |piece| {
+            out.push_str(piece);
+            Ok::<(), Infallible>(())
+        });
+        out
     }
 
     #[test]
