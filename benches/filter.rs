@@ -6,17 +6,13 @@
 //!
 //! Run with `cargo bench --bench filter`; takes about a minute.
 
-use std::path::Path;
 use std::time::Duration;
 
 use criterion::{
     criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
 };
-use recordgate::demo_upstream::{Params, Store};
-use recordgate::policy::store::load_policy_file;
 use recordgate::response_filter::filter_response;
 use recordgate::routes::ResponseRecords;
-use recordgate::schema::{AccessTree, AttrPath};
 use recordgate::stream_filter::{filter_response_bytes, StreamFilter};
 
 // The allocator the gateway binary runs with (src/main.rs).
@@ -24,62 +20,10 @@ use recordgate::stream_filter::{filter_response_bytes, StreamFilter};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use serde_json::{json, Value};
 
+mod common;
+use common::{find_body, records, schemas};
+
 const MAX_DEPTH: usize = 64;
-
-/// `count` records from the demo store, paged like a client would.
-fn records(count: usize) -> Vec<Value> {
-    let mut store = Store::generate(count);
-    let mut out = Vec::with_capacity(count);
-    while out.len() < count {
-        let params: Params = [
-            ("type_name", "user".to_owned()),
-            ("max_results", (count - out.len()).min(1000).to_string()),
-            ("first_result", (out.len() + 1).to_string()),
-        ]
-        .into_iter()
-        .collect();
-        let page = store.handle("entity.find", &params);
-        let Some(results) = page.get("results").and_then(Value::as_array) else {
-            panic!("demo store returned no results: {page}");
-        };
-        assert!(!results.is_empty(), "demo store ran out of records");
-        out.extend(results.iter().cloned());
-    }
-    out
-}
-
-fn find_body(records: &[Value]) -> Vec<u8> {
-    serde_json::to_vec(&json!({
-        "stat": "ok",
-        "result_count": records.len(),
-        "results": records,
-    }))
-    .expect("serialise body")
-}
-
-struct Schemas {
-    narrow: AccessTree,
-    wide: AccessTree,
-}
-
-fn schemas() -> Schemas {
-    let policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/policy.yaml");
-    let snap = load_policy_file(&policy, 1).expect("demo policy loads");
-    let narrow = snap.clients["partner-readonly"].schemas["user"]
-        .read
-        .as_deref()
-        .cloned()
-        .expect("partner has a read schema");
-    let def = &snap.entity_types["user"].def;
-    let wide_paths: Vec<AttrPath> = def
-        .attr_defs
-        .iter()
-        .filter(|d| d.name != "internal" && d.name != "aboutMe")
-        .map(|d| AttrPath::parse(&d.name).expect("attribute name is a path"))
-        .collect();
-    let wide = def.read_tree(&wide_paths).expect("wide schema compiles");
-    Schemas { narrow, wide }
-}
 
 fn bench_filter(c: &mut Criterion) {
     let schemas = schemas();

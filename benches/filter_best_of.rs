@@ -10,14 +10,15 @@
 //! `CHUNK_BYTES` feeds the body in chunks of that size (the gateway gets
 //! Pingora's reads: up to 64 KiB), to measure what a chunk boundary costs.
 
-use std::path::Path;
 use std::time::Instant;
 
-use recordgate::demo_upstream::{Params, Store};
-use recordgate::policy::store::load_policy_file;
 use recordgate::routes::ResponseRecords;
 use recordgate::stream_filter::StreamFilter;
-use serde_json::{json, Value};
+
+// Shared with the criterion bench, whose wide schema this one does not use.
+#[allow(dead_code)]
+mod common;
+use common::{find_body, records, schemas};
 
 // The allocator the gateway binary runs with (src/main.rs).
 #[global_allocator]
@@ -36,32 +37,8 @@ fn main() {
         .filter(|&c| c > 0)
         .unwrap_or(usize::MAX);
 
-    let mut store = Store::generate(52);
-    let params: Params = [
-        ("type_name", "user".to_owned()),
-        ("max_results", "52".to_owned()),
-    ]
-    .into_iter()
-    .collect();
-    let page = store.handle("entity.find", &params);
-    let records = page
-        .get("results")
-        .and_then(Value::as_array)
-        .cloned()
-        .expect("the demo store returns records");
-    let body = serde_json::to_vec(&json!({
-        "stat": "ok",
-        "result_count": records.len(),
-        "results": records,
-    }))
-    .expect("serialise body");
-    let policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/policy.yaml");
-    let snap = load_policy_file(&policy, 1).expect("demo policy loads");
-    let narrow = snap.clients["partner-readonly"].schemas["user"]
-        .read
-        .as_deref()
-        .cloned()
-        .expect("partner has a read schema");
+    let body = find_body(&records(52));
+    let narrow = schemas().narrow;
 
     let (batches, runs) = if quick { (1, 1) } else { (30, 200) };
     let mut out = Vec::with_capacity(body.len());
