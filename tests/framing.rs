@@ -113,14 +113,7 @@ fn large_filtered_find_has_an_exact_content_length() {
         Reply::json(json!({"stat": "ok", "result_count": 200, "results": results}))
     });
     let gw = GatewayBuilder::new(&up).start();
-    let r = gw.raw(
-        &get_request(
-            "/entity.find?type_name=user",
-            "reader",
-            "Connection: close\r\n",
-        ),
-        false,
-    );
+    let r = find_once(&gw);
     assert_eq!(r.status(), 200);
     assert!(r.header("transfer-encoding").is_none(), "{r:?}");
     assert_eq!(content_length(&r), r.body.len());
@@ -138,14 +131,7 @@ fn response_over_the_streaming_threshold_is_streamed_chunked_and_filtered() {
     let gw = GatewayBuilder::new(&up)
         .setting("limits", json!({"stream_responses_over_bytes": 65536}))
         .start();
-    let r = gw.raw(
-        &get_request(
-            "/entity.find?type_name=user",
-            "reader",
-            "Connection: close\r\n",
-        ),
-        false,
-    );
+    let r = find_once(&gw);
     assert_eq!(r.status(), 200);
     assert_eq!(r.header("transfer-encoding"), Some("chunked"), "{r:?}");
     assert!(r.header("content-length").is_none(), "{r:?}");
@@ -350,6 +336,18 @@ fn http_1_0_request_gets_a_complete_response() {
     assert_eq!(v["result"]["givenName"], "Ada7");
 }
 
+/// One `/entity.find` as the reader, on a connection closed after it.
+fn find_once(gw: &Gateway) -> RawResponse {
+    gw.raw(
+        &get_request(
+            "/entity.find?type_name=user",
+            "reader",
+            "Connection: close\r\n",
+        ),
+        false,
+    )
+}
+
 /// Far longer than the 64 KiB streaming threshold the tests below set.
 fn long_find_body() -> Vec<u8> {
     let results: Vec<Value> = (0..400).map(sample_record).collect();
@@ -407,14 +405,7 @@ fn malformed_start_of_a_long_response_is_a_clean_502_before_anything_streams() {
     let gw = GatewayBuilder::new(&up)
         .setting("limits", json!({"stream_responses_over_bytes": 65536}))
         .start();
-    let r = gw.raw(
-        &get_request(
-            "/entity.find?type_name=user",
-            "reader",
-            "Connection: close\r\n",
-        ),
-        false,
-    );
+    let r = find_once(&gw);
     assert_eq!(r.status(), 502, "{r:?}");
     assert!(r.header("transfer-encoding").is_none(), "{r:?}");
     assert_eq!(content_length(&r), r.body.len());
@@ -432,14 +423,7 @@ fn response_past_the_streaming_limit_before_streaming_starts_is_a_clean_502() {
             json!({"stream_responses_over_bytes": 1024, "max_streamed_response_bytes": 2048}),
         )
         .start();
-    let r = gw.raw(
-        &get_request(
-            "/entity.find?type_name=user",
-            "reader",
-            "Connection: close\r\n",
-        ),
-        false,
-    );
+    let r = find_once(&gw);
     assert_eq!(r.status(), 502, "{r:?}");
     assert_eq!(content_length(&r), r.body.len());
     assert!(!contains(&r.body, "hidden-email"));
