@@ -26,4 +26,5 @@ pub mod schema;
 pub mod server;
 pub mod settings;
 pub mod stream_filter;
+pub mod string_ends;
 pub mod upstream;

@@ -33,6 +33,7 @@ use crate::json::MAX_SUPPORTED_DEPTH;
 use crate::response_filter::{FilterFailure, Filtered};
 use crate::routes::ResponseRecords;
 use crate::schema::{key_hash, key_word, AccessTree, AttrPath};
+use crate::string_ends;
 
 /// One slot per possible open container; the depth limit never exceeds
 /// [`MAX_SUPPORTED_DEPTH`].
@@ -599,6 +600,8 @@ pub struct DetachedStreamFilter {
     failed: Option<StreamError>,
     /// The fast path's key stack, kept for reuse.
     fast_keys: Vec<FastKey>,
+    /// The current chunk's [`string_ends`] marks, kept for reuse.
+    string_ends: Vec<u64>,
     /// Absolute offset where the fast path last gave up.
     no_fast_until: u64,
 }
@@ -655,6 +658,7 @@ impl DetachedStreamFilter {
             shape_error: false,
             failed: None,
             fast_keys: Vec::with_capacity(64),
+            string_ends: Vec::new(),
             no_fast_until: 0,
         }
     }
@@ -851,6 +855,8 @@ impl DetachedStreamFilter {
                 *trees.get_mut(d).ok_or(StreamError::Internal)? = Some(tree);
             }
         }
+        let mut ends = std::mem::take(&mut self.string_ends);
+        string_ends::mark(input, &mut ends);
         let n = input.len();
         let mut i = 0;
         while i < n {
@@ -886,7 +892,7 @@ impl DetachedStreamFilter {
                         self.close(b, i, out)?;
                         i += 1;
                     } else {
-                        i = match self.try_fast(roots, &trees, input, i, out) {
+                        i = match self.try_fast(roots, &trees, input, &ends, i, out) {
                             Some(end) => end,
                             None => self.start_value(roots, &mut trees, input, i, out)?,
                         };
@@ -919,6 +925,7 @@ impl DetachedStreamFilter {
             }
         }
         self.offset += n as u64;
+        self.string_ends = ends;
         Ok(())
     }
 
@@ -930,6 +937,7 @@ impl DetachedStreamFilter {
         roots: Roots<'r>,
         trees: &[Option<&'r AccessTree>; TREE_SLOTS],
         input: &[u8],
+        ends: &[u64],
         i: usize,
         out: &mut Vec<u8>,
     ) -> Option<usize> {
@@ -992,6 +1000,7 @@ impl DetachedStreamFilter {
         keys.clear();
         let mut fast = Fast {
             input,
+            ends,
             out,
             keys: &mut keys,
             removed,
@@ -1510,6 +1519,8 @@ enum Plan<'r> {
 /// what was written.
 struct Fast<'a> {
     input: &'a [u8],
+    /// `input`'s [`string_ends`] marks.
+    ends: &'a [u64],
     out: &'a mut Vec<u8>,
     keys: &'a mut Vec<FastKey>,
     removed: usize,
@@ -1632,7 +1643,7 @@ impl Fast<'_> {
     fn string(&self, i: usize) -> Result<usize, Bail> {
         let mut j = i;
         loop {
-            j = find_special(self.input, j);
+            j = string_ends::next(self.ends, j);
             match self.byte(j)? {
                 b'"' => return Ok(j + 1),
                 b'\\' => j = self.escape(j + 1)?,
@@ -1677,7 +1688,7 @@ impl Fast<'_> {
     /// and the key's [`key_word`].
     #[inline(always)]
     fn key(&mut self, i: usize, base: usize, seen: &mut u64) -> Result<(usize, u64), Bail> {
-        let end = find_special(self.input, i);
+        let end = string_ends::next(self.ends, i);
         if self.byte(end)? != b'"' {
             return Err(end);
         }

@@ -1,0 +1,123 @@
+//! Marks, one bit per byte, where plain string content ends: a quote, a
+//! backslash or a control character.
+//!
+//! The filter's fast path used to find the end of each key and string with a
+//! loop over eight-byte words. Its exit depends on the string's length, which
+//! no branch predictor guesses, so nearly every string cost a mispredicted
+//! branch. Classifying the whole chunk up front is a branch-free pass, and the
+//! end of a string is then a shift and a `trailing_zeros` on one word.
+
+/// Bits per word of marks.
+const BLOCK: usize = 64;
+
+/// Fills `marks` for `input`: bit `i % 64` of word `i / 64` is set when
+/// `input[i]` ends plain string content. Positions past the end of `input`
+/// in the last word are set too, so a search never runs off the marks.
+pub fn mark(input: &[u8], marks: &mut Vec<u64>) {
+    marks.clear();
+    marks.reserve(input.len() / BLOCK + 1);
+    let mut blocks = input.chunks_exact(BLOCK);
+    for block in blocks.by_ref() {
+        let mut bytes = [0u8; BLOCK];
+        bytes.copy_from_slice(block);
+        marks.push(classify(&bytes));
+    }
+    let rest = blocks.remainder();
+    // The tail is padded with quotes, which are marked like the real ends.
+    let mut bytes = [b'"'; BLOCK];
+    bytes[..rest.len()].copy_from_slice(rest);
+    marks.push(classify(&bytes));
+}
+
+/// The first position at or after `i` whose mark is set; `input.len()` (or
+/// `i`, when `i` is past it) if there is none. `marks` is what [`mark`] made
+/// for the same input.
+#[inline(always)]
+pub fn next(marks: &[u64], i: usize) -> usize {
+    let mut word = i / BLOCK;
+    let Some(&first) = marks.get(word) else {
+        return i;
+    };
+    let mut m = first & (u64::MAX << (i % BLOCK));
+    loop {
+        if m != 0 {
+            return word * BLOCK + m.trailing_zeros() as usize;
+        }
+        word += 1;
+        match marks.get(word) {
+            Some(&w) => m = w,
+            None => return word * BLOCK,
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn classify(bytes: &[u8; BLOCK]) -> u64 {
+    use safe_arch::{
+        cmp_eq_mask_i8_m128i, load_unaligned_m128i, min_u8_m128i, move_mask_i8_m128i,
+        set_splat_i8_m128i,
+    };
+    let quote = set_splat_i8_m128i(b'"' as i8);
+    let backslash = set_splat_i8_m128i(b'\\' as i8);
+    let below_space = set_splat_i8_m128i(0x1f);
+    let mut m = 0u64;
+    for (k, lane) in bytes.chunks_exact(16).enumerate() {
+        let mut sixteen = [0u8; 16];
+        sixteen.copy_from_slice(lane);
+        let v = load_unaligned_m128i(&sixteen);
+        // min(v, 0x1f) == v exactly when v <= 0x1f (unsigned).
+        let control = cmp_eq_mask_i8_m128i(min_u8_m128i(v, below_space), v);
+        let hit = cmp_eq_mask_i8_m128i(v, quote) | cmp_eq_mask_i8_m128i(v, backslash) | control;
+        m |= u64::from(move_mask_i8_m128i(hit) as u16) << (16 * k);
+    }
+    m
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+fn classify(bytes: &[u8; BLOCK]) -> u64 {
+    bytes.iter().enumerate().fold(0u64, |m, (k, &b)| {
+        m | (u64::from(b == b'"' || b == b'\\' || b < 0x20) << k)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{mark, next};
+
+    fn naive(s: &[u8], i: usize) -> usize {
+        (i..s.len())
+            .find(|&k| s[k] == b'"' || s[k] == b'\\' || s[k] < 0x20)
+            .unwrap_or(s.len().max(i))
+    }
+
+    #[test]
+    fn next_agrees_with_the_definition() {
+        let alphabet = [b'a', b'"', b'\\', 0x1f, 0x20, 0x7f, 0x80, 0xff, 0x00, b'\n'];
+        let mut marks = Vec::new();
+        for len in [0usize, 1, 15, 16, 17, 63, 64, 65, 127, 128, 129, 200] {
+            for seed in 0..40u64 {
+                // A sparse, deterministic sprinkling of every byte class.
+                let s: Vec<u8> = (0..len as u64)
+                    .map(|k| {
+                        let h = (k + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ seed.wrapping_mul(31);
+                        if h % 23 < 2 {
+                            alphabet[(h % alphabet.len() as u64) as usize]
+                        } else {
+                            b'x'
+                        }
+                    })
+                    .collect();
+                mark(&s, &mut marks);
+                for start in 0..=len + 2 {
+                    assert_eq!(
+                        next(&marks, start),
+                        naive(&s, start),
+                        "len {len} seed {seed} start {start}"
+                    );
+                }
+            }
+        }
+    }
+}
