@@ -1539,19 +1539,27 @@ impl Fast<'_> {
         self.input.get(i).copied().ok_or(i)
     }
 
-    /// The first byte at or after `i` that is not whitespace. When copying,
-    /// whitespace ends the copied run, as the state machine drops it too.
+    /// The first byte at or after `i` that is not whitespace, and where it
+    /// is: the caller dispatches on it without loading it again. When
+    /// copying, whitespace ends the copied run, as the state machine drops
+    /// it too.
     #[inline(always)]
-    fn ws<const EMIT: bool>(&mut self, i: usize) -> Result<usize, Bail> {
+    fn ws<const EMIT: bool>(&mut self, i: usize) -> Result<(usize, u8), Bail> {
+        let mut b = self.byte(i)?;
+        // Every byte that may come next in valid JSON is above the space.
+        if b > b' ' {
+            return Ok((i, b));
+        }
         let mut j = i;
-        while is_ws(self.byte(j)?) {
+        while is_ws(b) {
             j += 1;
+            b = self.byte(j)?;
         }
         if EMIT && j > i {
             self.flush(i);
             self.span = j;
         }
-        Ok(j)
+        Ok((j, b))
     }
 
     #[inline(always)]
@@ -1576,8 +1584,15 @@ impl Fast<'_> {
     }
 
     /// Validates one value, copying it when `EMIT`; returns where it ends.
+    #[inline(always)]
     fn value<const EMIT: bool>(&mut self, i: usize) -> Result<usize, Bail> {
-        match self.byte(i)? {
+        let b = self.byte(i)?;
+        self.value_at::<EMIT>(i, b)
+    }
+
+    /// [`value`](Self::value) when its first byte `b` is known.
+    fn value_at<const EMIT: bool>(&mut self, i: usize, b: u8) -> Result<usize, Bail> {
+        match b {
             b'"' => self.string(i + 1),
             b'{' => self.object::<EMIT>(i),
             b'[' => self.array::<EMIT>(i),
@@ -1592,8 +1607,15 @@ impl Fast<'_> {
     /// Copies one value as whole runs of input, without its whitespace.
     #[inline]
     fn copy(&mut self, i: usize) -> Result<usize, Bail> {
+        let b = self.byte(i)?;
+        self.copy_at(i, b)
+    }
+
+    /// [`copy`](Self::copy) when the value's first byte `b` is known.
+    #[inline]
+    fn copy_at(&mut self, i: usize, b: u8) -> Result<usize, Bail> {
         self.span = i;
-        let end = self.value::<true>(i)?;
+        let end = self.value_at::<true>(i, b)?;
         self.flush(end);
         Ok(end)
     }
@@ -1728,52 +1750,52 @@ impl Fast<'_> {
         self.open(i)?;
         let base = self.keys.len();
         let mut seen = 0u64;
-        let mut j = self.ws::<EMIT>(i + 1)?;
-        if self.byte(j)? == b'}' {
+        let (mut j, mut b) = self.ws::<EMIT>(i + 1)?;
+        if b == b'}' {
             self.close();
             return Ok(j + 1);
         }
         loop {
-            if self.byte(j)? != b'"' {
+            if b != b'"' {
                 return Err(j);
             }
             let (end, _) = self.key(j + 1, base, &mut seen)?;
-            j = self.ws::<EMIT>(end)?;
-            if self.byte(j)? != b':' {
-                return Err(j);
+            let (colon, c) = self.ws::<EMIT>(end)?;
+            if c != b':' {
+                return Err(colon);
             }
-            j = self.ws::<EMIT>(j + 1)?;
-            j = self.value::<EMIT>(j)?;
-            j = self.ws::<EMIT>(j)?;
-            match self.byte(j)? {
-                b',' => j = self.ws::<EMIT>(j + 1)?,
+            let (v, first) = self.ws::<EMIT>(colon + 1)?;
+            let after = self.value_at::<EMIT>(v, first)?;
+            let (sep, s) = self.ws::<EMIT>(after)?;
+            match s {
+                b',' => (j, b) = self.ws::<EMIT>(sep + 1)?,
                 b'}' => {
                     self.keys.truncate(base);
                     self.close();
-                    return Ok(j + 1);
+                    return Ok(sep + 1);
                 }
-                _ => return Err(j),
+                _ => return Err(sep),
             }
         }
     }
 
     fn array<const EMIT: bool>(&mut self, i: usize) -> Result<usize, Bail> {
         self.open(i)?;
-        let mut j = self.ws::<EMIT>(i + 1)?;
-        if self.byte(j)? == b']' {
+        let (mut j, mut b) = self.ws::<EMIT>(i + 1)?;
+        if b == b']' {
             self.close();
             return Ok(j + 1);
         }
         loop {
-            j = self.value::<EMIT>(j)?;
-            j = self.ws::<EMIT>(j)?;
-            match self.byte(j)? {
-                b',' => j = self.ws::<EMIT>(j + 1)?,
+            let after = self.value_at::<EMIT>(j, b)?;
+            let (sep, s) = self.ws::<EMIT>(after)?;
+            match s {
+                b',' => (j, b) = self.ws::<EMIT>(sep + 1)?,
                 b']' => {
                     self.close();
-                    return Ok(j + 1);
+                    return Ok(sep + 1);
                 }
-                _ => return Err(j),
+                _ => return Err(sep),
             }
         }
     }
@@ -1799,10 +1821,11 @@ impl Fast<'_> {
         &mut self,
         tree: &AccessTree,
         i: usize,
+        b: u8,
         first: &mut bool,
         key: Option<(usize, usize)>,
     ) -> Result<usize, Bail> {
-        match self.byte(i)? {
+        match b {
             b'{' => {
                 self.member(first, key);
                 self.project_object(tree, i)
@@ -1813,11 +1836,11 @@ impl Fast<'_> {
             }
             b'n' => {
                 self.member(first, key);
-                self.copy(i)
+                self.copy_at(i, b)
             }
             _ => {
                 self.removed += 1;
-                self.value::<false>(i)
+                self.value_at::<false>(i, b)
             }
         }
     }
@@ -1830,45 +1853,45 @@ impl Fast<'_> {
         let mut seen = 0u64;
         let mut first = true;
         let input = self.input;
-        let mut j = self.ws::<false>(i + 1)?;
-        if self.byte(j)? == b'}' {
+        let (mut j, mut b) = self.ws::<false>(i + 1)?;
+        if b == b'}' {
             self.out.push(b'}');
             self.close();
             return Ok(j + 1);
         }
         loop {
-            if self.byte(j)? != b'"' {
+            if b != b'"' {
                 return Err(j);
             }
             let quoted = j;
             let (end, word) = self.key(j + 1, base, &mut seen)?;
             let key = input.get(j + 1..end - 1).ok_or(j)?;
-            j = self.ws::<false>(end)?;
-            if self.byte(j)? != b':' {
-                return Err(j);
+            let (colon, c) = self.ws::<false>(end)?;
+            if c != b':' {
+                return Err(colon);
             }
-            j = self.ws::<false>(j + 1)?;
-            j = match tree.child_word(key, word) {
+            let (v, vb) = self.ws::<false>(colon + 1)?;
+            let after = match tree.child_word(key, word) {
                 None => {
                     self.removed += 1;
-                    self.value::<false>(j)?
+                    self.value_at::<false>(v, vb)?
                 }
                 Some(t) if t.is_all() => {
                     self.member(&mut first, Some((quoted, end)));
-                    self.copy(j)?
+                    self.copy_at(v, vb)?
                 }
-                Some(t) => self.partial(t, j, &mut first, Some((quoted, end)))?,
+                Some(t) => self.partial(t, v, vb, &mut first, Some((quoted, end)))?,
             };
-            j = self.ws::<false>(j)?;
-            match self.byte(j)? {
-                b',' => j = self.ws::<false>(j + 1)?,
+            let (sep, s) = self.ws::<false>(after)?;
+            match s {
+                b',' => (j, b) = self.ws::<false>(sep + 1)?,
                 b'}' => {
                     self.out.push(b'}');
                     self.keys.truncate(base);
                     self.close();
-                    return Ok(j + 1);
+                    return Ok(sep + 1);
                 }
-                _ => return Err(j),
+                _ => return Err(sep),
             }
         }
     }
@@ -1879,23 +1902,23 @@ impl Fast<'_> {
         self.open(i)?;
         self.out.push(b'[');
         let mut first = true;
-        let mut j = self.ws::<false>(i + 1)?;
-        if self.byte(j)? == b']' {
+        let (mut j, mut b) = self.ws::<false>(i + 1)?;
+        if b == b']' {
             self.out.push(b']');
             self.close();
             return Ok(j + 1);
         }
         loop {
-            j = self.partial(tree, j, &mut first, None)?;
-            j = self.ws::<false>(j)?;
-            match self.byte(j)? {
-                b',' => j = self.ws::<false>(j + 1)?,
+            let after = self.partial(tree, j, b, &mut first, None)?;
+            let (sep, s) = self.ws::<false>(after)?;
+            match s {
+                b',' => (j, b) = self.ws::<false>(sep + 1)?,
                 b']' => {
                     self.out.push(b']');
                     self.close();
-                    return Ok(j + 1);
+                    return Ok(sep + 1);
                 }
-                _ => return Err(j),
+                _ => return Err(sep),
             }
         }
     }
