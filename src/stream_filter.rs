@@ -604,6 +604,12 @@ pub struct DetachedStreamFilter {
     string_ends: Vec<u64>,
     /// Absolute offset where the fast path last gave up.
     no_fast_until: u64,
+    /// It gave up there because the value ran past the chunk's end, not
+    /// because of anything in the input.
+    cut_by_chunk_end: bool,
+    /// Bytes of the current chunk the fast path may still scan a second
+    /// time (see `try_fast`).
+    rescan_budget: usize,
 }
 
 impl DetachedStreamFilter {
@@ -660,6 +666,8 @@ impl DetachedStreamFilter {
             fast_keys: Vec::with_capacity(64),
             string_ends: Vec::new(),
             no_fast_until: 0,
+            cut_by_chunk_end: false,
+            rescan_budget: 0,
         }
     }
 
@@ -857,6 +865,7 @@ impl DetachedStreamFilter {
         }
         let mut ends = std::mem::take(&mut self.string_ends);
         string_ends::mark(input, &mut ends);
+        self.rescan_budget = input.len();
         let n = input.len();
         let mut i = 0;
         while i < n {
@@ -942,9 +951,13 @@ impl DetachedStreamFilter {
         out: &mut Vec<u8>,
     ) -> Option<usize> {
         // Values that start before the last bail are left to the state
-        // machine, so no byte is run through the fast path twice, however
-        // the input is built.
-        if self.offset + (i as u64) < self.no_fast_until {
+        // machine, except that when the bail was only the chunk's end cutting
+        // a record, the values nested in that record may take the fast path
+        // again (each cut otherwise sent a whole record through the state
+        // machine). Those second scans are limited to the chunk's length, so
+        // the work stays linear however the input is built.
+        let rescan = self.offset + (i as u64) < self.no_fast_until;
+        if rescan && !(self.cut_by_chunk_end && self.rescan_budget > 0) {
             return None;
         }
         let b = *input.get(i)?;
@@ -1017,6 +1030,12 @@ impl DetachedStreamFilter {
         };
         let removed = fast.removed;
         self.fast_keys = keys;
+        if rescan {
+            let scanned = match result {
+                Ok(end) | Err(end) => end.saturating_sub(i),
+            };
+            self.rescan_budget = self.rescan_budget.saturating_sub(scanned);
+        }
         match result {
             Ok(end) => {
                 self.removed += removed;
@@ -1028,7 +1047,8 @@ impl DetachedStreamFilter {
                 if let (Some(f), Some(e)) = (self.frames.last_mut(), emitted) {
                     f.emitted = e;
                 }
-                self.no_fast_until = self.offset + at as u64;
+                self.no_fast_until = self.no_fast_until.max(self.offset + at as u64);
+                self.cut_by_chunk_end = at >= input.len();
                 None
             }
         }
