@@ -120,4 +120,28 @@ mod tests {
             }
         }
     }
+
+    /// Every byte value at every position of a run that spans three words,
+    /// from every start, with a high byte just before it.
+    #[test]
+    fn every_byte_value_is_classified_at_every_position() {
+        let mut marks = Vec::new();
+        for special in 0..=255u8 {
+            for at in 0..140 {
+                let mut s = vec![b'a'; 140];
+                s[at] = special;
+                if at > 0 {
+                    s[at - 1] = 0xff;
+                }
+                mark(&s, &mut marks);
+                for start in 0..=s.len() {
+                    assert_eq!(
+                        next(&marks, start),
+                        naive(&s, start),
+                        "byte {special:#x} at {at} from {start}"
+                    );
+                }
+            }
+        }
+    }
 }
