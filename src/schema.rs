@@ -410,44 +410,71 @@ pub fn key_hash(word: u64, len: usize) -> u64 {
 /// Open-addressing index over a node's children, built once per compiled tree
 /// so that the response filter's per-key lookup is a hash, a word compare and
 /// rarely a byte compare, instead of a `BTreeMap` walk of string compares.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+///
+/// Each slot holds the child's word and length itself, and the table is at
+/// most a quarter full: a lookup is one load, and a key that is not granted
+/// (most keys of a narrow schema) usually meets an empty slot at once, so the
+/// probe loop's exit is predictable.
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct KeyIndex {
-    /// Child position + 1 per slot, 0 when empty; a power of two long, at
-    /// most half full, or empty when there are no children.
-    slots: Vec<u32>,
+    /// A power of two long, never empty.
+    slots: Vec<Slot>,
     /// `64 - log2(slots.len())`: the hash's top bits pick the slot.
     shift: u32,
-    /// Each child's [`key_word`] and length, by position.
-    words: Vec<(u64, usize)>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Slot {
+    /// The child's [`key_word`].
+    word: u64,
+    /// The child's key length; [`EMPTY`] for a free slot, which no key has.
+    len: usize,
+    /// The child's position.
+    pos: usize,
+}
+
+const EMPTY: usize = usize::MAX;
+const FREE: Slot = Slot {
+    word: 0,
+    len: EMPTY,
+    pos: 0,
+};
+
 impl KeyIndex {
-    fn new(children: &[(Box<str>, AccessTree)]) -> KeyIndex {
-        if children.is_empty() {
-            return KeyIndex::default();
+    const fn empty() -> KeyIndex {
+        KeyIndex {
+            slots: Vec::new(),
+            shift: 63,
         }
-        let size = (children.len() * 2).next_power_of_two().max(2);
+    }
+
+    fn new(children: &[(Box<str>, AccessTree)]) -> KeyIndex {
+        let size = (children.len() * 4).next_power_of_two().max(2);
         let shift = 64 - size.trailing_zeros();
-        let mut slots = vec![0u32; size];
-        let mut words = Vec::with_capacity(children.len());
+        let mut slots = vec![FREE; size];
         for (pos, (name, _)) in children.iter().enumerate() {
             let key = name.as_bytes();
             let word = key_word(key);
-            words.push((word, key.len()));
             let mut s = (key_hash(word, key.len()) >> shift) as usize;
-            // At most half full, so a free slot is always found.
-            while slots.get(s).is_some_and(|&v| v != 0) {
+            // At most a quarter full, so a free slot is always found.
+            while slots.get(s).is_some_and(|v| v.len != EMPTY) {
                 s = (s + 1) & (size - 1);
             }
             if let Some(slot) = slots.get_mut(s) {
-                *slot = pos as u32 + 1;
+                *slot = Slot {
+                    word,
+                    len: key.len(),
+                    pos,
+                };
             }
         }
-        KeyIndex {
-            slots,
-            shift,
-            words,
-        }
+        KeyIndex { slots, shift }
+    }
+}
+
+impl Default for KeyIndex {
+    fn default() -> KeyIndex {
+        KeyIndex::new(&[])
     }
 }
 
@@ -468,11 +495,7 @@ pub struct AccessTree {
 static ALL: AccessTree = AccessTree {
     all: true,
     children: Vec::new(),
-    index: KeyIndex {
-        slots: Vec::new(),
-        shift: 0,
-        words: Vec::new(),
-    },
+    index: KeyIndex::empty(),
 };
 
 impl AccessTree {
@@ -513,20 +536,30 @@ impl AccessTree {
     /// key's [`key_word`].
     #[inline]
     pub fn child_word(&self, key: &[u8], word: u64) -> Option<&AccessTree> {
+        self.child_hashed(key, word, key_hash(word, key.len()))
+    }
+
+    /// [`child_word`](Self::child_word) when the caller already has the
+    /// key's [`key_hash`] too.
+    #[inline]
+    pub fn child_hashed(&self, key: &[u8], word: u64, hash: u64) -> Option<&AccessTree> {
         if self.all {
             return Some(&ALL);
         }
         let idx = &self.index;
+        // Empty only in `ALL`, which returned above.
         let mask = idx.slots.len().checked_sub(1)?;
-        let mut s = (key_hash(word, key.len()) >> idx.shift) as usize;
+        let mut s = (hash >> idx.shift) as usize;
         loop {
-            let pos = (*idx.slots.get(s)? as usize).checked_sub(1)?;
-            if idx.words.get(pos) == Some(&(word, key.len())) {
-                let (name, tree) = self.children.get(pos)?;
+            let slot = idx.slots.get(s)?;
+            if slot.word == word && slot.len == key.len() {
+                let (name, tree) = self.children.get(slot.pos)?;
                 // Equal words and lengths settle keys of up to eight bytes.
                 if key.len() <= 8 || name.as_bytes().get(8..) == key.get(8..) {
                     return Some(tree);
                 }
+            } else if slot.len == EMPTY {
+                return None;
             }
             s = (s + 1) & mask;
         }

@@ -1702,9 +1702,9 @@ impl Fast<'_> {
     /// and duplicates among the object's keys from `base`. `seen` is a
     /// one-word Bloom filter of those keys, so a new key is usually known to
     /// be new without a scan. Returns the position past the closing quote
-    /// and the key's [`key_word`].
+    /// and the key's [`key_word`] and [`key_hash`].
     #[inline(always)]
-    fn key(&mut self, i: usize, base: usize, seen: &mut u64) -> Result<(usize, u64), Bail> {
+    fn key(&mut self, i: usize, base: usize, seen: &mut u64) -> Result<(usize, u64, u64), Bail> {
         let end = string_ends::next(self.ends, i);
         if self.byte(end)? != b'"' {
             return Err(end);
@@ -1713,15 +1713,21 @@ impl Fast<'_> {
         // One load of the bytes at the key, masked to its length: the closing
         // quote and what follows make eight bytes available almost always.
         let word = match self.input.get(i..i + 8).map(<[u8; 8]>::try_from) {
-            Some(Ok(w)) if len < 8 => u64::from_le_bytes(w) & ((1u64 << (8 * len)) - 1),
-            Some(Ok(w)) => u64::from_le_bytes(w),
+            // Without a branch on the length, which no predictor guesses.
+            Some(Ok(w)) => {
+                u64::from_le_bytes(w)
+                    & u64::MAX
+                        .checked_shr(64 - 8 * len.min(8) as u32)
+                        .unwrap_or(0)
+            }
             _ => key_word(self.input.get(i..end).ok_or(i)?),
         };
         let count = self.keys.len().saturating_sub(base);
         if count >= FAST_KEYS {
             return Err(i);
         }
-        let bit = 1u64 << (key_hash(word, len) >> 58);
+        let hash = key_hash(word, len);
+        let bit = 1u64 << (hash >> 58);
         if *seen & bit != 0 {
             let input = self.input;
             let key = input.get(i..end);
@@ -1738,7 +1744,7 @@ impl Fast<'_> {
             start: i,
             len,
         });
-        Ok((end + 1, word))
+        Ok((end + 1, word, hash))
     }
 
     fn object<const EMIT: bool>(&mut self, i: usize) -> Result<usize, Bail> {
@@ -1754,7 +1760,7 @@ impl Fast<'_> {
             if b != b'"' {
                 return Err(j);
             }
-            let (end, _) = self.key(j + 1, base, &mut seen)?;
+            let (end, _, _) = self.key(j + 1, base, &mut seen)?;
             let (colon, c) = self.ws::<EMIT>(end)?;
             if c != b':' {
                 return Err(colon);
@@ -1859,14 +1865,14 @@ impl Fast<'_> {
                 return Err(j);
             }
             let quoted = j;
-            let (end, word) = self.key(j + 1, base, &mut seen)?;
+            let (end, word, hash) = self.key(j + 1, base, &mut seen)?;
             let key = input.get(j + 1..end - 1).ok_or(j)?;
             let (colon, c) = self.ws::<false>(end)?;
             if c != b':' {
                 return Err(colon);
             }
             let (v, vb) = self.ws::<false>(colon + 1)?;
-            let after = match tree.child_word(key, word) {
+            let after = match tree.child_hashed(key, word, hash) {
                 None => {
                     self.removed += 1;
                     self.value_at::<false>(v, vb)?
