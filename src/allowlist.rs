@@ -522,7 +522,7 @@ mod tests {
             // Clustered in 10.0.0.0/12 so that many overlap and touch.
             let addr = 0x0a00_0000 | (r as u32 & 0x000f_ffff);
             let prefix = 20 + (r >> 32) as u8 % 13;
-            if (r >> 40) % 10 == 0 {
+            if (r >> 40).is_multiple_of(10) {
                 let v6 = 0x2001_0db8_u128 << 96 | u128::from(r as u16) << 80;
                 nets.push(IpNet::V6(
                     ipnet::Ipv6Net::new(Ipv6Addr::from(v6), 48 + prefix)
