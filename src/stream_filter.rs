@@ -1462,8 +1462,9 @@ impl DetachedStreamFilter {
 /// the depth limit.
 const FAST_NEST: usize = 48;
 
-/// Keys one object may have in the fast path; larger objects go to the state
-/// machine, whose duplicate check switches to a hash index.
+/// Keys one object may have in the fast path before a key whose Bloom bit is
+/// taken sends it to the state machine, whose duplicate check switches to a
+/// hash index for large objects; bounds the fast path's scans.
 const FAST_KEYS: usize = 64;
 
 /// A key of an object open in the fast path: a span of the input (keys with
@@ -1722,13 +1723,15 @@ impl Fast<'_> {
             }
             _ => key_word(self.input.get(i..end).ok_or(i)?),
         };
-        let count = self.keys.len().saturating_sub(base);
-        if count >= FAST_KEYS {
-            return Err(i);
-        }
         let hash = key_hash(word, len);
         let bit = 1u64 << (hash >> 58);
         if *seen & bit != 0 {
+            // Only a key whose Bloom bit is taken costs a scan, so only then
+            // is the object's size checked: a key with a free bit sets one of
+            // 64, so past FAST_KEYS keys a second check comes within 64 more.
+            if self.keys.len().saturating_sub(base) >= FAST_KEYS {
+                return Err(i);
+            }
             let input = self.input;
             let key = input.get(i..end);
             let dup = self.keys.get(base..).ok_or(i)?.iter().any(|k| {

@@ -916,3 +916,54 @@ fn large_objects_still_refuse_duplicates() {
     check_agree(&c, &c.body).expect("agree");
     assert!(one_shot(&c, &c.body).is_ok());
 }
+
+/// Objects around and far past the fast path's key limit, with and without a
+/// duplicate (near the start, in the middle, at the very end), as a granted
+/// record, a removed attribute and a fully copied one: the fast path's bounded
+/// duplicate scan and its hand-over to the state machine must not change a
+/// verdict.
+#[test]
+fn wide_objects_and_late_duplicates_agree_with_reference() {
+    let tree = user_tree(&["email", "primaryAddress", "photos.value"]);
+    for n in [1usize, 2, 63, 64, 65, 66, 127, 128, 129, 300] {
+        let names: Vec<String> = (0..n).map(|k| format!("k{k:03}x")).collect();
+        let mut dups: Vec<Option<(usize, usize)>> = vec![None];
+        for (from, to) in [
+            (0, 1),
+            (0, n - 1),
+            (n / 2, n - 1),
+            (n.saturating_sub(2), n - 1),
+        ] {
+            if from < to && to < n && !dups.contains(&Some((from, to))) {
+                dups.push(Some((from, to)));
+            }
+        }
+        for dup in dups {
+            let mut keys = names.clone();
+            if let Some((from, to)) = dup {
+                keys[to] = keys[from].clone();
+            }
+            let members: Vec<String> = keys
+                .iter()
+                .map(|k| format!("\"{k}\":{}", k.len()))
+                .collect();
+            let wide = format!("{{{}}}", members.join(","));
+            for body in [
+                // The record itself is wide, under a partial grant.
+                format!(
+                    r#"{{"results":[{{"email":"e",{}}}]}}"#,
+                    &wide[1..wide.len() - 1]
+                ),
+                // A removed attribute holds it.
+                format!(r#"{{"results":[{{"email":"e","secret":{wide}}}]}}"#),
+                // A fully granted attribute holds it.
+                format!(r#"{{"results":[{{"email":"e","primaryAddress":{wide}}}]}}"#),
+            ] {
+                let c = fixed_case(&body, ResponseRecords::Results, tree.clone());
+                check_agree(&c, &c.body).unwrap_or_else(|e| panic!("{n} keys, dup {dup:?}: {e}"));
+                let (s, _) = streaming(&c, &c.body);
+                assert_eq!(s.is_err(), dup.is_some(), "{n} keys, dup {dup:?}: {body}");
+            }
+        }
+    }
+}
