@@ -1467,6 +1467,17 @@ const FAST_NEST: usize = 48;
 /// hash index for large objects; bounds the fast path's scans.
 const FAST_KEYS: usize = 64;
 
+/// `KEY_MASKS[n]` keeps the low `n` bytes of a word.
+const KEY_MASKS: [u64; 9] = {
+    let mut masks = [u64::MAX; 9];
+    let mut n = 0;
+    while n < 8 {
+        masks[n] = (1u64 << (8 * n)) - 1;
+        n += 1;
+    }
+    masks
+};
+
 /// A key of an object open in the fast path: a span of the input (keys with
 /// escapes never get this far, so the span is also the unescaped key).
 #[derive(Clone, Copy)]
@@ -1713,15 +1724,10 @@ impl Fast<'_> {
         let len = end - i;
         // One load of the bytes at the key, masked to its length: the closing
         // quote and what follows make eight bytes available almost always.
-        let word = match self.input.get(i..i + 8).map(<[u8; 8]>::try_from) {
-            // Without a branch on the length, which no predictor guesses.
-            Some(Ok(w)) => {
-                u64::from_le_bytes(w)
-                    & u64::MAX
-                        .checked_shr(64 - 8 * len.min(8) as u32)
-                        .unwrap_or(0)
-            }
-            _ => key_word(self.input.get(i..end).ok_or(i)?),
+        let word = match self.input.get(i..).and_then(<[u8]>::first_chunk::<8>) {
+            // A table, not a branch on the length, which no predictor guesses.
+            Some(w) => u64::from_le_bytes(*w) & KEY_MASKS[len.min(8)],
+            None => key_word(self.input.get(i..end).ok_or(i)?),
         };
         let hash = key_hash(word, len);
         let bit = 1u64 << (hash >> 58);
