@@ -14,7 +14,6 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::{HttpPeer, ProxyHttp, Session};
-use pingora::protocols::http::HttpTask;
 use pingora::proxy::FailToProxy;
 use pingora::{Error, ErrorType, Result};
 use serde_json::Value;
@@ -732,13 +731,17 @@ async fn write_whole_response(
     header: ResponseHeader,
     body: Option<Bytes>,
 ) -> Result<()> {
-    let mut tasks = Vec::with_capacity(2);
-    tasks.push(HttpTask::Header(Box::new(header), body.is_none()));
-    if let Some(body) = body {
+    // Header and body as two writes, not one list of tasks: Pingora copies
+    // the body of a task list into its own buffer, but writes a lone body
+    // task straight from the `Bytes`.
+    session
+        .write_response_header(Box::new(header), body.is_none())
+        .await?;
+    if let Some(body) = &body {
         metrics::BYTES_OUT.inc_by(body.len() as u64);
-        tasks.push(HttpTask::Body(Some(body), true));
     }
-    session.write_response_tasks(tasks).await?;
+    // With no body this only ends the response, as the task list did.
+    session.write_response_body(body, true).await?;
     Ok(())
 }
 

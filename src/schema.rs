@@ -401,6 +401,16 @@ pub fn key_word(key: &[u8]) -> u64 {
         .fold(0u64, |acc, (i, &b)| acc | u64::from(b) << (8 * i))
 }
 
+/// The last eight bytes of a key longer than eight, as a little-endian word;
+/// 0 for shorter keys, which [`key_word`] holds whole.
+#[inline(always)]
+fn last_word(key: &[u8]) -> u64 {
+    match key.last_chunk::<8>() {
+        Some(w) if key.len() > 8 => u64::from_le_bytes(*w),
+        _ => 0,
+    }
+}
+
 /// Mixes a key's [`key_word`] and length; the high bits are well spread.
 #[inline(always)]
 pub fn key_hash(word: u64, len: usize) -> u64 {
@@ -427,6 +437,10 @@ struct KeyIndex {
 struct Slot {
     /// The child's [`key_word`].
     word: u64,
+    /// The last eight bytes of a key longer than eight (they overlap `word`
+    /// below sixteen), else 0: with `word` it settles keys of up to sixteen
+    /// bytes without a call to `memcmp`.
+    last: u64,
     /// The child's key length; [`EMPTY`] for a free slot, which no key has.
     len: usize,
     /// The child's position.
@@ -436,6 +450,7 @@ struct Slot {
 const EMPTY: usize = usize::MAX;
 const FREE: Slot = Slot {
     word: 0,
+    last: 0,
     len: EMPTY,
     pos: 0,
 };
@@ -463,6 +478,7 @@ impl KeyIndex {
             if let Some(slot) = slots.get_mut(s) {
                 *slot = Slot {
                     word,
+                    last: last_word(key),
                     len: key.len(),
                     pos,
                 };
@@ -554,8 +570,13 @@ impl AccessTree {
             let slot = idx.slots.get(s)?;
             if slot.word == word && slot.len == key.len() {
                 let (name, tree) = self.children.get(slot.pos)?;
-                // Equal words and lengths settle keys of up to eight bytes.
-                if key.len() <= 8 || name.as_bytes().get(8..) == key.get(8..) {
+                // Equal words and lengths settle keys of up to eight bytes,
+                // the last words those of up to sixteen.
+                let len = key.len();
+                if len <= 8
+                    || (slot.last == last_word(key)
+                        && (len <= 16 || name.as_bytes().get(8..len - 8) == key.get(8..len - 8)))
+                {
                     return Some(tree);
                 }
             } else if slot.len == EMPTY {
@@ -914,6 +935,14 @@ mod tests {
             "x y",
             "01234567",
             "012345678",
+            // Same first and last eight bytes, longer than sixteen: only the
+            // middle tells them apart.
+            "abcdefgh_1_abcdefgh",
+            "abcdefgh_2_abcdefgh",
+            // Same first and last eight bytes at sixteen and below.
+            "abcdefgh12345678",
+            "abcdefghi2345678",
+            "abcdefgh2345678",
         ];
         let defs: Vec<serde_json::Value> = names
             .iter()
@@ -932,10 +961,15 @@ mod tests {
                     sub
                 ));
             }
-            for name in names
-                .iter()
-                .chain(&["statusCreatedA", "b", "caf", "0123456"])
-            {
+            for name in names.iter().chain(&[
+                "statusCreatedA",
+                "b",
+                "caf",
+                "0123456",
+                "abcdefgh_3_abcdefgh",
+                "abcdefgh_1_abcdefgi",
+                "abcdefgh1234567",
+            ]) {
                 let listed = tree.children().any(|(k, _)| k == *name);
                 assert_eq!(tree.child(name).is_some(), listed, "{name} with {take}");
             }
