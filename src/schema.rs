@@ -562,6 +562,15 @@ impl AccessTree {
         if self.all {
             return Some(&ALL);
         }
+        let pos = self.child_position(key, word, hash)?;
+        self.children.get(pos).map(|(_, tree)| tree)
+    }
+
+    /// Where the grant for `key` lies among the explicitly granted
+    /// children, for [`child_at`](Self::child_at); `None` if it has none
+    /// (always, when the node grants all).
+    #[inline]
+    pub fn child_position(&self, key: &[u8], word: u64, hash: u64) -> Option<usize> {
         let idx = &self.index;
         // Empty only in `ALL`, which returned above.
         let mask = idx.slots.len().checked_sub(1)?;
@@ -569,7 +578,7 @@ impl AccessTree {
         loop {
             let slot = idx.slots.get(s)?;
             if slot.word == word && slot.len == key.len() {
-                let (name, tree) = self.children.get(slot.pos)?;
+                let (name, _) = self.children.get(slot.pos)?;
                 // Equal words and lengths settle keys of up to eight bytes,
                 // the last words those of up to sixteen.
                 let len = key.len();
@@ -577,13 +586,19 @@ impl AccessTree {
                     || (slot.last == last_word(key)
                         && (len <= 16 || name.as_bytes().get(8..len - 8) == key.get(8..len - 8)))
                 {
-                    return Some(tree);
+                    return Some(slot.pos);
                 }
             } else if slot.len == EMPTY {
                 return None;
             }
             s = (s + 1) & mask;
         }
+    }
+
+    /// The grant at `pos`, a [`child_position`](Self::child_position).
+    #[inline]
+    pub fn child_at(&self, pos: usize) -> Option<&AccessTree> {
+        self.children.get(pos).map(|(_, tree)| tree)
     }
 
     /// The explicitly granted children (empty when [`is_all`](Self::is_all)).

@@ -563,6 +563,8 @@ pub struct DetachedStreamFilter {
     failed: Option<StreamError>,
     /// The fast path's key stack, kept for reuse.
     fast_keys: Vec<FastKey>,
+    /// The fast path's record shapes, emptied at each chunk's start.
+    shapes: Vec<Shape>,
     /// The current chunk's [`string_ends`] marks, kept for reuse.
     string_ends: Vec<u64>,
     /// Absolute offset where the fast path last gave up.
@@ -627,6 +629,7 @@ impl DetachedStreamFilter {
             shape_error: false,
             failed: None,
             fast_keys: Vec::with_capacity(64),
+            shapes: Vec::new(),
             string_ends: Vec::new(),
             no_fast_until: 0,
             cut_by_chunk_end: false,
@@ -828,6 +831,10 @@ impl DetachedStreamFilter {
         }
         let mut ends = std::mem::take(&mut self.string_ends);
         string_ends::mark(input, &mut ends);
+        // A shape's positions and tree address hold for this chunk only.
+        for shape in &mut self.shapes {
+            shape.tree = 0;
+        }
         self.rescan_budget = input.len();
         let n = input.len();
         let mut i = 0;
@@ -973,12 +980,14 @@ impl DetachedStreamFilter {
             }
         }
         let mut keys = std::mem::take(&mut self.fast_keys);
+        let mut shapes = std::mem::take(&mut self.shapes);
         keys.clear();
         let mut fast = Fast {
             input,
             ends,
             out,
             keys: &mut keys,
+            shapes: &mut shapes,
             removed,
             depth,
             limit: self.limit,
@@ -993,6 +1002,7 @@ impl DetachedStreamFilter {
         };
         let removed = fast.removed;
         self.fast_keys = keys;
+        self.shapes = shapes;
         if rescan {
             let scanned = match result {
                 Ok(end) | Err(end) => end.saturating_sub(i),
@@ -1487,6 +1497,34 @@ struct FastKey {
     len: usize,
 }
 
+/// Shapes kept per chunk: one per tree the records of a response are
+/// projected under (the record, each nested object, each plural's elements).
+const MAX_SHAPES: usize = 8;
+
+/// The keys, in order, of the last object projected under one tree in the
+/// current chunk. Kept between chunks for their allocations only: positions
+/// and tree addresses are valid within one chunk, so every chunk starts with
+/// none.
+#[derive(Default)]
+struct Shape {
+    /// The tree's address; 0 for a free entry.
+    tree: usize,
+    keys: Vec<ShapeKey>,
+}
+
+#[derive(Clone, Copy)]
+struct ShapeKey {
+    word: u64,
+    /// The last eight bytes of a key longer than eight.
+    last: u64,
+    len: usize,
+    /// Where the key lies in the chunk.
+    start: usize,
+    hash: u64,
+    /// The position of the key's grant among the tree's children, if any.
+    child: Option<usize>,
+}
+
 /// Where the fast path gave up on a value. It says nothing about why: the
 /// state machine redoes the value from its start and produces the output, or
 /// the error, itself.
@@ -1519,6 +1557,7 @@ struct Fast<'a> {
     ends: &'a [u64],
     out: &'a mut Vec<u8>,
     keys: &'a mut Vec<FastKey>,
+    shapes: &'a mut Vec<Shape>,
     removed: usize,
     /// Open containers, the state machine's frames included.
     depth: usize,
@@ -1717,6 +1756,16 @@ impl Fast<'_> {
     /// and the key's [`key_word`] and [`key_hash`].
     #[inline(always)]
     fn key(&mut self, i: usize, base: usize, seen: &mut u64) -> Result<(usize, u64, u64), Bail> {
+        let (end, word) = self.key_span(i)?;
+        let hash = key_hash(word, end - i);
+        self.note_key(i, end, word, hash, base, seen)?;
+        Ok((end + 1, word, hash))
+    }
+
+    /// Where the key starting at `i` (just past its opening quote) ends, at
+    /// its closing quote, and its [`key_word`]. Bails on an escape.
+    #[inline(always)]
+    fn key_span(&self, i: usize) -> Result<(usize, u64), Bail> {
         let end = string_ends::next(self.ends, i);
         if self.byte(end)? != b'"' {
             return Err(end);
@@ -1729,7 +1778,22 @@ impl Fast<'_> {
             Some(w) => u64::from_le_bytes(*w) & KEY_MASKS[len.min(8)],
             None => key_word(self.input.get(i..end).ok_or(i)?),
         };
-        let hash = key_hash(word, len);
+        Ok((end, word))
+    }
+
+    /// Checks the key `i..end` against the object's keys from `base` and
+    /// adds it to them.
+    #[inline(always)]
+    fn note_key(
+        &mut self,
+        i: usize,
+        end: usize,
+        word: u64,
+        hash: u64,
+        base: usize,
+        seen: &mut u64,
+    ) -> Result<(), Bail> {
+        let len = end - i;
         let bit = 1u64 << (hash >> 58);
         if *seen & bit != 0 {
             // Only a key whose Bloom bit is taken costs a scan, so only then
@@ -1753,7 +1817,99 @@ impl Fast<'_> {
             start: i,
             len,
         });
-        Ok((end + 1, word, hash))
+        Ok(())
+    }
+
+    /// The key at `i..end` (word `word`) is the `k`th key of `shape`: then
+    /// the position of its grant among the tree's children, if it has one.
+    #[inline(always)]
+    fn shape_key(
+        &self,
+        shape: usize,
+        k: usize,
+        i: usize,
+        end: usize,
+        word: u64,
+    ) -> Option<Option<usize>> {
+        let sk = self.shapes.get(shape)?.keys.get(k)?;
+        let len = end - i;
+        if sk.word != word || sk.len != len {
+            return None;
+        }
+        if len > 8 {
+            let last = self.input.get(..end)?.last_chunk::<8>()?;
+            if sk.last != u64::from_le_bytes(*last) {
+                return None;
+            }
+            // Longer keys compare their middles with the one the shape was
+            // learnt from, earlier in this chunk.
+            if len > 16
+                && self.input.get(i + 8..end - 8)
+                    != self.input.get(sk.start + 8..sk.start + len - 8)
+            {
+                return None;
+            }
+        }
+        Some(sk.child)
+    }
+
+    /// The Bloom filter of `shape`'s first `k` keys.
+    fn shape_bloom(&self, shape: usize, k: usize) -> u64 {
+        self.shapes
+            .get(shape)
+            .and_then(|s| s.keys.get(..k))
+            .map_or(0, |keys| {
+                keys.iter().fold(0, |m, sk| m | 1u64 << (sk.hash >> 58))
+            })
+    }
+
+    /// Remembers the keys from `base` (an object just projected under
+    /// `tree`, free of duplicates) as `tree`'s shape.
+    fn learn_shape(&mut self, tree: &AccessTree, base: usize) {
+        let Some(keys) = self.keys.get(base..) else {
+            return;
+        };
+        if keys.len() > FAST_KEYS {
+            return;
+        }
+        let id = tree as *const AccessTree as usize;
+        let at = match self.shapes.iter().position(|s| s.tree == id || s.tree == 0) {
+            Some(at) => at,
+            None if self.shapes.len() < MAX_SHAPES => {
+                self.shapes.push(Shape::default());
+                self.shapes.len() - 1
+            }
+            // Full: the last one gives way.
+            None => MAX_SHAPES - 1,
+        };
+        let input = self.input;
+        let Some(shape) = self.shapes.get_mut(at) else {
+            return;
+        };
+        shape.tree = id;
+        shape.keys.clear();
+        for k in keys {
+            let Some(key) = input.get(k.start..k.start + k.len) else {
+                shape.tree = 0;
+                return;
+            };
+            let hash = key_hash(k.word, k.len);
+            shape.keys.push(ShapeKey {
+                word: k.word,
+                last: key.last_chunk::<8>().map_or(0, |w| u64::from_le_bytes(*w)),
+                len: k.len,
+                start: k.start,
+                hash,
+                child: tree.child_position(key, k.word, hash),
+            });
+        }
+    }
+
+    /// The shape learnt for `tree` in this chunk, if any.
+    #[inline(always)]
+    fn shape_of(&self, tree: &AccessTree) -> Option<usize> {
+        let id = tree as *const AccessTree as usize;
+        self.shapes.iter().position(|s| s.tree == id)
     }
 
     fn object<const EMIT: bool>(&mut self, i: usize) -> Result<usize, Bail> {
@@ -1856,6 +2012,14 @@ impl Fast<'_> {
     }
 
     /// An object under the partial grant `tree`, `i` at its `{`.
+    ///
+    /// The records of one response mostly have the same keys in the same
+    /// order. While this object's keys are those of the last one projected
+    /// under `tree` in this chunk (its shape), each key's grant is the one
+    /// found then, and the keys are distinct because those were: neither the
+    /// lookup nor the duplicate check runs. At the first key that differs the
+    /// keys so far go into the Bloom filter and the usual checks take over,
+    /// and the object becomes the new shape.
     fn project_object(&mut self, tree: &AccessTree, i: usize) -> Result<usize, Bail> {
         self.open(i)?;
         self.out.push(b'{');
@@ -1869,19 +2033,56 @@ impl Fast<'_> {
             self.close();
             return Ok(j + 1);
         }
+        // A tree that grants all never gets here; its lookups are not
+        // positions, so it has no shape.
+        let shape = if tree.is_all() {
+            None
+        } else {
+            self.shape_of(tree)
+        };
+        let mut matched = 0;
+        let mut matching = shape.is_some();
         loop {
             if b != b'"' {
                 return Err(j);
             }
             let quoted = j;
-            let (end, word, hash) = self.key(j + 1, base, &mut seen)?;
-            let key = input.get(j + 1..end - 1).ok_or(j)?;
+            let (close, word) = self.key_span(j + 1)?;
+            let hit = match shape {
+                Some(at) if matching => self.shape_key(at, matched, j + 1, close, word),
+                _ => None,
+            };
+            let grant = match hit {
+                Some(position) => {
+                    self.keys.push(FastKey {
+                        word,
+                        start: j + 1,
+                        len: close - j - 1,
+                    });
+                    matched += 1;
+                    match position {
+                        Some(p) => Some(tree.child_at(p).ok_or(j)?),
+                        None => None,
+                    }
+                }
+                None => {
+                    if matching {
+                        matching = false;
+                        seen = shape.map_or(0, |at| self.shape_bloom(at, matched));
+                    }
+                    let hash = key_hash(word, close - j - 1);
+                    self.note_key(j + 1, close, word, hash, base, &mut seen)?;
+                    let key = input.get(j + 1..close).ok_or(j)?;
+                    tree.child_hashed(key, word, hash)
+                }
+            };
+            let end = close + 1;
             let (colon, c) = self.ws::<false>(end)?;
             if c != b':' {
                 return Err(colon);
             }
             let (v, vb) = self.ws::<false>(colon + 1)?;
-            let after = match tree.child_hashed(key, word, hash) {
+            let after = match grant {
                 None => {
                     self.removed += 1;
                     self.value_at::<false>(v, vb)?
@@ -1897,6 +2098,9 @@ impl Fast<'_> {
                 b',' => (j, b) = self.ws::<false>(sep + 1)?,
                 b'}' => {
                     self.out.push(b'}');
+                    if !matching && !tree.is_all() {
+                        self.learn_shape(tree, base);
+                    }
                     self.keys.truncate(base);
                     self.close();
                     return Ok(sep + 1);

@@ -967,3 +967,85 @@ fn wide_objects_and_late_duplicates_agree_with_reference() {
         }
     }
 }
+
+/// Records that share their keys, then part of them, then differ: the fast
+/// path reuses what it learnt from the previous record only while the keys
+/// are the same, byte for byte. Among the cases: a duplicate after a matched
+/// prefix and one past the learnt keys (refused), and a key that shares the
+/// first and last eight bytes and the length of a granted one (removed, not
+/// copied).
+#[test]
+fn records_of_one_shape_and_their_variants_agree_with_reference() {
+    let ty: EntityType = serde_json::from_value(serde_json::json!({
+        "name": "user",
+        "attr_defs": [
+            {"name": "email", "type": "string"},
+            {"name": "givenName", "type": "string"},
+            {"name": "preferredContactChannel", "type": "string"},
+            {"name": "preferredZZZZZZZtChannel", "type": "string"},
+            {"name": "primaryAddress", "type": "object", "attr_defs": [
+                {"name": "city", "type": "string"},
+                {"name": "zip", "type": "string"}
+            ]}
+        ]
+    }))
+    .expect("type");
+    let paths: Vec<AttrPath> = ["email", "preferredContactChannel", "primaryAddress.city"]
+        .iter()
+        .map(|p| AttrPath::parse(p).expect("path"))
+        .collect();
+    let tree = ty.read_tree(&paths).expect("tree");
+    let full = r#"{"email":"e","givenName":"g","preferredContactChannel":"p","primaryAddress":{"city":"c","zip":"z"},"id":1}"#;
+    let variants = [
+        (full, false),
+        // A key of the same length, first and last eight bytes, not granted.
+        (
+            r#"{"email":"e","givenName":"g","preferreZZZZZZZtChannel":"x","primaryAddress":{"city":"c","zip":"z"},"id":1}"#,
+            false,
+        ),
+        (r#"{"email":"e","givenName":"g"}"#, false),
+        (r#"{"givenName":"g","email":"e","id":2}"#, false),
+        (r#"{}"#, false),
+        (
+            r#"{"email":"e","givenName":"g","preferredContactChannel":"p","primaryAddress":{"zip":"z","city":"c"},"id":1,"extra":[1]}"#,
+            false,
+        ),
+        // Duplicates after a matched prefix, and past the learnt keys.
+        (r#"{"email":"e","givenName":"g","email":"x"}"#, true),
+        (
+            r#"{"email":"e","givenName":"g","preferredContactChannel":"p","primaryAddress":{"city":"c","zip":"z"},"id":1,"givenName":"y"}"#,
+            true,
+        ),
+        (
+            r#"{"email":"e","givenName":"g","preferredContactChannel":"p","primaryAddress":{"city":"c","city":"z"},"id":1}"#,
+            true,
+        ),
+    ];
+    for (variant, refused) in variants {
+        for before in 0..3 {
+            let mut records = vec![full; before];
+            records.push(variant);
+            records.push(full);
+            let body = format!(r#"{{"results":[{}]}}"#, records.join(","));
+            let c = fixed_case(&body, ResponseRecords::Results, tree.clone());
+            check_agree(&c, &c.body).unwrap_or_else(|e| panic!("{body}: {e}"));
+            let (s, raw) = streaming(&c, &c.body);
+            assert_eq!(s.is_err(), refused, "{body}");
+            if let Some(raw) = raw {
+                let text = String::from_utf8_lossy(&raw);
+                assert!(
+                    !text.contains("ZZZZ") && !text.contains("givenName"),
+                    "{text}"
+                );
+            }
+            let whole = one_shot(&c, &c.body);
+            for size in [7, 64, 100, 333] {
+                assert_eq!(
+                    chunked(&c, &c.body, &[size]),
+                    whole,
+                    "chunks of {size}: {body}"
+                );
+            }
+        }
+    }
+}
