@@ -727,7 +727,12 @@ impl DetachedStreamFilter {
             self.carry_len = 0;
             self.run(roots, &seq[..full], out)?;
         }
-        // SIMD-checked; on refusal it says, like std, where and why.
+        // SIMD-checked. The basic check is the faster; only a chunk it
+        // refuses is checked again to learn, like std, where and why (a
+        // sequence cut by the chunk's end is no error).
+        if simdutf8::basic::from_utf8(chunk).is_ok() {
+            return self.run(roots, chunk, out);
+        }
         match simdutf8::compat::from_utf8(chunk) {
             Ok(_) => self.run(roots, chunk, out),
             Err(e) => {
@@ -1888,6 +1893,7 @@ impl Fast<'_> {
         };
         shape.tree = id;
         shape.keys.clear();
+        shape.keys.reserve(keys.len());
         for k in keys {
             let Some(key) = input.get(k.start..k.start + k.len) else {
                 shape.tree = 0;
