@@ -368,6 +368,20 @@ impl Settings {
                 "must be > 0".into(),
             );
         }
+        // Past the streaming threshold a response streams, and streaming
+        // stops at its own limit: one below the threshold would refuse every
+        // response the threshold lets stream.
+        if l.stream_responses_over_bytes < l.max_response_body_bytes
+            && l.max_streamed_response_bytes <= l.stream_responses_over_bytes as u64
+        {
+            err(
+                "limits.max_streamed_response_bytes".into(),
+                format!(
+                    "must be > limits.stream_responses_over_bytes ({}), or no response could stream",
+                    l.stream_responses_over_bytes
+                ),
+            );
+        }
         if l.max_parameters == 0 || l.max_parameters > 4096 {
             err(
                 "limits.max_parameters".into(),

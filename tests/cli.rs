@@ -228,6 +228,22 @@ fn check_rejects_invalid_settings_values() {
         "limits.max_json_depth",
         "between",
     );
+    let (d, c) = check(
+        &default_policy(),
+        "limits:\n  stream_responses_over_bytes: 4096\n  max_streamed_response_bytes: 4096\n",
+    );
+    assert_fails(
+        &c,
+        &settings_file(d.path()),
+        "limits.max_streamed_response_bytes",
+        "stream_responses_over_bytes (4096)",
+    );
+    // Streaming out of reach (the buffered limit is lower): no conflict.
+    let (_d, c) = check(
+        &default_policy(),
+        "limits:\n  max_response_body_bytes: 256\n  max_streamed_response_bytes: 100\n",
+    );
+    assert!(c.ok, "{}", c.stderr);
 }
 
 #[test]
