@@ -16,6 +16,7 @@ pub mod header_deadline;
 pub mod json;
 pub mod log_format;
 pub mod management;
+pub mod memory;
 pub mod metrics;
 pub mod oracle;
 pub mod params;

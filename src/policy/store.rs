@@ -119,6 +119,7 @@ impl PolicyStore {
     pub fn open(path: &Path) -> Result<PolicyStore, Vec<ConfigError>> {
         let before = stamp(path);
         let snap = load_policy_file(path, 1)?;
+        crate::memory::release_freed();
         Ok(PolicyStore {
             current: ArcSwap::from_pointee(snap),
             path: path.to_path_buf(),
