@@ -1525,7 +1525,6 @@ struct ShapeKey {
     len: usize,
     /// Where the key lies in the chunk.
     start: usize,
-    hash: u64,
     /// The position of the key's grant among the tree's children, if any.
     child: Option<usize>,
 }
@@ -1825,18 +1824,25 @@ impl Fast<'_> {
         Ok(())
     }
 
-    /// The key at `i..end` (word `word`) is the `k`th key of `shape`: then
-    /// the position of its grant among the tree's children, if it has one.
+    /// The key at `i..end` (word `word`) is the `k`th key of `shape`, still
+    /// the shape of `tree` (a nested object may have taken its entry since):
+    /// then the position of its grant among the tree's children, if it has
+    /// one.
     #[inline(always)]
     fn shape_key(
         &self,
+        tree: &AccessTree,
         shape: usize,
         k: usize,
         i: usize,
         end: usize,
         word: u64,
     ) -> Option<Option<usize>> {
-        let sk = self.shapes.get(shape)?.keys.get(k)?;
+        let shape = self.shapes.get(shape)?;
+        if shape.tree != tree as *const AccessTree as usize {
+            return None;
+        }
+        let sk = shape.keys.get(k)?;
         let len = end - i;
         if sk.word != word || sk.len != len {
             return None;
@@ -1858,14 +1864,13 @@ impl Fast<'_> {
         Some(sk.child)
     }
 
-    /// The Bloom filter of `shape`'s first `k` keys.
-    fn shape_bloom(&self, shape: usize, k: usize) -> u64 {
-        self.shapes
-            .get(shape)
-            .and_then(|s| s.keys.get(..k))
-            .map_or(0, |keys| {
-                keys.iter().fold(0, |m, sk| m | 1u64 << (sk.hash >> 58))
-            })
+    /// The Bloom filter of the object's keys from `base`, for the duplicate
+    /// check to take over from a shape.
+    fn bloom_of(&self, base: usize) -> u64 {
+        self.keys.get(base..).map_or(0, |keys| {
+            keys.iter()
+                .fold(0, |m, k| m | 1u64 << (key_hash(k.word, k.len) >> 58))
+        })
     }
 
     /// Remembers the keys from `base` (an object just projected under
@@ -1905,7 +1910,6 @@ impl Fast<'_> {
                 last: key.last_chunk::<8>().map_or(0, |w| u64::from_le_bytes(*w)),
                 len: k.len,
                 start: k.start,
-                hash,
                 child: tree.child_position(key, k.word, hash),
             });
         }
@@ -2055,7 +2059,7 @@ impl Fast<'_> {
             let quoted = j;
             let (close, word) = self.key_span(j + 1)?;
             let hit = match shape {
-                Some(at) if matching => self.shape_key(at, matched, j + 1, close, word),
+                Some(at) if matching => self.shape_key(tree, at, matched, j + 1, close, word),
                 _ => None,
             };
             let grant = match hit {
@@ -2074,7 +2078,7 @@ impl Fast<'_> {
                 None => {
                     if matching {
                         matching = false;
-                        seen = shape.map_or(0, |at| self.shape_bloom(at, matched));
+                        seen = self.bloom_of(base);
                     }
                     let hash = key_hash(word, close - j - 1);
                     self.note_key(j + 1, close, word, hash, base, &mut seen)?;
