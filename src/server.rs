@@ -140,7 +140,10 @@ pub fn serve(settings: Settings, opts: ServeOptions) -> Result<(), String> {
     }
     server.add_service(background_service(
         "policy reload",
-        PolicyReloader { policy },
+        PolicyReloader {
+            policy,
+            freed: std::sync::atomic::AtomicBool::new(false),
+        },
     ));
 
     tracing::info!(listen = ?settings.listen, "recordgate started");
@@ -155,6 +158,9 @@ pub fn serve(settings: Settings, opts: ServeOptions) -> Result<(), String> {
 /// the running policy.
 struct PolicyReloader {
     policy: Arc<PolicyStore>,
+    /// A reload succeeded at the last tick: its freed pages are returned at
+    /// the next one (see `memory`).
+    freed: std::sync::atomic::AtomicBool,
 }
 
 impl PolicyReloader {
@@ -167,6 +173,7 @@ impl PolicyReloader {
         match result {
             Ok(None) => {}
             Ok(Some(snap)) => {
+                self.freed.store(true, std::sync::atomic::Ordering::Relaxed);
                 metrics::POLICY_RELOADS
                     .with_label_values(&[source, "success"])
                     .inc();
@@ -204,7 +211,12 @@ impl BackgroundService for PolicyReloader {
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = hup.recv() => self.reload("signal", false),
-                _ = tick.tick() => self.reload("file", true),
+                _ = tick.tick() => {
+                    if self.freed.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                        crate::memory::release_freed();
+                    }
+                    self.reload("file", true)
+                }
             }
         }
     }
