@@ -404,11 +404,23 @@ pub fn key_word(key: &[u8]) -> u64 {
 /// The last eight bytes of a key longer than eight, as a little-endian word;
 /// 0 for shorter keys, which [`key_word`] holds whole.
 #[inline(always)]
-fn last_word(key: &[u8]) -> u64 {
+pub fn last_word(key: &[u8]) -> u64 {
     match key.last_chunk::<8>() {
         Some(w) if key.len() > 8 => u64::from_le_bytes(*w),
         _ => 0,
     }
+}
+
+/// Whether `key` equals `stored` (whose [`last_word`] is `stored_last`),
+/// given that their [`key_word`]s and lengths are equal already: the words
+/// settle keys of up to eight bytes, the last words those of up to sixteen,
+/// and only longer keys compare their middles.
+#[inline(always)]
+pub fn same_rest(stored: &[u8], stored_last: u64, key: &[u8]) -> bool {
+    let len = key.len();
+    len <= 8
+        || (stored_last == last_word(key)
+            && (len <= 16 || stored.get(8..len - 8) == key.get(8..len - 8)))
 }
 
 /// Mixes a key's [`key_word`] and length; the high bits are well spread.
@@ -562,8 +574,7 @@ impl AccessTree {
         if self.all {
             return Some(&ALL);
         }
-        let pos = self.child_position(key, word, hash)?;
-        self.children.get(pos).map(|(_, tree)| tree)
+        self.child_at(self.child_position(key, word, hash)?)
     }
 
     /// Where the grant for `key` lies among the explicitly granted
@@ -572,20 +583,14 @@ impl AccessTree {
     #[inline]
     pub fn child_position(&self, key: &[u8], word: u64, hash: u64) -> Option<usize> {
         let idx = &self.index;
-        // Empty only in `ALL`, which returned above.
+        // Empty only in `ALL`, which has no children.
         let mask = idx.slots.len().checked_sub(1)?;
         let mut s = (hash >> idx.shift) as usize;
         loop {
             let slot = idx.slots.get(s)?;
             if slot.word == word && slot.len == key.len() {
                 let (name, _) = self.children.get(slot.pos)?;
-                // Equal words and lengths settle keys of up to eight bytes,
-                // the last words those of up to sixteen.
-                let len = key.len();
-                if len <= 8
-                    || (slot.last == last_word(key)
-                        && (len <= 16 || name.as_bytes().get(8..len - 8) == key.get(8..len - 8)))
-                {
+                if same_rest(name.as_bytes(), slot.last, key) {
                     return Some(slot.pos);
                 }
             } else if slot.len == EMPTY {

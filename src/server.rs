@@ -140,10 +140,7 @@ pub fn serve(settings: Settings, opts: ServeOptions) -> Result<(), String> {
     }
     server.add_service(background_service(
         "policy reload",
-        PolicyReloader {
-            policy,
-            freed: std::sync::atomic::AtomicBool::new(false),
-        },
+        PolicyReloader { policy },
     ));
 
     tracing::info!(listen = ?settings.listen, "recordgate started");
@@ -158,27 +155,25 @@ pub fn serve(settings: Settings, opts: ServeOptions) -> Result<(), String> {
 /// the running policy.
 struct PolicyReloader {
     policy: Arc<PolicyStore>,
-    /// A reload succeeded at the last tick: its freed pages are returned at
-    /// the next one (see `memory`).
-    freed: std::sync::atomic::AtomicBool,
 }
 
 impl PolicyReloader {
-    fn reload(&self, source: &str, only_if_changed: bool) {
+    /// Whether a new policy went live.
+    fn reload(&self, source: &str, only_if_changed: bool) -> bool {
         let result = if only_if_changed {
             self.policy.reload_if_changed(source)
         } else {
             self.policy.reload(source)
         };
         match result {
-            Ok(None) => {}
+            Ok(None) => false,
             Ok(Some(snap)) => {
-                self.freed.store(true, std::sync::atomic::Ordering::Relaxed);
                 metrics::POLICY_RELOADS
                     .with_label_values(&[source, "success"])
                     .inc();
                 metrics::policy_activated(snap.version, snap.clients.len());
                 tracing::info!(source, version = snap.version, hash = %snap.hash, "policy reloaded");
+                true
             }
             Err(errors) => {
                 metrics::POLICY_RELOADS
@@ -187,6 +182,7 @@ impl PolicyReloader {
                 for e in errors {
                     tracing::error!(source, error = %e, "policy reload rejected; keeping the running policy");
                 }
+                false
             }
         }
     }
@@ -207,15 +203,18 @@ impl BackgroundService for PolicyReloader {
         // the old inode misses. A stat every 250 ms is negligible.
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A reload's freed pages go back to the OS one tick later: right
+        // after it, that did not lower the resident size (see `memory`).
+        let mut reloaded = false;
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
-                _ = hup.recv() => self.reload("signal", false),
+                _ = hup.recv() => reloaded |= self.reload("signal", false),
                 _ = tick.tick() => {
-                    if self.freed.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                    if std::mem::take(&mut reloaded) {
                         crate::memory::release_freed();
                     }
-                    self.reload("file", true)
+                    reloaded |= self.reload("file", true);
                 }
             }
         }

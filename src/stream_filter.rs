@@ -32,7 +32,7 @@ use std::hash::{BuildHasher, RandomState};
 use crate::json::MAX_SUPPORTED_DEPTH;
 use crate::response_filter::{FilterFailure, Filtered};
 use crate::routes::ResponseRecords;
-use crate::schema::{key_hash, key_word, AccessTree, AttrPath};
+use crate::schema::{key_hash, key_word, last_word, same_rest, AccessTree, AttrPath};
 use crate::string_ends;
 
 /// One slot per possible open container; the depth limit never exceeds
@@ -1843,25 +1843,12 @@ impl Fast<'_> {
             return None;
         }
         let sk = shape.keys.get(k)?;
-        let len = end - i;
-        if sk.word != word || sk.len != len {
+        if sk.word != word || sk.len != end - i {
             return None;
         }
-        if len > 8 {
-            let last = self.input.get(..end)?.last_chunk::<8>()?;
-            if sk.last != u64::from_le_bytes(*last) {
-                return None;
-            }
-            // Longer keys compare their middles with the one the shape was
-            // learnt from, earlier in this chunk.
-            if len > 16
-                && self.input.get(i + 8..end - 8)
-                    != self.input.get(sk.start + 8..sk.start + len - 8)
-            {
-                return None;
-            }
-        }
-        Some(sk.child)
+        // The key the shape was learnt from lies earlier in this chunk.
+        let learnt = self.input.get(sk.start..sk.start + sk.len)?;
+        same_rest(learnt, sk.last, self.input.get(i..end)?).then_some(sk.child)
     }
 
     /// The Bloom filter of the object's keys from `base`, for the duplicate
@@ -1879,7 +1866,8 @@ impl Fast<'_> {
         let Some(keys) = self.keys.get(base..) else {
             return;
         };
-        if keys.len() > FAST_KEYS {
+        // A tree that grants all has no positions to remember.
+        if keys.len() > FAST_KEYS || tree.is_all() {
             return;
         }
         let id = tree as *const AccessTree as usize;
@@ -1907,7 +1895,7 @@ impl Fast<'_> {
             let hash = key_hash(k.word, k.len);
             shape.keys.push(ShapeKey {
                 word: k.word,
-                last: key.last_chunk::<8>().map_or(0, |w| u64::from_le_bytes(*w)),
+                last: last_word(key),
                 len: k.len,
                 start: k.start,
                 child: tree.child_position(key, k.word, hash),
@@ -1919,7 +1907,9 @@ impl Fast<'_> {
     #[inline(always)]
     fn shape_of(&self, tree: &AccessTree) -> Option<usize> {
         let id = tree as *const AccessTree as usize;
-        self.shapes.iter().position(|s| s.tree == id)
+        self.shapes
+            .iter()
+            .position(|s| s.tree == id && !tree.is_all())
     }
 
     fn object<const EMIT: bool>(&mut self, i: usize) -> Result<usize, Bail> {
@@ -2043,25 +2033,17 @@ impl Fast<'_> {
             self.close();
             return Ok(j + 1);
         }
-        // A tree that grants all never gets here; its lookups are not
-        // positions, so it has no shape.
-        let shape = if tree.is_all() {
-            None
-        } else {
-            self.shape_of(tree)
-        };
-        let mut matched = 0;
-        let mut matching = shape.is_some();
+        // Cleared at the first key that differs from it.
+        let mut shape = self.shape_of(tree);
         loop {
             if b != b'"' {
                 return Err(j);
             }
             let quoted = j;
             let (close, word) = self.key_span(j + 1)?;
-            let hit = match shape {
-                Some(at) if matching => self.shape_key(tree, at, matched, j + 1, close, word),
-                _ => None,
-            };
+            // While the shape holds, the keys so far are its first ones.
+            let matched = self.keys.len().saturating_sub(base);
+            let hit = shape.and_then(|at| self.shape_key(tree, at, matched, j + 1, close, word));
             let grant = match hit {
                 Some(position) => {
                     self.keys.push(FastKey {
@@ -2069,15 +2051,13 @@ impl Fast<'_> {
                         start: j + 1,
                         len: close - j - 1,
                     });
-                    matched += 1;
                     match position {
                         Some(p) => Some(tree.child_at(p).ok_or(j)?),
                         None => None,
                     }
                 }
                 None => {
-                    if matching {
-                        matching = false;
+                    if shape.take().is_some() {
                         seen = self.bloom_of(base);
                     }
                     let hash = key_hash(word, close - j - 1);
@@ -2108,7 +2088,7 @@ impl Fast<'_> {
                 b',' => (j, b) = self.ws::<false>(sep + 1)?,
                 b'}' => {
                     self.out.push(b'}');
-                    if !matching && !tree.is_all() {
+                    if shape.is_none() {
                         self.learn_shape(tree, base);
                     }
                     self.keys.truncate(base);

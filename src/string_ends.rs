@@ -14,51 +14,24 @@ const BLOCK: usize = 64;
 /// `input[i]` ends plain string content. Positions past the end of `input`
 /// in the last word are set too, so a search never runs off the marks.
 pub fn mark(input: &[u8], marks: &mut Vec<u64>) {
-    mark_with(Classifier::best(), input, marks);
+    mark_with(wide_blocks, input, marks);
 }
 
-/// How whole 64-byte blocks are classified. Every one gives the same marks;
-/// they differ in speed only.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Classifier {
-    /// Plain code: SSE2 on x86_64 (its baseline), a loop elsewhere.
-    Baseline,
-    /// One 64-byte compare per class, on x86_64 CPUs that have AVX-512BW.
-    #[cfg(target_arch = "x86_64")]
-    Avx512,
-}
+/// Marks every whole 64-byte block a chunk iterator has left.
+type Blocks = fn(&mut std::slice::ChunksExact<'_, u8>, &mut Vec<u64>);
 
-impl Classifier {
-    /// The fastest this CPU runs. The check is one cached load.
-    #[inline]
-    fn best() -> Classifier {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512bw") {
-            return Classifier::Avx512;
-        }
-        Classifier::Baseline
-    }
+/// The fastest block classifier this build can offer: AVX-512BW where the
+/// CPU has it (checked at each call), else the baseline.
+#[cfg(target_arch = "x86_64")]
+use avx512::mark_blocks as wide_blocks;
+#[cfg(not(target_arch = "x86_64"))]
+use baseline_blocks as wide_blocks;
 
-    /// Those this CPU can run, for the tests.
-    #[cfg(test)]
-    fn available() -> Vec<Classifier> {
-        let mut all = vec![Classifier::Baseline];
-        if Classifier::best() != Classifier::Baseline {
-            all.push(Classifier::best());
-        }
-        all
-    }
-}
-
-fn mark_with(how: Classifier, input: &[u8], marks: &mut Vec<u64>) {
+fn mark_with(blocks_of: Blocks, input: &[u8], marks: &mut Vec<u64>) {
     marks.clear();
     marks.reserve(input.len() / BLOCK + 1);
     let mut blocks = input.chunks_exact(BLOCK);
-    match how {
-        Classifier::Baseline => baseline_blocks(&mut blocks, marks),
-        #[cfg(target_arch = "x86_64")]
-        Classifier::Avx512 => avx512::mark_blocks(&mut blocks, marks),
-    }
+    blocks_of(&mut blocks, marks);
     let rest = blocks.remainder();
     // The tail is padded with quotes, which are marked like the real ends.
     let mut bytes = [b'"'; BLOCK];
@@ -66,6 +39,7 @@ fn mark_with(how: Classifier, input: &[u8], marks: &mut Vec<u64>) {
     marks.push(classify(&bytes));
 }
 
+/// Plain code: SSE2 on x86_64 (its baseline), a loop elsewhere.
 fn baseline_blocks(blocks: &mut std::slice::ChunksExact<'_, u8>, marks: &mut Vec<u64>) {
     for block in blocks.by_ref() {
         let mut bytes = [0u8; BLOCK];
@@ -173,7 +147,11 @@ fn classify(bytes: &[u8; BLOCK]) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::{mark, mark_with, next, Classifier};
+    use super::{baseline_blocks, mark, mark_with, next, wide_blocks, Blocks};
+
+    /// Every classifier this build has; on a CPU without AVX-512BW both are
+    /// the baseline.
+    const CLASSIFIERS: [(&str, Blocks); 2] = [("baseline", baseline_blocks), ("wide", wide_blocks)];
 
     fn naive(s: &[u8], i: usize) -> usize {
         (i..s.len())
@@ -190,12 +168,12 @@ mod tests {
             .collect();
         let (mut want, mut got) = (Vec::new(), Vec::new());
         for len in [0, 1, 63, 64, 65, 1000, 4999, 5000] {
-            mark_with(Classifier::Baseline, &input[..len], &mut want);
+            mark_with(baseline_blocks, &input[..len], &mut want);
             mark(&input[..len], &mut got);
             assert_eq!(got, want, "dispatched, len {len}");
-            for how in Classifier::available() {
-                mark_with(how, &input[..len], &mut got);
-                assert_eq!(got, want, "{how:?}, len {len}");
+            for (how, blocks) in CLASSIFIERS {
+                mark_with(blocks, &input[..len], &mut got);
+                assert_eq!(got, want, "{how}, len {len}");
             }
         }
     }
@@ -217,13 +195,13 @@ mod tests {
                         }
                     })
                     .collect();
-                for how in Classifier::available() {
-                    mark_with(how, &s, &mut marks);
+                for (how, blocks) in CLASSIFIERS {
+                    mark_with(blocks, &s, &mut marks);
                     for start in 0..=len + 2 {
                         assert_eq!(
                             next(&marks, start),
                             naive(&s, start),
-                            "{how:?} len {len} seed {seed} start {start}"
+                            "{how} len {len} seed {seed} start {start}"
                         );
                     }
                 }
@@ -243,13 +221,13 @@ mod tests {
                 if at > 0 {
                     s[at - 1] = 0xff;
                 }
-                for how in Classifier::available() {
-                    mark_with(how, &s, &mut marks);
+                for (how, blocks) in CLASSIFIERS {
+                    mark_with(blocks, &s, &mut marks);
                     for start in 0..=s.len() {
                         assert_eq!(
                             next(&marks, start),
                             naive(&s, start),
-                            "{how:?}: byte {special:#x} at {at} from {start}"
+                            "{how}: byte {special:#x} at {at} from {start}"
                         );
                     }
                 }
