@@ -20,7 +20,7 @@ CONNS=${2:-32}
 ROUNDS=${3:-3}
 command -v wrk >/dev/null 2>&1 || { export DEBIAN_FRONTEND=noninteractive; apt-get update -qq; apt-get install -y -qq wrk; }
 scripts/setup.sh
-cargo build --release --locked --bin recordgate --bin passthrough 2>&1 | tail -1
+cargo build --release --locked --bin recordgate --example passthrough -p recordgate -p recordgate-demo 2>&1 | tail -1
 BIN=target/release
 CORES=$(nproc)
 SRV_CPU=0; GEN_CPU=$(( CORES > 1 ? 1 : 0 ))
@@ -31,8 +31,8 @@ trap cleanup EXIT
 
 wait_port() { for _ in $(seq 1 100); do (echo > /dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 not up" >&2; exit 1; }
 
-taskset -c $SRV_CPU $BIN/recordgate demo-upstream --listen 127.0.0.1:18090 --records 300 >/tmp/rg-load-upstream.log 2>&1 & pids+=($!)
-taskset -c $SRV_CPU $BIN/passthrough 127.0.0.1:18081 127.0.0.1:18090 2 >/tmp/rg-load-passthrough.log 2>&1 & pids+=($!); PT_PID=$!
+taskset -c $SRV_CPU $BIN/recordgate-demo --listen 127.0.0.1:18090 --records 300 >/tmp/rg-load-upstream.log 2>&1 & pids+=($!)
+taskset -c $SRV_CPU $BIN/examples/passthrough 127.0.0.1:18081 127.0.0.1:18090 2 >/tmp/rg-load-passthrough.log 2>&1 & pids+=($!); PT_PID=$!
 # The gateway runs as shipped: access log on (RUST_LOG defaults to info), one JSON line per
 # request to stdout, here thrown away so the disk is not measured.
 env -u RUST_LOG taskset -c $SRV_CPU $BIN/recordgate serve --config benches/load/settings.yaml >/dev/null 2>/tmp/rg-load-gateway.log & pids+=($!); GW_PID=$!

@@ -17,7 +17,7 @@ fi
 promtool check rules deploy/prometheus/recordgate-alerts.yaml
 promtool check config --syntax-only deploy/prometheus/prometheus.yml
 
-cargo build --locked --quiet --bin recordgate
+cargo build --locked --quiet --bin recordgate -p recordgate -p recordgate-demo
 bin=target/debug/recordgate
 
 tmp=$(mktemp -d)
@@ -28,6 +28,7 @@ cleanup() {
     for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$pid" 2>/dev/null || true
   fi
+  kill -TERM "${demo_pid:-}" 2>/dev/null || true
   rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -78,11 +79,10 @@ server:
   graceful_shutdown_timeout_secs: 0
   pid_file: $tmp/rg.pid
   upgrade_sock: $tmp/rg.sock
-demo_upstream:
-  listen: "127.0.0.1:$up_port"
-  records: 20
 EOF
 
+target/debug/recordgate-demo --listen "127.0.0.1:$up_port" --records 20 >"$tmp/demo.log" 2>&1 &
+demo_pid=$!
 "$bin" serve --config "$tmp/settings.yaml" >"$tmp/gateway.log" 2>&1 &
 pid=$!
 

@@ -1,7 +1,35 @@
 #!/usr/bin/env bash
-# Starts the demo: the gateway on 127.0.0.1:8080 and [::1]:8080 in front of the
-# embedded sample user-record API (127.0.0.1:8090), metrics on 127.0.0.1:9091.
+# Starts the demo: the sample user-record API (its own crate, demo/) on
+# 127.0.0.1:8090 and the gateway on 127.0.0.1:8080 and [::1]:8080 in front of
+# it, metrics on 127.0.0.1:9091. Ctrl-C (or SIGTERM) stops both.
+#
+# The live policy and its audit log are kept in target/demo-state/, a copy of
+# config/policy.yaml made at each start, so the walk-through's management
+# calls never change the checkout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-exec cargo run --release --locked -- serve --config config/demo.yaml
+cargo build --release --locked --bin recordgate -p recordgate -p recordgate-demo
+
+state=target/demo-state
+mkdir -p "$state"
+cp config/policy.yaml "$state/policy.yaml"
+rm -f "$state/policy.audit.jsonl"
+# The same settings as config/demo.yaml, with the policy in the state directory.
+sed 's|^policy: policy.yaml|policy: policy.yaml  # the copy in target/demo-state|' \
+  config/demo.yaml >"$state/demo.yaml"
+
+target/release/recordgate-demo --listen 127.0.0.1:8090 --records 300 &
+demo_pid=$!
+gw_pid=""
+stop() {
+  [ -n "$gw_pid" ] && kill -TERM "$gw_pid" 2>/dev/null || true
+  kill -TERM "$demo_pid" 2>/dev/null || true
+  wait 2>/dev/null || true
+}
+trap stop EXIT
+trap 'exit 130' INT TERM
+
+target/release/recordgate serve --config "$state/demo.yaml" &
+gw_pid=$!
+wait "$gw_pid"

@@ -7,7 +7,6 @@ pub mod admin;
 pub mod allowlist;
 pub mod auth;
 pub mod client_ip;
-pub mod demo_upstream;
 pub mod enforce;
 pub mod errors;
 pub mod filter;

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use recordgate::policy::store::load_policy_file;
 use recordgate::server::{serve, ServeOptions};
-use recordgate::settings::{LogFormat, Settings, DEFAULT_LOG_BUFFER_LINES};
+use recordgate::settings::{LogFormat, Settings};
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 /// Inline enforcement gateway for Capture-style user-record APIs.
@@ -33,15 +33,6 @@ enum Command {
     Check {
         #[arg(short, long)]
         config: PathBuf,
-    },
-    /// Run only the embedded sample user-record API (load tests, experiments).
-    DemoUpstream {
-        /// Address to listen on.
-        #[arg(short, long, default_value = "127.0.0.1:8090")]
-        listen: String,
-        /// Number of generated user records.
-        #[arg(short, long, default_value_t = 300)]
-        records: usize,
     },
 }
 
@@ -97,10 +88,6 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => check(&config),
-        Command::DemoUpstream { listen, records } => {
-            let _log = init_logging(LogFormat::Human, DEFAULT_LOG_BUFFER_LINES, false);
-            recordgate::server::serve_demo_upstream(&listen, records)
-        }
         Command::Serve {
             config,
             upgrade,

@@ -132,12 +132,6 @@ pub fn serve(settings: Settings, opts: ServeOptions) -> Result<(), String> {
         m.threads = Some(1);
         server.add_service(m);
     }
-    if let Some(demo) = &settings.demo_upstream {
-        server.add_service(crate::demo_upstream::demo_upstream_service(
-            &demo.listen,
-            demo.records,
-        ));
-    }
     server.add_service(background_service(
         "policy reload",
         PolicyReloader { policy },
@@ -219,21 +213,4 @@ impl BackgroundService for PolicyReloader {
             }
         }
     }
-}
-
-/// Runs only the embedded sample API, as its own process.
-pub fn serve_demo_upstream(listen: &str, records: usize) -> std::process::ExitCode {
-    let conf = ServerConf {
-        threads: 1,
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(0),
-        pid_file: format!("/tmp/recordgate-demo-upstream-{}.pid", std::process::id()),
-        upgrade_sock: format!("/tmp/recordgate-demo-upstream-{}.sock", std::process::id()),
-        ..ServerConf::default()
-    };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
-    server.bootstrap();
-    server.add_service(crate::demo_upstream::demo_upstream_service(listen, records));
-    server.run(pingora::server::RunArgs::default());
-    std::process::ExitCode::SUCCESS
 }

@@ -34,9 +34,6 @@ pub struct Settings {
     /// Replaces the built-in Capture route table when present.
     #[serde(default)]
     pub routes: Option<Vec<RouteDef>>,
-    /// Starts the embedded sample user-record API (demo and load tests).
-    #[serde(default)]
-    pub demo_upstream: Option<DemoUpstreamSettings>,
     #[serde(default)]
     pub log: LogSettings,
     /// JSON-lines audit log of policy changes; defaults to `<policy>.audit.jsonl`.
@@ -196,18 +193,6 @@ impl Default for ServerSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DemoUpstreamSettings {
-    pub listen: String,
-    #[serde(default = "default_demo_records")]
-    pub records: usize,
-}
-
-fn default_demo_records() -> usize {
-    300
-}
-
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -341,14 +326,6 @@ impl Settings {
                 err(
                     "metrics.listen".into(),
                     format!("{m:?} is not an addr:port"),
-                );
-            }
-        }
-        if let Some(d) = &self.demo_upstream {
-            if d.listen.parse::<std::net::SocketAddr>().is_err() {
-                err(
-                    "demo_upstream.listen".into(),
-                    format!("{:?} is not an addr:port", d.listen),
                 );
             }
         }

@@ -1,22 +1,31 @@
-//! The shipped example policy in front of the embedded sample user-record API
-//! (started by `demo_upstream` in settings), on private ports.
+//! The shipped example policy in front of the sample user-record API (the
+//! `recordgate-demo` crate, served here by the test's own upstream), on
+//! private ports.
+// A test (or bench) that cannot set up fails loudly; the no-panic rule is for the gateway.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::{json, Value};
+use serde_json::Value;
 
-fn demo_gateway() -> Gateway {
-    let demo_port = free_port();
-    let demo = format!("127.0.0.1:{demo_port}");
+fn demo_gateway() -> (Gateway, TestUpstream) {
+    let demo = recordgate_demo::DemoUpstream::new(40);
+    let upstream = TestUpstream::start(move |r| {
+        Reply::bytes(
+            "application/json",
+            demo.respond(
+                r.path(),
+                r.query(),
+                r.header("content-type"),
+                &r.body,
+            ),
+        )
+    });
     let policy = std::fs::read_to_string(repo_path("config/policy.yaml")).unwrap();
-    let gw = GatewayBuilder::to_server(&demo)
-        .policy(&policy)
-        .setting("demo_upstream", json!({"listen": demo, "records": 40}))
-        .start();
-    // The embedded upstream may come up just after the gateway's listener.
+    let gw = GatewayBuilder::new(&upstream).policy(&policy).start();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let r = gw.get(
@@ -34,12 +43,12 @@ fn demo_gateway() -> Gateway {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    gw
+    (gw, upstream)
 }
 
 #[test]
 fn demo_owner_reads_full_records() {
-    let gw = demo_gateway();
+    let (gw, _upstream) = demo_gateway();
     let v = gw
         .get(
             "/entity?type_name=user&id=7",
@@ -59,7 +68,7 @@ fn demo_owner_reads_full_records() {
 
 #[test]
 fn demo_partner_sees_only_its_attributes() {
-    let gw = demo_gateway();
+    let (gw, _upstream) = demo_gateway();
     let v = gw
         .get(
             "/entity?type_name=user&id=7",
@@ -129,7 +138,7 @@ fn demo_partner_sees_only_its_attributes() {
 
 #[test]
 fn demo_writer_rejects_attributes_outside_its_write_schema() {
-    let gw = demo_gateway();
+    let (gw, _upstream) = demo_gateway();
     let auth = Some(("crm-writer", "writer-secret"));
     let r = gw.post_form(
         "/entity.update",
@@ -158,7 +167,7 @@ fn demo_writer_rejects_attributes_outside_its_write_schema() {
 
 #[test]
 fn demo_offsite_partner_and_login_client_are_refused() {
-    let gw = demo_gateway();
+    let (gw, _upstream) = demo_gateway();
     gw.get(
         "/entity?type_name=user&id=7",
         Some(("partner-offsite", "offsite-secret")),

@@ -6,6 +6,8 @@
 //! The load is raw HTTP/1.1 on loopback, one request per connection by
 //! default (no client-side retry of any kind: every request is counted as it
 //! went). Every wait and loop is bounded.
+// A test (or bench) that cannot set up fails loudly; the no-panic rule is for the gateway.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

@@ -7,6 +7,8 @@
 //! `promtool` and `prometheus` are optional on the machine: the checks that
 //! need them print a note and skip when they are not on PATH (Debian package
 //! `prometheus` provides both).
+// A test (or bench) that cannot set up fails loudly; the no-panic rule is for the gateway.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use recordgate::demo_upstream::{Params, Store};
+use recordgate_demo::{Params, Store};
 use recordgate::policy::store::load_policy_file;
 use recordgate::schema::{AccessTree, AttrPath};
 use serde_json::{json, Value};
