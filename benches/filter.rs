@@ -13,9 +13,9 @@ use std::time::Duration;
 use criterion::{
     criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
 };
-use recordgate::response_filter::filter_response;
-use recordgate::routes::ResponseRecords;
-use recordgate::stream_filter::{filter_response_bytes, StreamFilter};
+use recordgate::decide::routes::ResponseRecords;
+use recordgate::filter::reference::filter_response;
+use recordgate::filter::response::{filter_response_bytes, StreamFilter};
 
 // The allocator the gateway binary runs with (src/main.rs).
 #[global_allocator]

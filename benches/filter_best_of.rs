@@ -14,8 +14,8 @@
 
 use std::time::Instant;
 
-use recordgate::routes::ResponseRecords;
-use recordgate::stream_filter::StreamFilter;
+use recordgate::decide::routes::ResponseRecords;
+use recordgate::filter::response::StreamFilter;
 
 // Shared with the criterion bench, whose wide schema this one does not use.
 #[allow(dead_code)]

@@ -12,8 +12,8 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use ipnet::{IpNet, Ipv4Net};
-use recordgate::allowlist::CidrSet;
-use recordgate::auth;
+use recordgate::cidr::CidrSet;
+use recordgate::decide::credentials;
 use recordgate::policy::compile::{compile, CompileContext};
 use recordgate::policy::model::{AccessSchemasDef, ClientDef, PolicyFile, SecretSource};
 
@@ -57,23 +57,29 @@ fn signature(c: &mut Criterion) {
         ("attributes", "[\"givenName\"]"),
     ];
     let date = "2026-11-22 10:00:00";
-    let sig = auth::sign(
+    let sig = credentials::sign(
         b"partner-secret",
-        &auth::string_to_sign("/entity", date, &params, false),
+        &credentials::string_to_sign("/entity", date, &params, false),
     );
     c.bench_function("signature_verify", |b| {
         b.iter(|| {
-            auth::verify_signature(b"partner-secret", "/entity", date, black_box(&params), &sig)
+            credentials::verify_signature(
+                b"partner-secret",
+                "/entity",
+                date,
+                black_box(&params),
+                &sig,
+            )
         })
     });
     c.bench_function("basic_secret_compare", |b| {
-        b.iter(|| auth::secrets_equal(black_box(b"partner-secret"), b"partner-secret"))
+        b.iter(|| credentials::secrets_equal(black_box(b"partner-secret"), b"partner-secret"))
     });
 }
 
 fn demo_policy() -> PolicyFile {
     let text = include_str!("../config/policy.yaml");
-    recordgate::settings::from_yaml(Path::new("policy.yaml"), text).unwrap_or_default()
+    recordgate::config::settings::from_yaml(Path::new("policy.yaml"), text).unwrap_or_default()
 }
 
 fn with_clients(n: usize) -> PolicyFile {

@@ -1,5 +1,7 @@
-//! Errors the gateway answers itself, rendered in Capture's envelope.
-//! One place maps a refusal to its HTTP status, Capture code and metric reason.
+//! Errors the gateway answers itself: Capture's envelope ([`ApiError`]) and
+//! CONNECT's `ErrorResponse` ([`ConnectError`]). One place maps a refusal to
+//! its HTTP status, its code, its decision label and the failure counters it
+//! is recorded under; the proxy's respond stage renders and counts it once.
 
 use serde_json::{json, Map, Value};
 
@@ -15,6 +17,8 @@ pub enum DenyReason {
     BadRequest,
     Route,
     Upstream,
+    /// The gateway itself failed (a change that could not be saved).
+    Internal,
 }
 
 impl DenyReason {
@@ -29,8 +33,26 @@ impl DenyReason {
             DenyReason::BadRequest => "bad_request",
             DenyReason::Route => "route",
             DenyReason::Upstream => "upstream",
+            DenyReason::Internal => "internal",
         }
     }
+}
+
+/// A failure counter an error is recorded under, besides its decision label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counter {
+    /// `recordgate_filter_failures_total{direction, kind}`.
+    FilterFailure {
+        direction: &'static str,
+        kind: &'static str,
+    },
+    /// `recordgate_upstream_errors_total{kind}`.
+    UpstreamError(&'static str),
+    /// `recordgate_client_timeouts_total{phase}`.
+    ClientTimeout(&'static str),
+    /// An upstream response over the size limit: both an upstream error and
+    /// a response filter failure (`too_large`).
+    UpstreamTooLarge,
 }
 
 #[derive(Debug, Clone)]
@@ -41,6 +63,8 @@ pub struct ApiError {
     pub description: String,
     pub argument_name: Option<String>,
     pub reason: DenyReason,
+    /// Counted by the respond stage when the error is answered.
+    pub counter: Option<Counter>,
 }
 
 impl ApiError {
@@ -58,7 +82,24 @@ impl ApiError {
             description,
             argument_name: None,
             reason,
+            counter: None,
         }
+    }
+
+    /// The same error, also counted under `counter` when it is answered.
+    pub fn counted(mut self, counter: Counter) -> Self {
+        self.counter = Some(counter);
+        self
+    }
+
+    pub(crate) fn filter_failure(self, direction: &'static str, kind: &'static str) -> Self {
+        self.counted(Counter::FilterFailure { direction, kind })
+    }
+
+    /// The same error counted under another decision label.
+    pub fn with_reason(mut self, reason: DenyReason) -> Self {
+        self.reason = reason;
+        self
     }
 
     pub fn with_argument(mut self, name: impl Into<String>) -> Self {
@@ -107,6 +148,16 @@ impl ApiError {
             "invalid_client_credentials",
             DenyReason::Credentials,
             "the client id or secret (or signature) is not valid".into(),
+        )
+    }
+
+    pub fn unsupported_auth_method() -> Self {
+        ApiError::new(
+            401,
+            205,
+            "invalid_auth_method",
+            DenyReason::Credentials,
+            "the Authorization scheme is not Basic or Signature".into(),
         )
     }
 
@@ -276,7 +327,7 @@ impl ApiError {
             500,
             500,
             "unexpected_error",
-            DenyReason::Upstream,
+            DenyReason::Internal,
             description.into(),
         )
     }
@@ -300,6 +351,139 @@ impl ApiError {
             m.insert("argument_name".into(), json!(a));
         }
         m.insert("request_id".into(), json!(request_id));
-        serde_json::to_vec(&Value::Object(m)).unwrap_or_default()
+        // Display of a `Value` cannot fail, unlike `to_vec`'s general case.
+        Value::Object(m).to_string().into_bytes()
+    }
+}
+
+/// A CONNECT `ErrorResponse` (the Roles API's error body) with its HTTP
+/// status and decision label.
+#[derive(Debug)]
+pub struct RoleError {
+    pub status: u16,
+    pub error: String,
+    pub reason: String,
+    pub resolution: String,
+    /// The `decision` label it is counted under.
+    pub decision: DenyReason,
+}
+
+impl RoleError {
+    pub fn new(status: u16, error: &str, reason: impl Into<String>, resolution: &str) -> Self {
+        let decision = match status {
+            401 => DenyReason::Credentials,
+            403 => DenyReason::Feature,
+            500.. => DenyReason::Internal,
+            _ => DenyReason::BadRequest,
+        };
+        RoleError {
+            status,
+            error: error.into(),
+            reason: reason.into(),
+            resolution: resolution.into(),
+            decision,
+        }
+    }
+
+    /// A refusal of the shared decision path in CONNECT's shape, counted
+    /// under the decision's own label.
+    pub fn from_decision(e: ApiError) -> Self {
+        let mut out = match e.http_status {
+            401 => RoleError::new(
+                401,
+                "Unauthorized.",
+                "Valid client credentials are required.",
+                "Authenticate with the client id and secret.",
+            ),
+            403 => RoleError::new(
+                403,
+                "Forbidden.",
+                "The call is not allowed from this address.",
+                "Call from an allowed address.",
+            ),
+            413 | 431 => RoleError::new(
+                e.http_status,
+                "Request too large.",
+                e.description,
+                "Send a smaller request.",
+            ),
+            408 => RoleError::new(
+                408,
+                "Request timeout.",
+                e.description,
+                "Send the whole request in time.",
+            ),
+            _ => RoleError::bad_request(e.description),
+        };
+        out.decision = e.reason;
+        out
+    }
+
+    pub fn body(&self, operation_id: &str) -> Vec<u8> {
+        json!({
+            "OperationId": operation_id,
+            "Error": self.error,
+            "Reason": self.reason,
+            "Resolution": self.resolution,
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    pub fn not_found() -> Self {
+        RoleError::new(
+            404,
+            "Client or tenant not found.",
+            "No client with this id exists in this tenant.",
+            "Check the tenant and client identifiers.",
+        )
+    }
+
+    pub fn forbidden(needed: &str) -> Self {
+        RoleError::new(
+            403,
+            "Forbidden.",
+            format!("This operation requires {needed}."),
+            "Call with a client that holds the required role.",
+        )
+    }
+
+    pub fn bad_request(reason: impl Into<String>) -> Self {
+        RoleError::new(
+            400,
+            "Missing or invalid inputs.",
+            reason,
+            "Correct the request and try again.",
+        )
+    }
+}
+
+/// Why a call was not answered as asked, in the shape its API uses.
+#[derive(Debug)]
+pub enum Failure {
+    /// Record routes and the Capture management endpoints.
+    Capture(ApiError),
+    /// The CONNECT Roles API.
+    Connect(RoleError),
+}
+
+impl Failure {
+    pub fn decision(&self) -> DenyReason {
+        match self {
+            Failure::Capture(e) => e.reason,
+            Failure::Connect(e) => e.decision,
+        }
+    }
+}
+
+impl From<ApiError> for Failure {
+    fn from(e: ApiError) -> Self {
+        Failure::Capture(e)
+    }
+}
+
+impl From<RoleError> for Failure {
+    fn from(e: RoleError) -> Self {
+        Failure::Connect(e)
     }
 }

@@ -1,30 +1,25 @@
 //! recordgate: an inline enforcement gateway for Capture-style user-record APIs.
 //!
-//! Data flows one way: request -> auth -> policy decision -> request body filter
-//! -> upstream -> response body filter -> client.
+//! A request flows one way through the stages of [`proxy`]: intake (limits,
+//! codings, body, parameters) -> decide (one [`decide::authorize`] for record
+//! routes and the management API: credentials, client address and allow-list,
+//! route and features, grants, probe refusal) -> request filter
+//! ([`filter::request`]) -> forward (the upstream call) -> relay (the response
+//! filter, [`filter::response`], buffered or streamed) -> respond (one exit that
+//! renders errors and records the outcome).
+//!
+//! Internals are `pub(crate)`; what is `pub` is exposed on purpose for the
+//! integration tests, fuzz targets and benches.
 
-pub mod admin;
-pub mod allowlist;
-pub mod auth;
-pub mod client_ip;
-pub mod enforce;
+pub mod cidr;
+pub mod config;
+pub mod decide;
 pub mod errors;
 pub mod filter;
-pub mod gateway;
-pub mod header_deadline;
-pub mod json;
-pub mod log_format;
 pub mod management;
-pub mod memory;
-pub mod metrics;
-pub mod oracle;
+pub mod ops;
 pub mod params;
 pub mod policy;
-pub mod response_filter;
-pub mod routes;
+pub mod proxy;
 pub mod schema;
 pub mod server;
-pub mod settings;
-pub mod stream_filter;
-pub mod string_ends;
-pub mod upstream;

@@ -2,9 +2,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use recordgate::config::settings::{LogFormat, Settings};
 use recordgate::policy::store::load_policy_file;
 use recordgate::server::{serve, ServeOptions};
-use recordgate::settings::{LogFormat, Settings};
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 /// Inline enforcement gateway for Capture-style user-record APIs.
@@ -68,16 +68,16 @@ fn init_logging(
                 64 << 10,
                 std::io::stdout(),
             ));
-        recordgate::metrics::watch_log_drops(writer.error_counter());
+        recordgate::ops::metrics::watch_log_drops(writer.error_counter());
         (BoxMakeWriter::new(writer), Some(guard))
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_timer(recordgate::log_format::CachedUtc)
+        .with_timer(recordgate::ops::log_format::CachedUtc)
         .with_writer(writer);
     match format {
         LogFormat::Json => builder
-            .event_format(recordgate::log_format::JsonLines)
+            .event_format(recordgate::ops::log_format::JsonLines)
             .init(),
         LogFormat::Human => builder.init(),
     }

@@ -9,16 +9,7 @@ pub struct Params {
     pairs: Vec<(String, String)>,
 }
 
-/// Parameters accepted per call unless settings say otherwise. Capture calls
-/// use a dozen; a cap keeps the duplicate check (linear per name) cheap
-/// against a body of a hundred thousand distinct names.
-pub const DEFAULT_MAX_PARAMETERS: usize = 256;
-
 impl Params {
-    pub fn parse(query: Option<&str>, form_body: Option<&[u8]>) -> Result<Params, ApiError> {
-        Params::parse_limited(query, form_body, DEFAULT_MAX_PARAMETERS)
-    }
-
     pub fn parse_limited(
         query: Option<&str>,
         form_body: Option<&[u8]>,
@@ -106,9 +97,13 @@ impl Params {
 mod tests {
     use super::*;
 
+    fn parse(query: Option<&str>, body: Option<&[u8]>) -> Result<Params, ApiError> {
+        Params::parse_limited(query, body, 256)
+    }
+
     #[test]
     fn merges_query_and_body() {
-        let p = Params::parse(
+        let p = parse(
             Some("type_name=user"),
             Some(b"uuid=abc&attributes=%5B%22a%22%5D"),
         )
@@ -119,9 +114,9 @@ mod tests {
 
     #[test]
     fn repeated_field_is_refused() {
-        let e = Params::parse(None, Some(b"attributes=1&attributes=2")).unwrap_err();
+        let e = parse(None, Some(b"attributes=1&attributes=2")).unwrap_err();
         assert_eq!(e.code, 201);
-        let e = Params::parse(Some("filter=x"), Some(b"filter=y")).unwrap_err();
+        let e = parse(Some("filter=x"), Some(b"filter=y")).unwrap_err();
         assert_eq!(e.argument_name.as_deref(), Some("filter"));
     }
 
@@ -133,23 +128,23 @@ mod tests {
             b"%7F=1",
             b"type_name=us%00er",
         ] {
-            let e = Params::parse(None, Some(body)).unwrap_err();
+            let e = parse(None, Some(body)).unwrap_err();
             assert_eq!(e.code, 200, "{}", String::from_utf8_lossy(body));
         }
         // Newlines and tabs inside values are data.
-        assert!(Params::parse(None, Some(b"filter=a%0Ab%09c")).is_ok());
+        assert!(parse(None, Some(b"filter=a%0Ab%09c")).is_ok());
     }
 
     #[test]
     fn parameter_count_is_capped() {
         let body: String = (0..300).map(|i| format!("a{i}=1&")).collect();
-        let e = Params::parse(None, Some(body.as_bytes())).unwrap_err();
+        let e = parse(None, Some(body.as_bytes())).unwrap_err();
         assert_eq!(e.argument_name.as_deref(), Some("parameters"));
         assert!(Params::parse_limited(None, Some(body.as_bytes()), 300).is_ok());
     }
 
     #[test]
     fn invalid_utf8_is_refused() {
-        assert!(Params::parse(None, Some(b"a=%ff")).is_err());
+        assert!(parse(None, Some(b"a=%ff")).is_err());
     }
 }

@@ -1,5 +1,5 @@
-//! Assembles the Pingora server: the gateway, the metrics listener, the
-//! optional embedded demo upstream, and the policy reload on SIGHUP.
+//! Assembles the Pingora server: the gateway, the operator listener and the
+//! policy reloader (file edits and SIGHUP).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,13 +10,15 @@ use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 
-use crate::allowlist::{parse_cidr, CidrSet};
-use crate::gateway::Gateway;
-use crate::metrics;
+use crate::cidr::{parse_cidr, CidrSet};
+use crate::config::settings::Settings;
+use crate::decide::routes::RouteTable;
+use crate::decide::Rules;
+use crate::management::Services;
+use crate::ops::metrics;
 use crate::policy::PolicyStore;
-use crate::routes::RouteTable;
-use crate::settings::Settings;
-use crate::upstream::Upstream;
+use crate::proxy::forward::Upstream;
+use crate::proxy::Gateway;
 
 pub struct ServeOptions {
     pub upgrade: bool,
@@ -25,7 +27,10 @@ pub struct ServeOptions {
 
 /// Builds everything that can fail before the server starts, so that a bad
 /// setting is reported as an error rather than a half-started process.
-pub fn build_gateway(settings: Arc<Settings>, policy: Arc<PolicyStore>) -> Result<Gateway, String> {
+pub(crate) fn build_gateway(
+    settings: Arc<Settings>,
+    policy: Arc<PolicyStore>,
+) -> Result<Gateway, String> {
     let routes = match &settings.routes {
         Some(defs) => RouteTable::from_defs(defs)?,
         None => RouteTable::builtin(),
@@ -61,17 +66,24 @@ pub fn build_gateway(settings: Arc<Settings>, policy: Arc<PolicyStore>) -> Resul
                 .map_err(|_| format!("upstream.servers: {server:?} is not a valid Host"))?,
         ),
     };
-    Ok(Gateway {
-        policy,
-        routes,
-        upstream,
+    let rules = Arc::new(Rules {
         trusted_proxies: CidrSet::new(&nets),
+        max_skew_secs: settings.auth.signature_max_skew_secs,
+    });
+    let management = Services {
+        store: policy.clone(),
         audit: Arc::new(crate::policy::audit::AuditLog::new(
             settings.audit_log_path(),
         )),
+        rules: rules.clone(),
+    };
+    Ok(Gateway {
+        policy,
+        routes,
+        upstream: upstream.with_identity(upstream_host, upstream_authorization),
+        rules,
         settings,
-        upstream_authorization,
-        upstream_host,
+        management,
     })
 }
 
@@ -84,6 +96,9 @@ pub fn serve(settings: Settings, opts: ServeOptions) -> Result<(), String> {
             .collect::<Vec<_>>()
             .join("\n")
     })?);
+    // The pages freed while the policy was parsed and compiled go back to
+    // the OS now, not when requests start to flow.
+    crate::ops::memory::release_freed();
     metrics::init();
     let snap = policy.load();
     metrics::policy_activated(snap.version, snap.clients.len());
@@ -108,7 +123,7 @@ pub fn serve(settings: Settings, opts: ServeOptions) -> Result<(), String> {
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let app = crate::header_deadline::HeaderDeadline::new(
+    let app = crate::proxy::header_deadline::HeaderDeadline::new(
         pingora::proxy::http_proxy(&server.configuration, gateway),
         Duration::from_millis(settings.timeouts.downstream_header_ms),
         Duration::from_millis(settings.timeouts.downstream_read_ms),
@@ -120,7 +135,7 @@ pub fn serve(settings: Settings, opts: ServeOptions) -> Result<(), String> {
     server.add_service(proxy);
 
     if let Some(listen) = &settings.metrics.listen {
-        let admin = crate::admin::Admin {
+        let admin = crate::ops::operator::Admin {
             policy: policy.clone(),
             upstreams: settings.upstream.servers.clone(),
         };
@@ -206,7 +221,7 @@ impl BackgroundService for PolicyReloader {
                 _ = hup.recv() => reloaded |= self.reload("signal", false),
                 _ = tick.tick() => {
                     if std::mem::take(&mut reloaded) {
-                        crate::memory::release_freed();
+                        crate::ops::memory::release_freed();
                     }
                     reloaded |= self.reload("file", true);
                 }

@@ -12,11 +12,16 @@ use std::cell::Cell;
 use std::net::IpAddr;
 use std::path::Path;
 
-use recordgate::enforce::{self, AuthInput};
+use recordgate::cidr::CidrSet;
+use recordgate::decide::authenticate::authenticate;
+use recordgate::decide::client_address::check_allow_list;
+use recordgate::decide::grants::grants;
+use recordgate::decide::routes::check_feature;
+use recordgate::decide::routes::{ResponseRecords, RouteTable};
+use recordgate::decide::{Facts, Rules};
+use recordgate::filter::response::filter_response_bytes;
 use recordgate::params::Params;
 use recordgate::policy::store::load_policy_file;
-use recordgate::routes::{ResponseRecords, RouteTable};
-use recordgate::stream_filter::filter_response_bytes;
 
 struct Counting;
 
@@ -69,14 +74,14 @@ fn record(id: u64) -> serde_json::Value {
 fn lookups_on_the_decision_path_do_not_allocate() {
     let snap = demo_snapshot();
     let routes = RouteTable::builtin();
-    let params = Params::parse(Some("type_name=user&id=7"), None).expect("params");
+    let params = Params::parse_limited(Some("type_name=user&id=7"), None, 256).expect("params");
     let ip: IpAddr = "127.0.0.1".parse().unwrap();
     let client = snap.clients.get("partner-readonly").expect("demo client");
     // Warm anything lazily initialised.
     let route = routes.find("/entity").expect("route");
-    enforce::check_ip(client, ip).expect("allowed");
-    enforce::check_feature(client, route).expect("feature");
-    enforce::grants(&snap, client, &params).expect("grants");
+    check_allow_list(client, ip).expect("allowed");
+    check_feature(client, route).expect("feature");
+    grants(&snap, client, &params).expect("grants");
 
     let (n, route) = count(|| routes.find("/entity.find"));
     assert_eq!(n, 0, "route lookup allocated");
@@ -84,13 +89,13 @@ fn lookups_on_the_decision_path_do_not_allocate() {
     let (n, c) = count(|| snap.clients.get("partner-readonly"));
     assert_eq!(n, 0, "client lookup allocated");
     let c = c.expect("client");
-    let (n, r) = count(|| enforce::check_ip(c, ip));
+    let (n, r) = count(|| check_allow_list(c, ip));
     assert_eq!(n, 0, "allow-list check allocated");
     assert!(r.is_ok());
-    let (n, r) = count(|| enforce::check_feature(c, route));
+    let (n, r) = count(|| check_feature(c, route));
     assert_eq!(n, 0, "feature check allocated");
     assert!(r.is_ok());
-    let (n, g) = count(|| enforce::grants(&snap, c, &params).map(|g| g.read_only));
+    let (n, g) = count(|| grants(&snap, c, &params).map(|g| g.read_only));
     assert_eq!(n, 0, "grant lookup allocated");
     assert!(g.is_ok());
 }
@@ -105,16 +110,22 @@ fn allocations_per_request_stay_what_the_request_needs() {
             "partner-readonly:partner-secret"
         )
     );
-    let input = AuthInput {
-        authorization: Some(authorization.as_bytes()),
-        date: None,
-        endpoint: "/entity",
-        now_secs: 0,
+    let rules = Rules {
+        trusted_proxies: CidrSet::new(&[]),
         max_skew_secs: 300,
     };
+    let headers = http::HeaderMap::new();
     let (params_allocs, params) =
-        count(|| Params::parse(Some("type_name=user&id=7"), None).expect("params"));
-    let (auth_allocs, client) = count(|| enforce::authenticate(&snap, &input, &params).is_ok());
+        count(|| Params::parse_limited(Some("type_name=user&id=7"), None, 256).expect("params"));
+    let facts = Facts {
+        headers: &headers,
+        peer: None,
+        path: "/entity",
+        params: &params,
+        now_secs: 0,
+    };
+    let (auth_allocs, client) =
+        count(|| authenticate(&snap, &rules, &facts, Some(authorization.as_bytes())).is_ok());
     assert!(client, "demo credentials authenticate");
 
     let read = snap.clients["partner-readonly"].schemas["user"]

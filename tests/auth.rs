@@ -345,7 +345,7 @@ fn signed_request_without_a_date_is_refused() {
 
 #[test]
 fn published_signing_vector_through_the_library() {
-    let sts = recordgate::auth::string_to_sign(
+    let sts = recordgate::decide::credentials::string_to_sign(
         "/entity",
         "2000-01-01 01:01:01",
         &[
@@ -356,7 +356,7 @@ fn published_signing_vector_through_the_library() {
         false,
     );
     assert_eq!(
-        recordgate::auth::sign(b"bar", &sts),
+        recordgate::decide::credentials::sign(b"bar", &sts),
         "G3N5RxCVc0d6rDLmBRGvcg2hCVY="
     );
     // And the test's own signer agrees with the vector.

@@ -16,12 +16,7 @@ fn demo_gateway() -> (Gateway, TestUpstream) {
     let upstream = TestUpstream::start(move |r| {
         Reply::bytes(
             "application/json",
-            demo.respond(
-                r.path(),
-                r.query(),
-                r.header("content-type"),
-                &r.body,
-            ),
+            demo.respond(r.path(), r.query(), r.header("content-type"), &r.body),
         )
     });
     let policy = std::fs::read_to_string(repo_path("config/policy.yaml")).unwrap();

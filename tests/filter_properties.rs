@@ -5,8 +5,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use proptest::prelude::*;
-use recordgate::filter::{check_write, project, strip_write};
-use recordgate::json::parse_strict;
+use recordgate::filter::json::parse_strict;
+use recordgate::filter::reference::project;
+use recordgate::filter::request::{check_write, strip_write};
 use recordgate::schema::{AccessTree, AttrDef, AttrPath, EntityType, RESERVED};
 use serde_json::{Map, Value};
 

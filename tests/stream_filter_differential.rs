@@ -11,10 +11,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use proptest::prelude::*;
-use recordgate::response_filter::{filter_response, FilterFailure};
-use recordgate::routes::ResponseRecords;
+use recordgate::decide::routes::ResponseRecords;
+use recordgate::filter::reference::filter_response;
+use recordgate::filter::response::FilterFailure;
+use recordgate::filter::response::{filter_response_bytes, project_bytes, StreamFilter};
 use recordgate::schema::{AccessTree, AttrDef, AttrPath, EntityType};
-use recordgate::stream_filter::{filter_response_bytes, project_bytes, StreamFilter};
 use serde_json::{Map, Value};
 
 /// splitmix64: the body generator draws from this so one proptest seed

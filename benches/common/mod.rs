@@ -3,9 +3,9 @@
 
 use std::path::Path;
 
-use recordgate_demo::{Params, Store};
 use recordgate::policy::store::load_policy_file;
 use recordgate::schema::{AccessTree, AttrPath};
+use recordgate_demo::{Params, Store};
 use serde_json::{json, Value};
 
 /// `count` records from the demo store, paged like a client would.

@@ -102,7 +102,8 @@ pub(crate) const FAMILY_NAMES: &[&str] = &[
     "Ibrahim",
     "Walker",
 ];
-pub(crate) const MIDDLE_NAMES: &[&str] = &["James", "Marie", "Lee", "Ann", "Jose", "Rae", "Kai", "Jean"];
+pub(crate) const MIDDLE_NAMES: &[&str] =
+    &["James", "Marie", "Lee", "Ann", "Jose", "Rae", "Kai", "Jean"];
 pub(crate) const GENDERS: &[&str] = &["female", "male", "non-binary", "unspecified"];
 pub(crate) const STREETS: &[&str] = &[
     "Maple Street",
@@ -142,7 +143,8 @@ pub(crate) const PROFILE_DOMAINS: &[&str] = &[
     "apple.com",
 ];
 pub(crate) const PHOTO_TYPES: &[&str] = &["original", "normal"];
-pub(crate) const STATUS_NAMES: &[&str] = &["active", "verified", "pending", "suspended", "reactivated"];
+pub(crate) const STATUS_NAMES: &[&str] =
+    &["active", "verified", "pending", "suspended", "reactivated"];
 pub(crate) const INTERNAL_NOTES: &[&str] = &[
     "Chargeback dispute opened by card issuer; keep an eye on refunds.",
     "Escalated to tier-2 support twice for account recovery.",
@@ -325,4 +327,3 @@ pub(crate) fn take_id(next: &mut i64) -> i64 {
     *next += 1;
     id
 }
-

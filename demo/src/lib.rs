@@ -10,12 +10,6 @@
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};
 
-
-
-
-
-
-
 use serde_json::{json, Map, Value};
 
 /// The only entity type the demo knows.
@@ -603,17 +597,16 @@ fn copy_path(src: &Value, path: &[String], out: &mut Value) {
     }
 }
 
-
 mod generate;
 mod http_adapter;
 mod query;
 mod store;
 mod writes;
 use generate::*;
+pub use http_adapter::{serve, service, DemoUpstream};
 use query::*;
 pub use store::Store;
 use writes::*;
-pub use http_adapter::{serve, service, DemoUpstream};
 
 #[cfg(test)]
 mod tests;

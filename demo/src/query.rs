@@ -323,4 +323,3 @@ pub(crate) fn cmp_values(a: &Value, b: &Value) -> Ordering {
         _ => rank(a).cmp(&rank(b)),
     }
 }
-

@@ -393,4 +393,3 @@ fn touch(record: &mut Value) {
         *slot = Value::from(now_ts());
     }
 }
-

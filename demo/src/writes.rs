@@ -159,4 +159,3 @@ pub(crate) fn apply_element(
     }
     Ok(())
 }
-

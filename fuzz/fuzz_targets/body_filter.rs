@@ -23,13 +23,13 @@ use std::path::Path;
 use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
-use recordgate::json::{parse_strict, MAX_SUPPORTED_DEPTH};
+use recordgate::filter::json::{parse_strict, MAX_SUPPORTED_DEPTH};
 use recordgate::policy::model::PolicyFile;
-use recordgate::response_filter::filter_response;
-use recordgate::routes::ResponseRecords;
+use recordgate::filter::reference::filter_response;
+use recordgate::decide::routes::ResponseRecords;
 use recordgate::schema::{AccessTree, AttrPath, EntityType};
-use recordgate::settings::from_yaml;
-use recordgate::stream_filter::{filter_response_bytes, StreamFilter};
+use recordgate::config::settings::from_yaml;
+use recordgate::filter::response::{filter_response_bytes, StreamFilter};
 use serde_json::Value;
 
 /// The demo policy: its `user` entity type is the shape real records have.

@@ -12,7 +12,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use recordgate::oracle::{filter_attributes, json_path_list};
+use recordgate::decide::probes::{filter_attributes, json_path_list};
 use recordgate::schema::AttrPath;
 
 fn check_paths(paths: &[AttrPath], what: &str) {

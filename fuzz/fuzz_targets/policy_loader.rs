@@ -18,7 +18,7 @@ use std::path::Path;
 use libfuzzer_sys::fuzz_target;
 use recordgate::policy::compile::{compile, policy_hash, CompileContext};
 use recordgate::policy::model::{PolicyFile, SecretRef, SecretSource};
-use recordgate::settings::from_yaml;
+use recordgate::config::settings::from_yaml;
 
 const NOWHERE: &str = "/nonexistent-recordgate-fuzz/";
 

@@ -20,7 +20,7 @@
 
 use chrono::DateTime;
 use libfuzzer_sys::fuzz_target;
-use recordgate::auth::{
+use recordgate::decide::credentials::{
     parse_authorization, parse_signed_date, sign, string_to_sign, verify_signature, Presented,
     SIGNED_DATE_FORMAT, UNSIGNED_PARAMS,
 };

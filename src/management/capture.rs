@@ -7,8 +7,8 @@ use std::net::IpAddr;
 
 use serde_json::{json, Value};
 
-use crate::allowlist::{parse_cidr, CidrSet};
-use crate::auth::{generate_client_id, generate_secret};
+use crate::cidr::{parse_cidr, CidrSet};
+use crate::decide::credentials::{generate_client_id, generate_secret};
 use crate::errors::ApiError;
 use crate::params::Params;
 use crate::policy::model::{AccessSchemasDef, ClientDef, PolicyFile, PreviousSecret, SecretSource};

@@ -11,9 +11,9 @@ use sha2::{Digest, Sha256};
 
 use super::features::{Feature, FeatureSet};
 use super::model::{AccessSchemasDef, PolicyFile, WriteViolationMode};
-use crate::allowlist::{parse_cidr, CidrSet};
+use crate::cidr::{parse_cidr, CidrSet};
+use crate::config::settings::ConfigError;
 use crate::schema::{AccessTree, AttrPath, EntityType};
-use crate::settings::ConfigError;
 
 pub struct Snapshot {
     /// Increases by one with every accepted change in this process.
@@ -224,7 +224,7 @@ fn compile_parts(
             }
         };
         for (i, r) in def.roles.iter().enumerate() {
-            if crate::management::roles::role_by_name(r).is_none() {
+            if super::roles::role_by_name(r).is_none() {
                 err(
                     format!("{key}.roles[{i}]"),
                     format!("{r} is not a built-in role"),
@@ -420,7 +420,7 @@ entity_types:
     fn compile_text(clients: &str) -> Result<Snapshot, Vec<ConfigError>> {
         let text = format!("{TYPES}clients:\n{clients}");
         let policy: PolicyFile =
-            crate::settings::from_yaml(Path::new("p.yaml"), &text).map_err(|e| vec![e])?;
+            crate::config::settings::from_yaml(Path::new("p.yaml"), &text).map_err(|e| vec![e])?;
         compile(
             policy,
             &CompileContext {

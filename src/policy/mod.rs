@@ -5,6 +5,7 @@ pub mod compile;
 pub mod features;
 pub mod model;
 pub mod persist;
+pub mod roles;
 pub mod store;
 
 pub use compile::{Client, ClientSchemas, Snapshot};

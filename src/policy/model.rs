@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::config::secrets::{SecretRef, SecretSource};
 use crate::schema::AttrDef;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -88,39 +89,6 @@ pub struct PreviousSecret {
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
     *v == T::default()
-}
-
-/// A client secret, inline or by reference so that policy files can live in Git.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum SecretSource {
-    Inline(String),
-    Reference(SecretRef),
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "lowercase")]
-pub enum SecretRef {
-    Env(String),
-    File(String),
-}
-
-impl SecretSource {
-    /// Resolves the secret; the error names the reference, never the value.
-    pub fn resolve(&self, base_dir: &std::path::Path) -> Result<String, String> {
-        match self {
-            SecretSource::Inline(s) => Ok(s.clone()),
-            SecretSource::Reference(SecretRef::Env(var)) => {
-                std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))
-            }
-            SecretSource::Reference(SecretRef::File(path)) => {
-                let p = base_dir.join(path);
-                std::fs::read_to_string(&p)
-                    .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
-                    .map_err(|e| format!("cannot read secret file {}: {e}", p.display()))
-            }
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,7 +13,7 @@ use arc_swap::ArcSwap;
 use super::compile::{compile, compile_hashed, CompileContext, Snapshot};
 use super::model::PolicyFile;
 use super::persist::write_atomically;
-use crate::settings::{from_yaml, ConfigError};
+use crate::config::settings::{from_yaml, ConfigError};
 
 /// Identity of the policy file's current contents, to notice edits cheaply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -119,7 +119,6 @@ impl PolicyStore {
     pub fn open(path: &Path) -> Result<PolicyStore, Vec<ConfigError>> {
         let before = stamp(path);
         let snap = load_policy_file(path, 1)?;
-        crate::memory::release_freed();
         Ok(PolicyStore {
             current: ArcSwap::from_pointee(snap),
             path: path.to_path_buf(),

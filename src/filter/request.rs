@@ -1,6 +1,7 @@
-//! The reference attribute filter: applies a compiled [`AccessTree`] to a
-//! `serde_json::Value` record, in the read (project) and write (check/strip)
-//! directions.
+//! The request (write) filter: checks and strips the records a caller sends
+//! against its write schema, on `serde_json::Value` records (request bodies
+//! are small and are re-encoded for the upstream anyway). [`filter_write`] is
+//! what the proxy's request-filter stage runs.
 //!
 //! Records are JSON objects; a plural is an array of element objects, and the
 //! tree node of a plural applies to every element, so arrays never consume a
@@ -8,6 +9,14 @@
 
 use serde_json::{Map, Value};
 
+use crate::config::routes::{Access, RequestRecords};
+use crate::decide::grants::Grants;
+use crate::decide::routes::Route;
+use crate::errors::ApiError;
+use crate::filter::json::parse_record;
+use crate::params::Params;
+use crate::policy::model::WriteViolationMode;
+use crate::policy::Client;
 use crate::schema::{is_reserved, AccessTree, AttrPath};
 
 /// Why a write request was refused.
@@ -29,74 +38,6 @@ fn describe(path: &str) -> &str {
     } else {
         path
     }
-}
-
-/// Read direction: removes from `value` everything `tree` does not grant and
-/// returns how many attributes were removed.
-///
-/// A `null` where the tree grants only part of an object is kept: it reveals
-/// nothing beyond the attribute being empty. Any other scalar there does not
-/// match the schema and is removed, since the tree cannot tell which part of it
-/// would be granted. A scalar at the top with a partial grant cannot be removed by
-/// a parent, so it is replaced by `null` (and counted).
-pub fn project(value: &mut Value, tree: &AccessTree) -> usize {
-    if tree.is_all() {
-        return 0;
-    }
-    match value {
-        Value::Object(map) => project_object(map, tree),
-        Value::Array(items) => project_array(items, tree),
-        Value::Null => 0,
-        _ => {
-            *value = Value::Null;
-            1
-        }
-    }
-}
-
-fn project_object(map: &mut Map<String, Value>, tree: &AccessTree) -> usize {
-    let mut removed = 0;
-    map.retain(|key, v| match tree.child(key) {
-        Some(sub) => {
-            let keep = project_nested(v, sub, &mut removed);
-            if !keep {
-                removed += 1;
-            }
-            keep
-        }
-        None => {
-            removed += 1;
-            false
-        }
-    });
-    removed
-}
-
-fn project_array(items: &mut Vec<Value>, tree: &AccessTree) -> usize {
-    let mut removed = 0;
-    items.retain_mut(|item| {
-        let keep = project_nested(item, tree, &mut removed);
-        if !keep {
-            removed += 1;
-        }
-        keep
-    });
-    removed
-}
-
-/// Projects a value found inside a container; `false` means the container must
-/// drop it.
-fn project_nested(v: &mut Value, tree: &AccessTree, removed: &mut usize) -> bool {
-    if tree.is_all() {
-        return true;
-    }
-    match v {
-        Value::Object(map) => *removed += project_object(map, tree),
-        Value::Array(items) => *removed += project_array(items, tree),
-        Value::Null => {}
-        _ => return false,
-    }
-    true
 }
 
 /// The first top-level reserved attribute named in `record`, if it is an object.
@@ -235,10 +176,149 @@ fn strip_nested(v: &mut Value, tree: &AccessTree, removed: &mut usize) -> bool {
     true
 }
 
+/// Result of write filtering: how many attributes were stripped.
+pub struct WriteOutcome {
+    pub removed: usize,
+}
+
+/// Applies the write schema to the records of a request, in place.
+pub(crate) fn filter_write(
+    route: &Route,
+    client: &Client,
+    g: &Grants<'_>,
+    attribute_name: Option<&AttrPath>,
+    params: &mut Params,
+    json_body: Option<&mut Value>,
+    max_depth: usize,
+) -> Result<WriteOutcome, ApiError> {
+    if route.access != Access::Write {
+        return Ok(WriteOutcome { removed: 0 });
+    }
+    if g.read_only {
+        return Err(ApiError::not_writable("type_name", g.entity_type).read_only());
+    }
+    let mode = client.on_write_violation;
+    let mut removed = 0;
+    match route.request_records {
+        RequestRecords::None => {
+            // Deleting a whole record also deletes what the client may not write.
+            if attribute_name.is_none() && !g.write.is_all() && route.path.ends_with(".delete") {
+                return Err(ApiError::not_writable("type_name", "the whole record"));
+            }
+        }
+        RequestRecords::Attributes => {
+            removed += filter_field(params, "attributes", g.write, mode, max_depth)?;
+        }
+        RequestRecords::AttributesOrValue => match (attribute_name, params.get("value")) {
+            (Some(path), Some(raw)) => {
+                let mut v = parse_json_arg("value", raw, max_depth)?;
+                if mode == WriteViolationMode::Strip {
+                    if let Some(tree) = g.write.subtree(path) {
+                        removed += strip_write(&mut v, tree);
+                    }
+                }
+                // Checked against the whole tree at `path`, after stripping, so
+                // a null or scalar cannot clear what the client may not write.
+                check_write_at(&v, g.write, path).map_err(|e| violation("value", e))?;
+                params.set("value", v.to_string());
+            }
+            _ => removed += filter_field(params, "attributes", g.write, mode, max_depth)?,
+        },
+        RequestRecords::AllAttributes => {
+            let raw = params
+                .get("all_attributes")
+                .ok_or_else(|| ApiError::missing_argument("all_attributes"))?;
+            let mut v = parse_json_arg("all_attributes", raw, max_depth)?;
+            let Value::Array(items) = &mut v else {
+                return Err(ApiError::invalid_argument(
+                    "all_attributes",
+                    "expected a JSON array of objects",
+                ));
+            };
+            for item in items.iter_mut() {
+                removed += filter_record("all_attributes", item, g.write, mode)?;
+            }
+            params.set("all_attributes", v.to_string());
+        }
+        RequestRecords::JsonBody => {
+            let v = json_body.ok_or_else(|| ApiError::missing_argument("body"))?;
+            removed += filter_record("body", v, g.write, mode)?;
+        }
+    }
+    Ok(WriteOutcome { removed })
+}
+
+impl ApiError {
+    fn read_only(mut self) -> Self {
+        self.description =
+            "this client has an empty write access schema for this entity type".into();
+        self
+    }
+}
+
+fn violation(argument: &str, e: WriteViolation) -> ApiError {
+    match e {
+        WriteViolation::Reserved(name) => ApiError::reserved_attribute(argument, &name),
+        WriteViolation::NotWritable(path) if path.is_empty() => {
+            ApiError::not_writable(argument, "the written value")
+        }
+        WriteViolation::NotWritable(path) => ApiError::not_writable(argument, &path),
+    }
+}
+
+fn parse_json_arg(argument: &str, raw: &str, max_depth: usize) -> Result<Value, ApiError> {
+    parse_record(raw.as_bytes(), max_depth).map_err(|e| ApiError::invalid_argument(argument, e))
+}
+
+fn filter_field(
+    params: &mut Params,
+    argument: &str,
+    tree: &AccessTree,
+    mode: WriteViolationMode,
+    max_depth: usize,
+) -> Result<usize, ApiError> {
+    let raw = params
+        .get(argument)
+        .ok_or_else(|| ApiError::missing_argument(argument))?;
+    let mut v = parse_json_arg(argument, raw, max_depth)?;
+    let removed = filter_record(argument, &mut v, tree, mode)?;
+    params.set(argument, v.to_string());
+    Ok(removed)
+}
+
+fn filter_record(
+    argument: &str,
+    record: &mut Value,
+    tree: &AccessTree,
+    mode: WriteViolationMode,
+) -> Result<usize, ApiError> {
+    if !record.is_object() {
+        return Err(ApiError::invalid_argument(
+            argument,
+            "expected a JSON object of attributes",
+        ));
+    }
+    if let Some(name) = reserved_in(record) {
+        return Err(ApiError::reserved_attribute(argument, name));
+    }
+    match mode {
+        WriteViolationMode::Reject => check_write(record, tree)
+            .map(|_| 0)
+            .map_err(|e| violation(argument, e)),
+        WriteViolationMode::Strip => {
+            let removed = strip_write(record, tree);
+            // strip_write leaves a bare value alone; what remains must pass.
+            check_write(record, tree).map_err(|e| violation(argument, e))?;
+            Ok(removed)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::json::parse_strict;
+    use crate::filter::json::parse_strict;
+    use crate::filter::reference::project;
     use crate::schema::EntityType;
     use serde_json::json;
 

@@ -1,4 +1,4 @@
-//! Which address the IP allow-list is checked against.
+//! Which address the IP allow-list is checked against, and the check.
 //!
 //! `X-Forwarded-For` is attacker-writable, so it is only believed when the TCP
 //! peer is one of our own trusted proxies, and then only as far back as the
@@ -7,7 +7,10 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::allowlist::CidrSet;
+use crate::cidr::CidrSet;
+use crate::decide::permit::Facts;
+use crate::errors::{ApiError, DenyReason};
+use crate::policy::Client;
 
 /// Longest slice of an offending entry echoed into an error, so that a huge
 /// header cannot blow up log lines.
@@ -20,6 +23,28 @@ pub enum XffError {
     /// but should not be sent back to the caller verbatim.
     #[error("malformed X-Forwarded-For: {0}")]
     Malformed(String),
+}
+
+/// The address a call comes from: the peer, or behind trusted proxies the
+/// right-most untrusted `X-Forwarded-For` hop. A peer that is not an IP
+/// socket (UDS, subrequest) is refused.
+pub(crate) fn resolve(facts: &Facts<'_>, trusted: &CidrSet) -> Result<IpAddr, ApiError> {
+    let peer = facts.peer.ok_or_else(ApiError::ip_denied)?;
+    let xff = facts
+        .headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .map(|v| v.as_bytes());
+    resolve_client_ip(peer, xff, trusted)
+        .map_err(|e| ApiError::invalid_argument("X-Forwarded-For", e).with_reason(DenyReason::Ip))
+}
+
+/// The client's allow-list (`whitelist`), if it has one, must contain `ip`.
+pub fn check_allow_list(client: &Client, ip: IpAddr) -> Result<(), ApiError> {
+    match &client.whitelist {
+        Some(list) if !list.contains(ip) => Err(ApiError::ip_denied()),
+        _ => Ok(()),
+    }
 }
 
 /// Resolves the client address for allow-list checks.
@@ -113,7 +138,7 @@ fn echo(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::allowlist::parse_cidr;
+    use crate::cidr::parse_cidr;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()

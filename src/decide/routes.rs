@@ -4,63 +4,9 @@
 //! `/entity.find/` are not routes, so nothing reaches the upstream under a
 //! spelling the policy was not written for.
 
-use serde::Deserialize;
-
-use crate::policy::{Feature, FeatureSet};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Access {
-    Read,
-    Write,
-}
-
-/// Where the records to be write-filtered sit in a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RequestRecords {
-    /// No record in the request.
-    #[default]
-    None,
-    /// Form field `attributes` holds a JSON object.
-    Attributes,
-    /// `attributes` (JSON object), or `value` relative to `attribute_name`.
-    AttributesOrValue,
-    /// Form field `all_attributes` holds a JSON array of record objects.
-    AllAttributes,
-    /// The whole `application/json` body is the record.
-    JsonBody,
-}
-
-/// Where the records to be read-filtered sit in a response.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ResponseRecords {
-    /// No attribute values in the response (counts, ids, `stat`).
-    #[default]
-    None,
-    /// `result` is a record, or the value at `attribute_name` when given.
-    Result,
-    /// Each element of `results` is a record.
-    Results,
-    /// The whole body is one record.
-    JsonBody,
-}
-
-/// A route as written in settings (`routes:` overrides the built-in table).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RouteDef {
-    pub path: String,
-    pub access: Access,
-    /// Any one of these features grants the route; defaults by `access`.
-    #[serde(default)]
-    pub features: Option<Vec<String>>,
-    #[serde(default)]
-    pub request_records: RequestRecords,
-    #[serde(default)]
-    pub response_records: ResponseRecords,
-}
+pub use crate::config::routes::{Access, RequestRecords, ResponseRecords, RouteDef};
+use crate::errors::ApiError;
+use crate::policy::{Client, Feature, FeatureSet};
 
 #[derive(Debug, Clone)]
 pub struct Route {
@@ -157,6 +103,15 @@ impl RouteTable {
 
     pub fn find(&self, path: &str) -> Option<&Route> {
         self.routes.iter().find(|r| r.path == path)
+    }
+}
+
+/// Any one of the route's features grants it.
+pub fn check_feature(client: &Client, route: &Route) -> Result<(), ApiError> {
+    if client.features.intersects(route.needs_any) {
+        Ok(())
+    } else {
+        Err(ApiError::feature_denied(&route.path))
     }
 }
 

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::routes::RouteDef;
+use crate::config::routes::RouteDef;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -60,7 +60,7 @@ pub struct UpstreamSettings {
 #[serde(deny_unknown_fields)]
 pub struct UpstreamCredentials {
     pub client_id: String,
-    pub secret: crate::policy::model::SecretSource,
+    pub secret: crate::config::secrets::SecretSource,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -90,7 +90,7 @@ impl Default for Limits {
             max_streamed_response_bytes: 4 << 30,
             max_json_depth: 32,
             max_header_bytes: 16 << 10,
-            max_parameters: crate::params::DEFAULT_MAX_PARAMETERS,
+            max_parameters: DEFAULT_MAX_PARAMETERS,
         }
     }
 }
@@ -210,6 +210,11 @@ pub struct LogSettings {
     pub buffer_lines: usize,
 }
 
+/// Parameters accepted per call unless settings say otherwise. Capture calls
+/// use a dozen; a cap keeps the duplicate check (linear per name) cheap
+/// against a body of a hundred thousand distinct names.
+pub const DEFAULT_MAX_PARAMETERS: usize = 256;
+
 pub const DEFAULT_LOG_BUFFER_LINES: usize = 128_000;
 
 impl Default for LogSettings {
@@ -317,7 +322,7 @@ impl Settings {
             }
         }
         for (i, c) in self.trusted_proxies.iter().enumerate() {
-            if let Err(e) = crate::allowlist::parse_cidr(c) {
+            if let Err(e) = crate::cidr::parse_cidr(c) {
                 err(format!("trusted_proxies[{i}]"), e.to_string());
             }
         }

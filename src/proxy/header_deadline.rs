@@ -18,7 +18,7 @@ use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
 use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
 
-use crate::metrics;
+use crate::ops::metrics;
 
 tokio::task_local! {
     static HEADER_READ: Cell<bool>;

@@ -1,27 +1,113 @@
-//! The upstream call for record routes. The gateway sends the request only
-//! after it has decided and filtered, and reads the whole (bounded) response
-//! before a byte goes back, so a malformed or oversize body becomes a clean
-//! 502 instead of a half-sent unfiltered one. Connections are pooled by
-//! Pingora's connector.
+//! The forward stage: the upstream call for record routes. The request is
+//! built here from what was decided and filtered (the filtered parameters,
+//! an allow-list of the caller's headers, the gateway's own identity), and
+//! sent only with a [`Permit`]. Servers are tried in turn; connections are
+//! pooled by Pingora's connector. The response is read by the relay stage
+//! from the returned [`OpenResponse`].
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
 use pingora::connectors::http::Connector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::protocols::http::client::HttpSession;
 use pingora::ErrorType;
 
-use crate::settings::{Timeouts, UpstreamSettings};
+use crate::config::settings::{Timeouts, UpstreamSettings};
+use crate::decide::routes::Route;
+use crate::decide::Permit;
+use crate::errors::{ApiError, Counter};
+use crate::params::Params;
 
 pub struct Upstream {
     peers: Vec<HttpPeer>,
     next: AtomicUsize,
     connector: Connector,
     idle: Duration,
+    /// `Host` sent upstream: the first configured server.
+    host: Option<HeaderValue>,
+    /// `Authorization` the gateway presents upstream, if configured (marked
+    /// sensitive, so it is never indexed or logged by `http`).
+    authorization: Option<HeaderValue>,
+}
+
+/// Request headers forwarded upstream. An allow-list: credentials, cookies
+/// and ranges of the caller have no business at the upstream.
+const REQUEST_HEADERS_FORWARDED: [HeaderName; 3] =
+    [header::USER_AGENT, header::ACCEPT, header::ACCEPT_LANGUAGE];
+
+/// The forwarded request headers' values, in the order of
+/// `REQUEST_HEADERS_FORWARDED`.
+type ForwardedHeaders = [Option<HeaderValue>; 3];
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// What goes upstream, fixed before the first attempt.
+pub(crate) struct Outgoing {
+    method: http::Method,
+    path: String,
+    body: Bytes,
+    content_type: Option<HeaderValue>,
+    forwarded: ForwardedHeaders,
+    request_id: HeaderValue,
+    client_ip: HeaderValue,
+}
+
+impl Outgoing {
+    /// The upstream request for a decided and filtered call: the filtered
+    /// parameters as a query, or as a form body for POST, or a JSON body.
+    pub(crate) fn new(
+        method: &http::Method,
+        route: &Route,
+        params: &Params,
+        json_body: Option<serde_json::Value>,
+        caller_headers: &http::HeaderMap,
+        request_id: &str,
+        permit: &Permit<'_>,
+    ) -> Result<Outgoing, ApiError> {
+        let encoded = params.encode();
+        let (path, body, content_type) = match json_body {
+            Some(v) => (
+                with_query(&route.path, &encoded),
+                Bytes::from(v.to_string()),
+                Some(HeaderValue::from_static("application/json")),
+            ),
+            None if *method == http::Method::POST => (
+                route.path.clone(),
+                Bytes::from(encoded),
+                Some(HeaderValue::from_static(
+                    "application/x-www-form-urlencoded",
+                )),
+            ),
+            None => (with_query(&route.path, &encoded), Bytes::new(), None),
+        };
+        let internal = |e: http::header::InvalidHeaderValue| ApiError::internal(e.to_string());
+        Ok(Outgoing {
+            method: method.clone(),
+            path,
+            body,
+            content_type,
+            forwarded: REQUEST_HEADERS_FORWARDED
+                .clone()
+                .map(|name| caller_headers.get(name).cloned()),
+            request_id: HeaderValue::from_str(request_id).map_err(internal)?,
+            // From the String itself: `from_str` would copy it once more.
+            client_ip: HeaderValue::try_from(permit.ip.to_string()).map_err(internal)?,
+        })
+    }
+}
+
+fn with_query(path: &str, encoded: &str) -> String {
+    if encoded.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{encoded}")
+    }
 }
 
 #[derive(Debug)]
@@ -36,6 +122,25 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// The error answered to the client, with the counters it is recorded
+    /// under.
+    pub(crate) fn answer(self) -> ApiError {
+        let counted = Counter::UpstreamError(self.kind());
+        match self {
+            UpstreamError::Timeout => ApiError::gateway_timeout().counted(counted),
+            UpstreamError::TooLarge => {
+                ApiError::bad_gateway("the upstream response exceeds the size limit")
+                    .counted(Counter::UpstreamTooLarge)
+            }
+            UpstreamError::Connect(_) => {
+                ApiError::bad_gateway("the upstream refused the connection").counted(counted)
+            }
+            UpstreamError::Protocol(_) => {
+                ApiError::bad_gateway("the upstream broke the exchange").counted(counted)
+            }
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             UpstreamError::Connect(_) => "connect",
@@ -89,7 +194,71 @@ impl Upstream {
             next: AtomicUsize::new(0),
             connector: Connector::new(None),
             idle: Duration::from_millis(timeouts.upstream_idle_ms),
+            host: None,
+            authorization: None,
         })
+    }
+
+    /// The gateway's own identity towards the upstream: `Host`, and the
+    /// `Authorization` it presents (never the caller's).
+    pub(crate) fn with_identity(
+        mut self,
+        host: Option<HeaderValue>,
+        authorization: Option<HeaderValue>,
+    ) -> Upstream {
+        self.host = host;
+        self.authorization = authorization;
+        self
+    }
+
+    /// Sends a decided call upstream. Only reads are retried on a stale
+    /// pooled connection once a byte may have reached the server.
+    pub(crate) async fn forward(
+        &self,
+        _permit: &Permit<'_>,
+        outgoing: &Outgoing,
+        idempotent: bool,
+    ) -> Result<OpenResponse<'_>, UpstreamError> {
+        let build = || self.header_for(outgoing);
+        let first = build().map_err(|e| {
+            UpstreamError::Protocol(format!("could not build the upstream request: {e}"))
+        })?;
+        self.open(first, &build, outgoing.body.clone(), idempotent)
+            .await
+    }
+
+    /// Builds the upstream request header. Called once per attempt: Pingora
+    /// consumes the header it writes, and building a new one for the rare
+    /// retry is cheaper than cloning one on every request.
+    fn header_for(&self, o: &Outgoing) -> pingora::Result<RequestHeader> {
+        // No case map: every name here is already in the lower case it is
+        // sent in, and the map would cost an allocation per header.
+        let mut r = RequestHeader::build_no_case(o.method.clone(), o.path.as_bytes(), Some(10))?;
+        for (name, value) in REQUEST_HEADERS_FORWARDED.iter().zip(&o.forwarded) {
+            if let Some(v) = value {
+                r.insert_header(name.clone(), v.clone())?;
+            }
+        }
+        if let Some(host) = &self.host {
+            r.insert_header(header::HOST, host.clone())?;
+        }
+        // Identity only: a compressed body could not be filtered.
+        r.insert_header(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        )?;
+        if let Some(ct) = &o.content_type {
+            r.insert_header(header::CONTENT_TYPE, ct.clone())?;
+        }
+        if !o.body.is_empty() || o.method == http::Method::POST {
+            r.insert_header(header::CONTENT_LENGTH, HeaderValue::from(o.body.len()))?;
+        }
+        if let Some(a) = &self.authorization {
+            r.insert_header(header::AUTHORIZATION, a.clone())?;
+        }
+        r.insert_header(X_REQUEST_ID, o.request_id.clone())?;
+        r.insert_header(X_FORWARDED_FOR, o.client_ip.clone())?;
+        Ok(r)
     }
 
     /// Sends one request and reads the response header; the body is then
@@ -100,7 +269,7 @@ impl Upstream {
     ///
     /// `first` is the header for the first attempt; `rebuild` makes another
     /// for each retry (Pingora consumes the header it writes).
-    pub async fn open<F>(
+    async fn open<F>(
         &self,
         first: RequestHeader,
         rebuild: &F,

@@ -2,6 +2,10 @@
 //! `filter`, `sort_on`, `attributes`, `key_attribute` and `attribute_name`
 //! cannot probe attributes the caller may not read.
 
+use crate::decide::grants::Grants;
+use crate::decide::routes::{Access, Route};
+use crate::errors::ApiError;
+use crate::params::Params;
 use crate::schema::AttrPath;
 
 const KEYWORDS: [&str; 7] = ["and", "or", "not", "is", "null", "true", "false"];
@@ -88,6 +92,67 @@ pub fn json_path_list(value: &str, sort_keys: bool) -> Result<Vec<AttrPath>, Str
         out.push(AttrPath::parse(s).map_err(|e| e.to_string())?);
     }
     Ok(out)
+}
+
+fn parse_path(argument: &str, value: &str) -> Result<AttrPath, ApiError> {
+    AttrPath::parse(value).map_err(|e| ApiError::invalid_argument(argument, e))
+}
+
+/// Refuses parameters that would let a caller select, sort or address records
+/// by attributes outside its read schema.
+pub(crate) fn refuse_probes(
+    route: &Route,
+    g: &Grants<'_>,
+    params: &Params,
+) -> Result<Option<AttrPath>, ApiError> {
+    if let Some(f) = params.get("filter") {
+        for p in filter_attributes(f).map_err(|e| ApiError::invalid_argument("filter", e))? {
+            if !g.read.allows_fully(&p) {
+                return Err(ApiError::not_readable("filter", &p.to_string()));
+            }
+        }
+    }
+    if let Some(s) = params.get("sort_on") {
+        for p in json_path_list(s, true).map_err(|e| ApiError::invalid_argument("sort_on", e))? {
+            if !g.read.allows_fully(&p) {
+                return Err(ApiError::not_readable("sort_on", &p.to_string()));
+            }
+        }
+    }
+    if let Some(k) = params.get("key_attribute") {
+        let p = parse_path("key_attribute", k)?;
+        if !g.read.allows_fully(&p) {
+            return Err(ApiError::not_readable("key_attribute", &p.to_string()));
+        }
+    }
+    if route.access == Access::Read {
+        if let Some(a) = params.get("attributes") {
+            for p in
+                json_path_list(a, false).map_err(|e| ApiError::invalid_argument("attributes", e))?
+            {
+                if !g.read.reaches(&p) {
+                    return Err(ApiError::not_readable("attributes", &p.to_string()));
+                }
+            }
+        }
+    }
+    let Some(a) = params.get("attribute_name") else {
+        return Ok(None);
+    };
+    let p = parse_path("attribute_name", a)?;
+    match route.access {
+        Access::Read if !g.read.reaches(&p) => {
+            Err(ApiError::not_readable("attribute_name", &p.to_string()))
+        }
+        Access::Write if p.is_reserved() => Err(ApiError::reserved_attribute(
+            "attribute_name",
+            &p.to_string(),
+        )),
+        Access::Write if !g.write.reaches(&p) => {
+            Err(ApiError::not_writable("attribute_name", &p.to_string()))
+        }
+        _ => Ok(Some(p)),
+    }
 }
 
 #[cfg(test)]

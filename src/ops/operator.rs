@@ -61,7 +61,7 @@ impl ServeHttp for Admin {
         match session.req_header().uri.path() {
             "/metrics" => {
                 let mut buf = Vec::new();
-                crate::metrics::refresh();
+                crate::ops::metrics::refresh();
                 match TextEncoder::new().encode(&prometheus::gather(), &mut buf) {
                     Ok(()) => respond(200, "text/plain; version=0.0.4", buf),
                     Err(e) => respond(500, "text/plain", e.to_string().into_bytes()),

@@ -1,0 +1,5 @@
+//! Configuration: the settings file's model, its validation and its errors.
+
+pub mod routes;
+pub mod secrets;
+pub mod settings;

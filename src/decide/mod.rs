@@ -1,0 +1,76 @@
+//! The decision: who is calling, from where, may they call this, and what may
+//! they touch. [`authorize`] is the one entry point, for record routes, the
+//! Capture management endpoints and the CONNECT Roles API alike: from the
+//! request's facts and ONE policy snapshot it returns a typed [`Permit`] or a
+//! [`Refusal`] with its reason. The upstream call and a management change can
+//! only be made with a permit.
+//!
+//! Pure functions over the snapshot; the proxy stages only carry bytes in and
+//! out. Each step has its own file: credentials ([`authenticate`],
+//! [`credentials`]), client address and allow-list ([`client_address`]),
+//! routes and features ([`routes`]), grants ([`grants`]) and probe refusal
+//! ([`probes`]).
+
+pub mod authenticate;
+pub mod client_address;
+pub mod credentials;
+pub mod grants;
+pub mod permit;
+pub mod probes;
+pub mod routes;
+
+use crate::errors::{ApiError, DenyReason};
+use crate::policy::Snapshot;
+pub use permit::{Facts, Permit, Refusal, RoutePermit, Rules, Target};
+
+/// Decides one call against one snapshot.
+pub fn authorize<'s>(
+    snap: &'s Snapshot,
+    rules: &Rules,
+    facts: &Facts<'_>,
+    target: Target<'s>,
+) -> Result<Permit<'s>, Refusal> {
+    // Two credentials would let the gateway and a proxy in front of it (or
+    // the upstream) each believe a different one.
+    let mut presented = facts.headers.get_all(http::header::AUTHORIZATION).iter();
+    let authorization = presented.next().map(|v| v.as_bytes());
+    if presented.next().is_some() {
+        return Err(ApiError::invalid_argument(
+            "Authorization",
+            "more than one Authorization header",
+        )
+        .with_reason(DenyReason::Credentials)
+        .into());
+    }
+    let client = authenticate::authenticate(snap, rules, facts, authorization)?;
+    let refused = |error: ApiError| Refusal {
+        client_id: Some(client.id.clone()),
+        error: Box::new(error),
+    };
+    let ip = client_address::resolve(facts, &rules.trusted_proxies).map_err(refused)?;
+    client_address::check_allow_list(client, ip).map_err(refused)?;
+    let route = match target {
+        Target::Route(route) => {
+            routes::check_feature(client, route).map_err(refused)?;
+            let grants = grants::grants(snap, client, facts.params).map_err(refused)?;
+            let attribute_name =
+                probes::refuse_probes(route, &grants, facts.params).map_err(refused)?;
+            Some(RoutePermit {
+                route,
+                grants,
+                attribute_name,
+            })
+        }
+        Target::Management {
+            endpoint,
+            needs_any,
+        } => {
+            if !client.features.intersects(needs_any) {
+                return Err(refused(ApiError::feature_denied(endpoint)));
+            }
+            None
+        }
+        Target::Roles => None,
+    };
+    Ok(Permit { client, ip, route })
+}

@@ -1,0 +1,7 @@
+//! Operations: the operator listener (metrics, health, status), the metrics
+//! themselves, the log line format and memory housekeeping.
+
+pub mod log_format;
+pub mod memory;
+pub mod metrics;
+pub mod operator;

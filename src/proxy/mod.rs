@@ -1,0 +1,304 @@
+//! The Pingora proxy. The `ProxyHttp` implementation only drives the stages,
+//! one file each, in the order data flows:
+//!
+//! | stage | file | what it does |
+//! |---|---|---|
+//! | intake | `intake.rs` | header size, codings, body, parameters |
+//! | decide | `crate::decide` | one `authorize` for record routes and management |
+//! | request filter | `crate::filter::request` | the write schema on the records sent |
+//! | forward | `forward.rs` | the upstream request, connector, retries |
+//! | relay | `relay.rs` | the read schema on the response, buffered or streamed |
+//! | respond | `respond.rs` | the one exit: answer or failure, labels, counters |
+//!
+//! Every request is answered from `request_filter`. Pingora's own forwarding
+//! path is not used because it sends the upstream request header before the
+//! body can be checked, and the client response header before the body can
+//! be filtered; both would break "decide first, fail closed".
+
+pub mod ctx;
+pub mod forward;
+pub mod header_deadline;
+mod intake;
+mod relay;
+mod respond;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use pingora::prelude::{HttpPeer, ProxyHttp, Session};
+use pingora::proxy::FailToProxy;
+use pingora::{Error, ErrorType, Result};
+
+use crate::config::settings::{ClientLabel, Settings};
+use crate::decide::authenticate::CREDENTIAL_PARAMS;
+use crate::decide::routes::{Route, RouteTable};
+use crate::decide::{self, Facts, Rules, Target};
+use crate::errors::{ApiError, Failure};
+use crate::management::{self, Call, Services};
+use crate::ops::metrics;
+use crate::policy::PolicyStore;
+use ctx::Ctx;
+use forward::{Outgoing, Upstream};
+use intake::BodyUse;
+use relay::Exchange;
+use respond::{Answer, X_REQUEST_ID};
+
+pub struct Gateway {
+    pub(crate) policy: Arc<PolicyStore>,
+    pub(crate) routes: RouteTable,
+    pub(crate) upstream: Upstream,
+    pub(crate) rules: Arc<Rules>,
+    pub(crate) settings: Arc<Settings>,
+    pub(crate) management: Services,
+}
+
+fn route_label(route: &Route) -> &'static str {
+    // Metric labels must stay bounded: built-in paths map to static names,
+    // overridden routes to one shared label.
+    match route.path.as_str() {
+        "/entity" => "/entity",
+        "/entity.find" => "/entity.find",
+        "/entity.count" => "/entity.count",
+        "/entity.create" => "/entity.create",
+        "/entity.bulkCreate" => "/entity.bulkCreate",
+        "/entity.update" => "/entity.update",
+        "/entity.replace" => "/entity.replace",
+        "/entity.delete" => "/entity.delete",
+        _ => "custom",
+    }
+}
+
+pub(crate) fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
+fn peer_ip(session: &Session) -> Option<IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+}
+
+impl Gateway {
+    /// Drives one request through the stages up to the respond stage.
+    async fn handle(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Answer, Failure> {
+        intake::check_header_size(session, self.settings.limits.max_header_bytes)?;
+        let path = session.req_header().uri.path().to_string();
+        if let Some(target) = management::classify(&path) {
+            ctx.route = "management";
+            return self.manage(session, ctx, target, &path).await;
+        }
+        let route = self
+            .routes
+            .find(&path)
+            .ok_or_else(|| ApiError::unknown_endpoint(&path))?;
+        ctx.route = route_label(route);
+        let method = session.req_header().method.clone();
+        if !(method == http::Method::GET
+            || method == http::Method::POST
+            || method == http::Method::HEAD)
+        {
+            return Err(ApiError::method_not_allowed(method.as_str()).into());
+        }
+        let limits = &self.settings.limits;
+
+        // Intake.
+        let mut request = intake::read(
+            session,
+            &self.settings,
+            BodyUse::Route(route.request_records),
+        )
+        .await?;
+
+        // Decide, against one snapshot.
+        let snap = self.policy.load();
+        let facts = Facts {
+            headers: &session.req_header().headers,
+            peer: peer_ip(session),
+            path: &path,
+            params: &request.params,
+            now_secs: now_secs(),
+        };
+        let permit = match decide::authorize(&snap, &self.rules, &facts, Target::Route(route)) {
+            Ok(p) => p,
+            Err(refusal) => {
+                ctx.client_id = refusal.client_id;
+                return Err(Failure::Capture(*refusal.error));
+            }
+        };
+        ctx.client_id = Some(permit.client.id.clone());
+        let Some(access) = &permit.route else {
+            return Err(ApiError::internal("a route decision without its grants").into());
+        };
+
+        // Request filter.
+        let removed = crate::filter::request::filter_write(
+            route,
+            permit.client,
+            &access.grants,
+            access.attribute_name.as_ref(),
+            &mut request.params,
+            request.json.as_mut(),
+            limits.max_json_depth,
+        )?
+        .removed;
+        if removed > 0 {
+            metrics::FILTERED_REQUEST.inc_by(removed as u64);
+        }
+        for p in CREDENTIAL_PARAMS {
+            request.params.remove(p);
+        }
+
+        // Forward, then relay.
+        let outgoing = Outgoing::new(
+            &method,
+            route,
+            &request.params,
+            request.json.take(),
+            &session.req_header().headers,
+            &ctx.request_id,
+            &permit,
+        )?;
+        let exchange = Exchange::begin(&self.upstream, &permit, &outgoing, ctx).await?;
+        Ok(relay::relay(session, ctx, exchange, access, limits).await?)
+    }
+
+    /// The management API: the same intake and decision, answered here.
+    async fn manage(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        target: management::Target<'_>,
+        path: &str,
+    ) -> Result<Answer, Failure> {
+        let body_use = match target {
+            management::Target::Capture(_) => BodyUse::Form,
+            management::Target::Roles(_) => BodyUse::Document,
+        };
+        let connect = matches!(body_use, BodyUse::Document);
+        let request = match intake::read(session, &self.settings, body_use).await {
+            Ok(r) => r,
+            Err(e) if connect => return Err(crate::errors::RoleError::from_decision(e).into()),
+            Err(e) => return Err(e.into()),
+        };
+        let req = session.req_header();
+        let head = req.method == http::Method::HEAD;
+        let call = Call {
+            method: req.method.clone(),
+            headers: Call::decision_headers(&req.headers),
+            peer: peer_ip(session),
+            path: path.to_string(),
+            params: request.params,
+            document: request.document,
+            request_id: ctx.request_id.clone(),
+            now_secs: now_secs(),
+        };
+        let outcome = management::serve(&self.management, target, call).await;
+        ctx.client_id = outcome.client_id;
+        let value = outcome.result?;
+        // A `Value`'s Display cannot fail, unlike `to_vec`'s general case.
+        let reply = respond::json_reply(200, value.to_string().into_bytes(), head && connect)?;
+        Ok(Answer::Reply(reply))
+    }
+
+    fn client_label_enabled(&self) -> bool {
+        let m = &self.settings.metrics;
+        match m.client_label {
+            ClientLabel::On => true,
+            ClientLabel::Off => false,
+            ClientLabel::Auto => self.policy.client_count() <= m.client_label_max_clients,
+        }
+    }
+
+    fn peer_is_trusted(&self, session: &Session) -> bool {
+        peer_ip(session).is_some_and(|ip| self.rules.trusted_proxies.contains(ip))
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx::new()
+    }
+
+    async fn early_request_filter(&self, _session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
+        header_deadline::mark_header_read();
+        Ok(())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        ctx.request_id = session
+            .req_header()
+            .headers
+            .get(X_REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| ctx::acceptable_request_id(v))
+            .filter(|_| self.peer_is_trusted(session))
+            .map(str::to_string)
+            .unwrap_or_else(ctx::new_request_id);
+        let outcome = self.handle(session, ctx).await;
+        respond::respond(session, ctx, outcome, self.settings.capture_compat_status).await?;
+        Ok(true)
+    }
+
+    /// After a streamed response has started, nothing more may be written:
+    /// the connection is dropped so the client sees a broken response.
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut Ctx) -> FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            _ => 502,
+        };
+        if session.response_written().is_none() {
+            if let Err(e) = session.respond_error(code).await {
+                tracing::debug!(error = %e, "could not send the error response");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        // Unreachable: request_filter answers every request itself.
+        Err(Error::explain(
+            ErrorType::HTTPStatus(500),
+            "no forwarding path",
+        ))
+    }
+
+    async fn logging(&self, _session: &mut Session, e: Option<&pingora::Error>, ctx: &mut Ctx) {
+        let total = ctx.start.elapsed();
+        let status = if ctx.status == 0 { 499 } else { ctx.status };
+        metrics::count_request(ctx.route, ctx.decision, status);
+        if let Some(client) = ctx.client_id.as_deref() {
+            if self.client_label_enabled() {
+                metrics::CLIENT_REQUESTS
+                    .with_label_values(&[client, ctx.decision])
+                    .inc();
+            }
+        }
+        metrics::DURATION_TOTAL.observe(total.as_secs_f64());
+        if !ctx.upstream_time.is_zero() {
+            metrics::DURATION_UPSTREAM.observe(ctx.upstream_time.as_secs_f64());
+        }
+        metrics::DURATION_GATEWAY.observe(total.saturating_sub(ctx.upstream_time).as_secs_f64());
+        tracing::info!(
+            target: "access",
+            request_id = %ctx.request_id,
+            client_id = ctx.client_id.as_deref().unwrap_or("-"),
+            route = ctx.route,
+            decision = ctx.decision,
+            status,
+            total_ms = total.as_secs_f64() * 1e3,
+            upstream_ms = ctx.upstream_time.as_secs_f64() * 1e3,
+            error = e.map(|e| e.etype().as_str()).unwrap_or(""),
+        );
+    }
+}
