@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prometheus checks for CI (needs promtool: Debian package `prometheus`):
 #   1. promtool check rules   deploy/prometheus/recordgate-alerts.yaml
+#      promtool test rules    deploy/prometheus/recordgate-alerts.test.yaml
 #   2. promtool check config  deploy/prometheus/prometheus.yml (syntax only)
 #   3. promtool check metrics on a live exposition: the gateway with its
 #      embedded sample API on free loopback ports, a few allowed and denied
@@ -15,6 +16,7 @@ if ! command -v promtool >/dev/null 2>&1; then
 fi
 
 promtool check rules deploy/prometheus/recordgate-alerts.yaml
+promtool test rules deploy/prometheus/recordgate-alerts.test.yaml
 promtool check config --syntax-only deploy/prometheus/prometheus.yml
 
 cargo build --locked --quiet --bin recordgate -p recordgate -p recordgate-demo
