@@ -114,7 +114,23 @@ fn compile_inner(
         None => std::thread::scope(|s| {
             let hash = s.spawn(|| policy_hash(&policy));
             let compiled = compile_parts(&policy, base_dir, &mut err);
-            (hash.join().unwrap_or_default(), compiled)
+            // Without its hash a changed policy could look unchanged and a
+            // reload be skipped: no hash, no snapshot.
+            let hash = match hash.join() {
+                Ok(Ok(hash)) => hash,
+                Ok(Err(why)) => {
+                    err(String::new(), format!("{why}; the policy was not loaded"));
+                    String::new()
+                }
+                Err(_) => {
+                    err(
+                        String::new(),
+                        "the policy's hash could not be computed; the policy was not loaded".into(),
+                    );
+                    String::new()
+                }
+            };
+            (hash, compiled)
         }),
     };
     let (clients, entity_types) = compiled;
@@ -387,22 +403,21 @@ impl std::io::Write for HashWriter {
     }
 }
 
-pub fn policy_hash(policy: &PolicyFile) -> String {
+pub fn policy_hash(policy: &PolicyFile) -> Result<String, String> {
     // BTreeMaps make the JSON canonical, so equal policies hash equally.
     // serde_json writes a few bytes at a time; batching them keeps the
     // digest's per-call bookkeeping off the hot path.
     let mut w = std::io::BufWriter::with_capacity(1 << 16, HashWriter(Sha256::new()));
-    if serde_json::to_writer(&mut w, policy).is_err() {
-        return String::new();
-    }
-    let Ok(HashWriter(digest)) = w.into_inner() else {
-        return String::new();
-    };
-    digest
+    serde_json::to_writer(&mut w, policy)
+        .map_err(|e| format!("the policy could not be serialised for its hash: {e}"))?;
+    let HashWriter(digest) = w
+        .into_inner()
+        .map_err(|e| format!("the policy's hash could not be completed: {e}"))?;
+    Ok(digest
         .finalize()
         .iter()
         .map(|b| format!("{b:02x}"))
-        .collect()
+        .collect())
 }
 
 #[cfg(test)]

@@ -203,7 +203,19 @@ impl PolicyStore {
                 return Err(e);
             }
         };
-        let hash = super::compile::policy_hash(&policy);
+        // Without its hash a changed policy could look unchanged: refused.
+        let hash = match super::compile::policy_hash(&policy) {
+            Ok(hash) => hash,
+            Err(why) => {
+                let e = vec![ConfigError {
+                    file: self.path.display().to_string(),
+                    key: String::new(),
+                    message: why,
+                }];
+                self.record(source, &e);
+                return Err(e);
+            }
+        };
         if hash == self.current.load().hash {
             // A valid file with the running content (fixed back, or SIGHUP
             // with no edit) is a successful load: no new version is needed.
