@@ -3,6 +3,8 @@
 //! second `Authorization` header, the same parameter limit, the same denial
 //! reason in the metrics, and an authorization that holds for the policy the
 //! change is applied to.
+// A test (or bench) that cannot set up fails loudly; the no-panic rule is for the gateway.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
