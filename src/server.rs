@@ -99,7 +99,7 @@ pub fn serve(settings: Settings, opts: ServeOptions) -> Result<(), String> {
     // The pages freed while the policy was parsed and compiled go back to
     // the OS now, not when requests start to flow.
     crate::ops::memory::release_freed();
-    metrics::init();
+    metrics::init()?;
     let snap = policy.load();
     metrics::policy_activated(snap.version, snap.clients.len());
     drop(snap);
@@ -177,17 +177,13 @@ impl PolicyReloader {
         match result {
             Ok(None) => false,
             Ok(Some(snap)) => {
-                metrics::POLICY_RELOADS
-                    .with_label_values(&[source, "success"])
-                    .inc();
+                metrics::POLICY_RELOADS.inc(&[source, "success"]);
                 metrics::policy_activated(snap.version, snap.clients.len());
                 tracing::info!(source, version = snap.version, hash = %snap.hash, "policy reloaded");
                 true
             }
             Err(errors) => {
-                metrics::POLICY_RELOADS
-                    .with_label_values(&[source, "failure"])
-                    .inc();
+                metrics::POLICY_RELOADS.inc(&[source, "failure"]);
                 for e in errors {
                     tracing::error!(source, error = %e, "policy reload rejected; keeping the running policy");
                 }

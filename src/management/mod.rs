@@ -361,15 +361,11 @@ where
     };
     match &result {
         Ok((_, snap)) => {
-            metrics::POLICY_RELOADS
-                .with_label_values(&["api", "success"])
-                .inc();
+            metrics::POLICY_RELOADS.inc(&["api", "success"]);
             metrics::policy_activated(snap.version, snap.clients.len());
         }
         Err(ChangeError::Refused(_)) => {}
-        Err(_) => metrics::POLICY_RELOADS
-            .with_label_values(&["api", "failure"])
-            .inc(),
+        Err(_) => metrics::POLICY_RELOADS.inc(&["api", "failure"]),
     }
     result.map(|(c, _)| c)
 }

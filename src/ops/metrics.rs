@@ -1,164 +1,247 @@
-//! Prometheus metrics, registered in the default registry that
-//! `pingora_prometheus` serves. Names follow Prometheus conventions.
+//! Prometheus metrics, registered in the default registry that the operator
+//! listener (`ops::operator`) serves at `/metrics`. Names follow Prometheus
+//! conventions.
 
-use std::sync::LazyLock;
+use std::sync::{LazyLock, Mutex};
 
 use std::cell::RefCell;
 
+use prometheus::core::Collector;
 use prometheus::{
-    register_gauge, register_histogram_vec, register_int_counter_vec, register_int_gauge,
-    register_int_gauge_vec, Gauge, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec,
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts,
 };
 
-// A registration failure means a name clash in our own code: metrics are
-// then missing, but requests must not fail because of it.
-fn or_unregistered<T>(r: prometheus::Result<T>, fallback: impl FnOnce() -> T) -> T {
-    r.unwrap_or_else(|e| {
-        tracing::error!(error = %e, "metric registration failed");
-        fallback()
-    })
+/// Metrics that could not be made or registered (a clash or an invalid
+/// definition in our own code). `init` reports them, and the gateway then
+/// refuses to start with the message; nothing aborts, and meanwhile such a
+/// metric counts nothing.
+static FAILURES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+fn failed(name: &str, e: prometheus::Error) {
+    FAILURES
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(format!("metric {name}: {e}"));
+}
+
+/// A metric as the gateway uses it: present once it was made. One that
+/// could not be made is `None` and its methods do nothing.
+pub struct Metric<T>(Option<T>);
+
+/// Makes a metric and registers it in the default registry, which the
+/// operator listener serves.
+fn make<T: Collector + Clone + 'static>(name: &str, made: prometheus::Result<T>) -> Metric<T> {
+    match made {
+        Ok(m) => {
+            if let Err(e) = prometheus::register(Box::new(m.clone())) {
+                failed(name, e);
+            }
+            Metric(Some(m))
+        }
+        Err(e) => {
+            failed(name, e);
+            Metric(None)
+        }
+    }
+}
+
+impl Metric<IntCounterVec> {
+    /// The series for `labels`, resolved once where it is used often.
+    pub fn series(&self, labels: &[&str]) -> Metric<IntCounter> {
+        Metric(
+            self.0
+                .as_ref()
+                .and_then(|v| v.get_metric_with_label_values(labels).ok()),
+        )
+    }
+
+    pub fn inc(&self, labels: &[&str]) {
+        self.series(labels).inc();
+    }
+}
+
+impl Metric<IntCounter> {
+    pub fn inc(&self) {
+        if let Some(c) = &self.0 {
+            c.inc();
+        }
+    }
+
+    pub fn inc_by(&self, n: u64) {
+        if let Some(c) = &self.0 {
+            c.inc_by(n);
+        }
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.as_ref().map_or(0, |c| c.get())
+    }
+}
+
+impl Metric<HistogramVec> {
+    pub fn series(&self, labels: &[&str]) -> Metric<Histogram> {
+        Metric(
+            self.0
+                .as_ref()
+                .and_then(|v| v.get_metric_with_label_values(labels).ok()),
+        )
+    }
+}
+
+impl Metric<Histogram> {
+    pub fn observe(&self, v: f64) {
+        if let Some(h) = &self.0 {
+            h.observe(v);
+        }
+    }
+}
+
+impl Metric<IntGauge> {
+    pub fn set(&self, v: i64) {
+        if let Some(g) = &self.0 {
+            g.set(v);
+        }
+    }
+}
+
+impl Metric<Gauge> {
+    pub fn set(&self, v: f64) {
+        if let Some(g) = &self.0 {
+            g.set(v);
+        }
+    }
+}
+
+impl Metric<IntGaugeVec> {
+    pub fn set(&self, labels: &[&str], v: i64) {
+        if let Some(g) = self
+            .0
+            .as_ref()
+            .and_then(|g| g.get_metric_with_label_values(labels).ok())
+        {
+            g.set(v);
+        }
+    }
 }
 
 macro_rules! counter_vec {
     ($name:expr, $help:expr, $labels:expr) => {
-        LazyLock::new(|| {
-            or_unregistered(register_int_counter_vec!($name, $help, $labels), || {
-                IntCounterVec::new(prometheus::Opts::new($name, $help), $labels)
-                    .unwrap_or_else(|_| unreachable_metric())
-            })
-        })
+        LazyLock::new(|| make($name, IntCounterVec::new(Opts::new($name, $help), $labels)))
     };
 }
 
-fn unreachable_metric<T>() -> T {
-    // Only reachable if the metric definition itself is invalid, which the
-    // unit test below rules out for every metric.
-    std::process::abort()
-}
-
-pub static REQUESTS: LazyLock<IntCounterVec> = counter_vec!(
+pub static REQUESTS: LazyLock<Metric<IntCounterVec>> = counter_vec!(
     "recordgate_requests_total",
     "Requests by route, decision (allowed or denial reason) and HTTP status.",
     &["route", "decision", "status"]
 );
 
-pub static CLIENT_REQUESTS: LazyLock<IntCounterVec> = counter_vec!(
+pub static CLIENT_REQUESTS: LazyLock<Metric<IntCounterVec>> = counter_vec!(
     "recordgate_client_requests_total",
     "Requests by API client and decision; only when the per-client label is enabled.",
     &["client", "decision"]
 );
 
-pub static FILTERED_ATTRIBUTES: LazyLock<IntCounterVec> = counter_vec!(
+pub static FILTERED_ATTRIBUTES: LazyLock<Metric<IntCounterVec>> = counter_vec!(
     "recordgate_filtered_attributes_total",
     "Attributes removed by the access-schema filter, by direction (request, response).",
     &["direction"]
 );
 
-pub static FILTER_FAILURES: LazyLock<IntCounterVec> = counter_vec!(
+pub static FILTER_FAILURES: LazyLock<Metric<IntCounterVec>> = counter_vec!(
     "recordgate_filter_failures_total",
     "Bodies refused because they could not be filtered, by direction and reason (malformed, too_large, encoding).",
     &["direction", "reason"]
 );
 
-pub static UPSTREAM_ERRORS: LazyLock<IntCounterVec> = counter_vec!(
+pub static UPSTREAM_ERRORS: LazyLock<Metric<IntCounterVec>> = counter_vec!(
     "recordgate_upstream_errors_total",
     "Upstream failures by kind (connect, timeout, protocol, too_large).",
     &["kind"]
 );
 
-pub static CLIENT_TIMEOUTS: LazyLock<IntCounterVec> = counter_vec!(
+pub static CLIENT_TIMEOUTS: LazyLock<Metric<IntCounterVec>> = counter_vec!(
     "recordgate_client_timeouts_total",
     "Client connections cut off for sending too slowly, by phase (header, body).",
     &["phase"]
 );
 
-pub static BYTES: LazyLock<IntCounterVec> = counter_vec!(
+pub static BYTES: LazyLock<Metric<IntCounterVec>> = counter_vec!(
     "recordgate_body_bytes_total",
     "Body bytes by direction (in from clients, out to clients).",
     &["direction"]
 );
 
-pub static POLICY_RELOADS: LazyLock<IntCounterVec> = counter_vec!(
+pub static POLICY_RELOADS: LazyLock<Metric<IntCounterVec>> = counter_vec!(
     "recordgate_policy_reloads_total",
     "Policy reloads by source (file, api, signal) and result (success, failure).",
     &["source", "result"]
 );
 
-pub static DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+pub static DURATION: LazyLock<Metric<HistogramVec>> = LazyLock::new(|| {
     let buckets = vec![
         0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
         5.0, 10.0,
     ];
-    let opts = prometheus::HistogramOpts::new(
+    let opts = HistogramOpts::new(
         "recordgate_request_duration_seconds",
         "Request duration by stage: total, upstream, and gateway (the time the gateway adds).",
     )
     .buckets(buckets);
-    or_unregistered(register_histogram_vec!(opts.clone(), &["stage"]), || {
-        HistogramVec::new(opts, &["stage"]).unwrap_or_else(|_| unreachable_metric())
-    })
+    make(
+        "recordgate_request_duration_seconds",
+        HistogramVec::new(opts, &["stage"]),
+    )
 });
 
-pub static POLICY_VERSION: LazyLock<IntGauge> = LazyLock::new(|| {
-    or_unregistered(
-        register_int_gauge!(
+pub static POLICY_VERSION: LazyLock<Metric<IntGauge>> = LazyLock::new(|| {
+    make(
+        "recordgate_policy_version",
+        IntGauge::new(
             "recordgate_policy_version",
-            "Version of the active policy snapshot."
+            "Version of the active policy snapshot.",
         ),
-        || IntGauge::new("recordgate_policy_version", "x").unwrap_or_else(|_| unreachable_metric()),
     )
 });
 
-pub static POLICY_CLIENTS: LazyLock<IntGauge> = LazyLock::new(|| {
-    or_unregistered(
-        register_int_gauge!(
+pub static POLICY_CLIENTS: LazyLock<Metric<IntGauge>> = LazyLock::new(|| {
+    make(
+        "recordgate_policy_clients",
+        IntGauge::new(
             "recordgate_policy_clients",
-            "API clients in the active policy."
+            "API clients in the active policy.",
         ),
-        || IntGauge::new("recordgate_policy_clients", "x").unwrap_or_else(|_| unreachable_metric()),
     )
 });
 
-pub static POLICY_LAST_RELOAD: LazyLock<Gauge> = LazyLock::new(|| {
-    or_unregistered(
-        register_gauge!(
+pub static POLICY_LAST_RELOAD: LazyLock<Metric<Gauge>> = LazyLock::new(|| {
+    make(
+        "recordgate_policy_last_reload_success_timestamp_seconds",
+        Gauge::new(
             "recordgate_policy_last_reload_success_timestamp_seconds",
-            "Unix time of the last successful policy load."
+            "Unix time of the last successful policy load.",
         ),
-        || {
-            Gauge::new(
-                "recordgate_policy_last_reload_success_timestamp_seconds",
-                "x",
-            )
-            .unwrap_or_else(|_| unreachable_metric())
-        },
     )
 });
 
-pub static BUILD_INFO: LazyLock<IntGaugeVec> = LazyLock::new(|| {
-    or_unregistered(
-        register_int_gauge_vec!("recordgate_build_info", "Build information.", &["version"]),
-        || {
-            IntGaugeVec::new(
-                prometheus::Opts::new("recordgate_build_info", "x"),
-                &["version"],
-            )
-            .unwrap_or_else(|_| unreachable_metric())
-        },
+pub static BUILD_INFO: LazyLock<Metric<IntGaugeVec>> = LazyLock::new(|| {
+    make(
+        "recordgate_build_info",
+        IntGaugeVec::new(
+            Opts::new("recordgate_build_info", "Build information."),
+            &["version"],
+        ),
     )
 });
 
-pub static LOG_LINES_DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
-    or_unregistered(
-        prometheus::register_int_counter!(
+pub static LOG_LINES_DROPPED: LazyLock<Metric<IntCounter>> = LazyLock::new(|| {
+    make(
+        "recordgate_log_lines_dropped_total",
+        IntCounter::new(
             "recordgate_log_lines_dropped_total",
-            "Log lines dropped because the log writer fell behind (logging never blocks a request)"
+            "Log lines dropped because the log writer fell behind (logging never blocks a request)",
         ),
-        || {
-            IntCounter::new("recordgate_log_lines_dropped_total", "dropped log lines")
-                .unwrap_or_else(|_| unreachable_metric())
-        },
     )
 });
 
@@ -188,21 +271,24 @@ pub fn refresh() {
 
 // Series every request touches, resolved once: `with_label_values` hashes
 // the labels and takes a lock on each call.
-pub static BYTES_IN: LazyLock<IntCounter> = LazyLock::new(|| BYTES.with_label_values(&["in"]));
-pub static BYTES_OUT: LazyLock<IntCounter> = LazyLock::new(|| BYTES.with_label_values(&["out"]));
-pub static FILTERED_REQUEST: LazyLock<IntCounter> =
-    LazyLock::new(|| FILTERED_ATTRIBUTES.with_label_values(&["request"]));
-pub static FILTERED_RESPONSE: LazyLock<IntCounter> =
-    LazyLock::new(|| FILTERED_ATTRIBUTES.with_label_values(&["response"]));
-pub static DURATION_TOTAL: LazyLock<Histogram> =
-    LazyLock::new(|| DURATION.with_label_values(&["total"]));
-pub static DURATION_UPSTREAM: LazyLock<Histogram> =
-    LazyLock::new(|| DURATION.with_label_values(&["upstream"]));
-pub static DURATION_GATEWAY: LazyLock<Histogram> =
-    LazyLock::new(|| DURATION.with_label_values(&["gateway"]));
+pub static BYTES_IN: LazyLock<Metric<IntCounter>> = LazyLock::new(|| BYTES.series(&["in"]));
+pub static BYTES_OUT: LazyLock<Metric<IntCounter>> = LazyLock::new(|| BYTES.series(&["out"]));
+pub static FILTERED_REQUEST: LazyLock<Metric<IntCounter>> =
+    LazyLock::new(|| FILTERED_ATTRIBUTES.series(&["request"]));
+pub static FILTERED_RESPONSE: LazyLock<Metric<IntCounter>> =
+    LazyLock::new(|| FILTERED_ATTRIBUTES.series(&["response"]));
+pub static DURATION_TOTAL: LazyLock<Metric<Histogram>> =
+    LazyLock::new(|| DURATION.series(&["total"]));
+pub static DURATION_UPSTREAM: LazyLock<Metric<Histogram>> =
+    LazyLock::new(|| DURATION.series(&["upstream"]));
+pub static DURATION_GATEWAY: LazyLock<Metric<Histogram>> =
+    LazyLock::new(|| DURATION.series(&["gateway"]));
+
+/// A (route, decision, status) series of `recordgate_requests_total`.
+type RequestSeries = (&'static str, &'static str, u16, Metric<IntCounter>);
 
 thread_local! {
-    static REQUEST_SERIES: RefCell<Vec<(&'static str, &'static str, u16, IntCounter)>> =
+    static REQUEST_SERIES: RefCell<Vec<RequestSeries>> =
         const { RefCell::new(Vec::new()) };
 }
 
@@ -221,7 +307,7 @@ pub fn count_request(route: &'static str, decision: &'static str, status: u16) {
     if hit {
         return;
     }
-    let counter = REQUESTS.with_label_values(&[route, decision, &status.to_string()]);
+    let counter = REQUESTS.series(&[route, decision, &status.to_string()]);
     counter.inc();
     REQUEST_SERIES.with(|cache| {
         let mut cache = cache.borrow_mut();
@@ -244,10 +330,10 @@ pub fn policy_activated(version: u64, clients: usize) {
     POLICY_LAST_RELOAD.set(now);
 }
 
-pub fn init() {
-    BUILD_INFO
-        .with_label_values(&[env!("CARGO_PKG_VERSION")])
-        .set(1);
+/// Makes every metric and the series that start at 0. An error names each
+/// metric that could not be made or registered.
+pub fn init() -> Result<(), String> {
+    BUILD_INFO.set(&[env!("CARGO_PKG_VERSION")], 1);
     LazyLock::force(&REQUESTS);
     LazyLock::force(&FILTERED_ATTRIBUTES);
     LazyLock::force(&FILTER_FAILURES);
@@ -260,23 +346,29 @@ pub fn init() {
     // the first failure rather than a series appearing at 1.
     for source in ["file", "api", "signal"] {
         for result in ["success", "failure"] {
-            POLICY_RELOADS.with_label_values(&[source, result]);
+            POLICY_RELOADS.series(&[source, result]);
         }
     }
     for direction in ["request", "response"] {
-        FILTERED_ATTRIBUTES.with_label_values(&[direction]);
+        FILTERED_ATTRIBUTES.series(&[direction]);
         for reason in ["malformed", "too_large", "encoding"] {
-            FILTER_FAILURES.with_label_values(&[direction, reason]);
+            FILTER_FAILURES.series(&[direction, reason]);
         }
     }
     for kind in ["connect", "timeout", "protocol", "too_large"] {
-        UPSTREAM_ERRORS.with_label_values(&[kind]);
+        UPSTREAM_ERRORS.series(&[kind]);
     }
     for direction in ["in", "out"] {
-        BYTES.with_label_values(&[direction]);
+        BYTES.series(&[direction]);
     }
     for phase in ["header", "body"] {
-        CLIENT_TIMEOUTS.with_label_values(&[phase]);
+        CLIENT_TIMEOUTS.series(&[phase]);
+    }
+    let failures = FAILURES.lock().unwrap_or_else(|p| p.into_inner());
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(failures.join("; "))
     }
 }
 
@@ -284,7 +376,7 @@ pub fn init() {
 mod tests {
     #[test]
     fn every_metric_registers() {
-        super::init();
+        super::init().expect("every metric is made and registered once");
         super::policy_activated(1, 3);
         let names: Vec<String> = prometheus::gather()
             .iter()

@@ -72,7 +72,7 @@ where
                 tokio::select! {
                     reused = request => reused,
                     () = deadline => {
-                        metrics::CLIENT_TIMEOUTS.with_label_values(&["header"]).inc();
+                        metrics::CLIENT_TIMEOUTS.inc(&["header"]);
                         tracing::debug!(?header, "request header not complete in time; closing");
                         None
                     }

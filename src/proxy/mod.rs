@@ -279,9 +279,7 @@ impl ProxyHttp for Gateway {
         metrics::count_request(ctx.route, ctx.decision, status);
         if let Some(client) = ctx.client_id.as_deref() {
             if self.client_label_enabled() {
-                metrics::CLIENT_REQUESTS
-                    .with_label_values(&[client, ctx.decision])
-                    .inc();
+                metrics::CLIENT_REQUESTS.inc(&[client, ctx.decision]);
             }
         }
         metrics::DURATION_TOTAL.observe(total.as_secs_f64());

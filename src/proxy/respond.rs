@@ -110,22 +110,14 @@ pub(crate) async fn respond(
 fn count(counter: Counter) {
     {
         match counter {
-            Counter::FilterFailure { direction, kind } => metrics::FILTER_FAILURES
-                .with_label_values(&[direction, kind])
-                .inc(),
-            Counter::UpstreamError(kind) => {
-                metrics::UPSTREAM_ERRORS.with_label_values(&[kind]).inc()
+            Counter::FilterFailure { direction, kind } => {
+                metrics::FILTER_FAILURES.inc(&[direction, kind])
             }
-            Counter::ClientTimeout(phase) => {
-                metrics::CLIENT_TIMEOUTS.with_label_values(&[phase]).inc()
-            }
+            Counter::UpstreamError(kind) => metrics::UPSTREAM_ERRORS.inc(&[kind]),
+            Counter::ClientTimeout(phase) => metrics::CLIENT_TIMEOUTS.inc(&[phase]),
             Counter::UpstreamTooLarge => {
-                metrics::UPSTREAM_ERRORS
-                    .with_label_values(&["too_large"])
-                    .inc();
-                metrics::FILTER_FAILURES
-                    .with_label_values(&["response", "too_large"])
-                    .inc();
+                metrics::UPSTREAM_ERRORS.inc(&["too_large"]);
+                metrics::FILTER_FAILURES.inc(&["response", "too_large"]);
             }
         }
     }
