@@ -2,6 +2,6 @@
 //! themselves, the log line format and memory housekeeping.
 
 pub mod log_format;
-pub mod memory;
+pub(crate) mod memory;
 pub mod metrics;
-pub mod operator;
+pub(crate) mod operator;

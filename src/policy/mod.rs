@@ -1,11 +1,11 @@
 //! Policy: the operator's model, its compilation, and the live store.
 
-pub mod audit;
+pub(crate) mod audit;
 pub mod compile;
-pub mod features;
+pub(crate) mod features;
 pub mod model;
-pub mod persist;
-pub mod roles;
+pub(crate) mod persist;
+pub(crate) mod roles;
 pub mod store;
 
 pub use compile::{Client, ClientSchemas, Snapshot};

@@ -126,6 +126,14 @@ impl UpstreamError {
     /// under.
     pub(crate) fn answer(self) -> ApiError {
         let counted = Counter::UpstreamError(self.kind());
+        match &self {
+            UpstreamError::Connect(detail) | UpstreamError::Protocol(detail) => {
+                tracing::warn!(kind = self.kind(), detail, "upstream call failed");
+            }
+            UpstreamError::Timeout | UpstreamError::TooLarge => {
+                tracing::warn!(kind = self.kind(), "upstream call failed");
+            }
+        }
         match self {
             UpstreamError::Timeout => ApiError::gateway_timeout().counted(counted),
             UpstreamError::TooLarge => {

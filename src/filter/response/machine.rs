@@ -14,10 +14,9 @@ use super::numbers::*;
 use super::state::*;
 use super::string_ends;
 
-/// The incremental filter without borrowed trees: the caller passes the read
-/// tree (and `relative_to`) to every call, so the filter can live in a
-/// per-request context that also owns the policy snapshot. Use
-/// [`StreamFilter`] when a borrow for the whole stream is convenient.
+/// The state machine, without the trees: the read tree (and `relative_to`)
+/// is passed to every call. [`super::StreamFilter`], which the relay stage
+/// runs, holds the borrowed trees for the whole stream and drives it.
 ///
 /// After an error every further call returns the same error.
 pub struct DetachedStreamFilter {
@@ -80,7 +79,7 @@ impl DetachedStreamFilter {
         DetachedStreamFilter::new(records, top, max_depth)
     }
 
-    /// Projects one whole value, like `filter::project`.
+    /// Projects one whole value, like [`crate::filter::reference::project`].
     pub fn for_value(max_depth: usize) -> Self {
         let top = Disp::Project {
             node: Node::Read,

@@ -40,7 +40,7 @@ use crate::config::routes::ResponseRecords;
 use crate::schema::{AccessTree, AttrPath};
 
 pub use error::{FilterFailure, Filtered, StreamError};
-pub use machine::DetachedStreamFilter;
+use machine::DetachedStreamFilter;
 
 /// Incremental filter borrowing its trees for the whole stream.
 pub struct StreamFilter<'t> {
@@ -50,7 +50,7 @@ pub struct StreamFilter<'t> {
 }
 
 impl<'t> StreamFilter<'t> {
-    /// Same semantics as `response_filter::filter_response`.
+    /// Same semantics as [`crate::filter::reference::filter_response`].
     pub fn for_response(
         records: ResponseRecords,
         read: &'t AccessTree,
@@ -64,7 +64,7 @@ impl<'t> StreamFilter<'t> {
         }
     }
 
-    /// Same semantics as `filter::project` on one whole value.
+    /// Same semantics as [`crate::filter::reference::project`] on one whole value.
     pub fn for_value(tree: &'t AccessTree, max_depth: usize) -> Self {
         StreamFilter {
             read: tree,
@@ -85,7 +85,7 @@ impl<'t> StreamFilter<'t> {
     }
 }
 
-/// Projects one whole JSON value (`filter::project` after `parse_strict`),
+/// Projects one whole JSON value ([`crate::filter::reference::project`] after `parse_strict`),
 /// appending compact output to `out`; returns how many attributes were removed.
 pub fn project_bytes(
     input: &[u8],
@@ -98,7 +98,8 @@ pub fn project_bytes(
     f.finish(out)
 }
 
-/// Drop-in replacement for `response_filter::filter_response`.
+/// The whole body at once: same result as
+/// [`crate::filter::reference::filter_response`].
 pub fn filter_response_bytes(
     body: &[u8],
     records: ResponseRecords,
