@@ -302,6 +302,17 @@ impl ApiError {
         )
     }
 
+    pub fn unsupported_transfer_coding() -> Self {
+        ApiError::new(
+            501,
+            200,
+            "invalid_argument",
+            DenyReason::BadRequest,
+            "the request's Transfer-Encoding is not implemented: only chunked, alone".into(),
+        )
+        .with_argument("Transfer-Encoding")
+    }
+
     pub fn bad_gateway(description: impl Into<String>) -> Self {
         ApiError::new(
             502,

@@ -93,6 +93,108 @@ impl Params {
     }
 }
 
+/// The parameter names one route or endpoint forwards (or reads): an
+/// allow-list matched byte for byte.
+#[derive(Debug, Clone, Default)]
+pub struct ParamNames {
+    names: Vec<Box<str>>,
+}
+
+impl ParamNames {
+    pub fn new<'a>(names: impl IntoIterator<Item = &'a str>) -> ParamNames {
+        let mut names: Vec<Box<str>> = names.into_iter().map(Box::from).collect();
+        names.sort();
+        names.dedup();
+        ParamNames { names }
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.names.binary_search_by(|n| (**n).cmp(name)).is_ok()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.names.iter().map(|n| &**n)
+    }
+
+    /// The union of several allow-lists.
+    pub fn union<'a>(lists: impl IntoIterator<Item = &'a ParamNames>) -> ParamNames {
+        ParamNames::new(lists.into_iter().flat_map(|l| l.iter()))
+    }
+}
+
+/// What a route does with a parameter it does not name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownParams {
+    /// 400 naming it (the default).
+    #[default]
+    Refuse,
+    /// Not forwarded, counted in `recordgate_dropped_parameters_total`.
+    Drop,
+}
+
+/// How parsers in front of or behind the gateway might read a name: ASCII
+/// case folded, surrounding whitespace trimmed, and the PHP rules (space,
+/// `.` and an unmatched `[` become `_`; `a[…]` is the array `a`).
+fn readings(name: &str) -> [String; 2] {
+    let lower = name
+        .trim_matches(|c: char| c.is_ascii_whitespace())
+        .to_ascii_lowercase();
+    let underscored = lower.replace([' ', '.', '['], "_");
+    let array = match lower.find('[') {
+        Some(at) if lower[at..].contains(']') => lower[..at].replace([' ', '.'], "_"),
+        _ => underscored.clone(),
+    };
+    [underscored, array]
+}
+
+/// Refuses any parameter `allowed` does not name when `mode` refuses, and,
+/// whatever the mode, any name that is not exactly a known one but that a
+/// case-folding, trimming or PHP-style parser could read as one (`Filter`,
+/// `key.attribute`, `filter[]`, ` filter`), or that is not ASCII (a
+/// compatibility form such as fullwidth `ｆilter`): such a name could mean a
+/// checked parameter to the upstream while the gateway checked nothing.
+pub fn check_names(
+    params: &Params,
+    allowed: &ParamNames,
+    known: &ParamNames,
+    mode: UnknownParams,
+) -> Result<(), ApiError> {
+    for (name, _) in params.pairs() {
+        if allowed.contains(name) {
+            continue;
+        }
+        // A known name another route takes is only unknown here.
+        let ambiguous = !known.contains(name)
+            && (!name.is_ascii()
+                || readings(name)
+                    .iter()
+                    .any(|r| known.iter().any(|k| k.eq_ignore_ascii_case(r))));
+        if ambiguous {
+            return Err(ApiError::invalid_argument(
+                &name.escape_default().to_string(),
+                "the parameter name is not one this endpoint takes, and could be read as one it checks",
+            ));
+        }
+        if mode == UnknownParams::Refuse {
+            return Err(ApiError::invalid_argument(
+                &name.escape_default().to_string(),
+                "this endpoint does not take this parameter",
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl Params {
+    /// Removes the parameters `allowed` does not name; how many went.
+    pub fn retain_allowed(&mut self, allowed: &ParamNames) -> usize {
+        let before = self.pairs.len();
+        self.pairs.retain(|(k, _)| allowed.contains(k));
+        before - self.pairs.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

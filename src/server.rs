@@ -14,8 +14,9 @@ use crate::cidr::{parse_cidr, CidrSet};
 use crate::config::settings::Settings;
 use crate::decide::routes::RouteTable;
 use crate::decide::Rules;
-use crate::management::Services;
+use crate::management::{self, Services};
 use crate::ops::metrics;
+use crate::params::ParamNames;
 use crate::policy::PolicyStore;
 use crate::proxy::forward::Upstream;
 use crate::proxy::Gateway;
@@ -70,7 +71,9 @@ pub(crate) fn build_gateway(
         trusted_proxies: CidrSet::new(&nets),
         max_skew_secs: settings.auth.signature_max_skew_secs,
     });
+    let known_params = ParamNames::union([&routes.known_params(), &management::known_params()]);
     let management = Services {
+        known_params: Arc::new(known_params.clone()),
         store: policy.clone(),
         audit: Arc::new(crate::policy::audit::AuditLog::new(
             settings.audit_log_path(),
@@ -79,6 +82,7 @@ pub(crate) fn build_gateway(
     };
     Ok(Gateway {
         policy,
+        known_params,
         routes,
         upstream: upstream.with_identity(upstream_host, upstream_authorization),
         rules,

@@ -4,6 +4,8 @@
 
 use serde::Deserialize;
 
+use crate::params::UnknownParams;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Access {
@@ -56,4 +58,13 @@ pub struct RouteDef {
     pub request_records: RequestRecords,
     #[serde(default)]
     pub response_records: ResponseRecords,
+    /// The parameter names the route forwards; defaults to the built-in
+    /// route's list for its path, else to every name the built-in routes of
+    /// its access take.
+    #[serde(default)]
+    pub params: Option<Vec<String>>,
+    /// What happens to a parameter the route does not name: `refuse` (400,
+    /// the default) or `drop` (not forwarded, counted).
+    #[serde(default)]
+    pub unknown_params: UnknownParams,
 }

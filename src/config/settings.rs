@@ -39,7 +39,48 @@ pub struct Settings {
     /// JSON-lines audit log of policy changes; defaults to `<policy>.audit.jsonl`.
     #[serde(default)]
     pub audit_log: Option<PathBuf>,
+    /// Upstream response headers passed on to clients beyond the defaults.
+    #[serde(default)]
+    pub response_headers: ResponseHeaders,
 }
+
+/// Which upstream response headers reach clients. By default only
+/// `Content-Type`; the gateway adds its own framing, `Cache-Control:
+/// no-store` and `X-Request-Id`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResponseHeaders {
+    /// More header names to pass on (lower case). Never validators of the
+    /// unfiltered body, framing or hop-by-hop headers.
+    pub allow: Vec<String>,
+    /// The upstream keeps no per-user session, so a `Set-Cookie` it sends
+    /// may pass (when `allow` names it): the gateway's pooled upstream
+    /// connections are shared by every caller.
+    pub upstream_is_session_free: bool,
+}
+
+/// Headers no setting can pass on: framing and hop-by-hop headers (the
+/// gateway frames its own answer), validators and ranges of the unfiltered
+/// body, and the gateway's own.
+pub const RESPONSE_HEADERS_NEVER: [&str; 17] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "content-length",
+    "content-encoding",
+    "etag",
+    "last-modified",
+    "accept-ranges",
+    "content-md5",
+    "digest",
+    "content-range",
+    "cache-control",
+    "x-request-id",
+];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -299,6 +340,24 @@ impl Settings {
                 message,
             })
         };
+        for (i, name) in self.response_headers.allow.iter().enumerate() {
+            let key = format!("response_headers.allow[{i}]");
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err()
+                || name.bytes().any(|b| b.is_ascii_uppercase())
+            {
+                err(key, format!("{name:?} is not a lower-case header name"));
+            } else if RESPONSE_HEADERS_NEVER.contains(&name.as_str()) {
+                err(
+                    key,
+                    format!("{name} is set by the gateway or describes the unfiltered body; it is never passed on"),
+                );
+            } else if name == "set-cookie" && !self.response_headers.upstream_is_session_free {
+                err(
+                    key,
+                    "set-cookie passes only with response_headers.upstream_is_session_free: the gateway's upstream connections are shared by every caller".into(),
+                );
+            }
+        }
         if self.listen.is_empty() {
             err("listen".into(), "at least one address is required".into());
         }

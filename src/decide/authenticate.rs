@@ -47,6 +47,26 @@ pub fn authenticate<'s>(
     }
 }
 
+/// Before the body: the client a header names, with a Basic secret
+/// checked; a signed request's client only looked up.
+pub(crate) fn header_client<'s>(
+    snap: &'s Snapshot,
+    header: &[u8],
+    now_secs: i64,
+) -> Result<&'s Client, ApiError> {
+    match credentials::parse_authorization(header) {
+        Ok(Presented::Basic { client_id, secret }) => {
+            check_secret(snap, &client_id, secret.as_bytes(), now_secs)
+        }
+        Ok(Presented::Signed { client_id, .. }) => snap
+            .clients
+            .get(client_id.as_str())
+            .ok_or_else(ApiError::invalid_credentials),
+        Err(credentials::AuthError::UnsupportedScheme) => Err(ApiError::unsupported_auth_method()),
+        Err(_) => Err(ApiError::invalid_credentials()),
+    }
+}
+
 fn check_secret<'s>(
     snap: &'s Snapshot,
     client_id: &str,

@@ -8,7 +8,6 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::cidr::CidrSet;
-use crate::decide::permit::Facts;
 use crate::errors::{ApiError, DenyReason};
 use crate::policy::Client;
 
@@ -28,10 +27,13 @@ pub enum XffError {
 /// The address a call comes from: the peer, or behind trusted proxies the
 /// right-most untrusted `X-Forwarded-For` hop. A peer that is not an IP
 /// socket (UDS, subrequest) is refused.
-pub(crate) fn resolve(facts: &Facts<'_>, trusted: &CidrSet) -> Result<IpAddr, ApiError> {
-    let peer = facts.peer.ok_or_else(ApiError::ip_denied)?;
-    let xff = facts
-        .headers
+pub(crate) fn resolve(
+    headers: &http::HeaderMap,
+    peer: Option<IpAddr>,
+    trusted: &CidrSet,
+) -> Result<IpAddr, ApiError> {
+    let peer = peer.ok_or_else(ApiError::ip_denied)?;
+    let xff = headers
         .get_all("x-forwarded-for")
         .iter()
         .map(|v| v.as_bytes());

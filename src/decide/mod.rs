@@ -30,24 +30,14 @@ pub fn authorize<'s>(
     facts: &Facts<'_>,
     target: Target<'s>,
 ) -> Result<Permit<'s>, Refusal> {
-    // Two credentials would let the gateway and a proxy in front of it (or
-    // the upstream) each believe a different one.
-    let mut presented = facts.headers.get_all(http::header::AUTHORIZATION).iter();
-    let authorization = presented.next().map(|v| v.as_bytes());
-    if presented.next().is_some() {
-        return Err(ApiError::invalid_argument(
-            "Authorization",
-            "more than one Authorization header",
-        )
-        .with_reason(DenyReason::Credentials)
-        .into());
-    }
+    let authorization = one_authorization(facts.headers)?;
     let client = authenticate::authenticate(snap, rules, facts, authorization)?;
     let refused = |error: ApiError| Refusal {
         client_id: Some(client.id.clone()),
         error: Box::new(error),
     };
-    let ip = client_address::resolve(facts, &rules.trusted_proxies).map_err(refused)?;
+    let ip = client_address::resolve(facts.headers, facts.peer, &rules.trusted_proxies)
+        .map_err(refused)?;
     client_address::check_allow_list(client, ip).map_err(refused)?;
     let route = match target {
         Target::Route(route) => {
@@ -73,4 +63,41 @@ pub fn authorize<'s>(
         Target::Roles => None,
     };
     Ok(Permit { client, ip, route })
+}
+
+/// The one `Authorization` header, if any. Two credentials would let the
+/// gateway and a proxy in front of it (or the upstream) each believe a
+/// different one.
+fn one_authorization(headers: &http::HeaderMap) -> Result<Option<&[u8]>, ApiError> {
+    let mut presented = headers.get_all(http::header::AUTHORIZATION).iter();
+    let authorization = presented.next().map(|v| v.as_bytes());
+    if presented.next().is_some() {
+        return Err(ApiError::invalid_argument(
+            "Authorization",
+            "more than one Authorization header",
+        )
+        .with_reason(DenyReason::Credentials));
+    }
+    Ok(authorization)
+}
+
+/// Whether a caller that sent `Expect: 100-continue` may be asked for its
+/// body: before the body, only the header's credentials and the address can
+/// be judged. Basic credentials are checked in full; a signature covers the
+/// body's parameters, so only its client is looked up here (the signature is
+/// verified with the body by [`authorize`]); credentials in the body are
+/// judged with it. The allow-list is checked whenever the client is known.
+pub fn admit_body(
+    snap: &Snapshot,
+    rules: &Rules,
+    headers: &http::HeaderMap,
+    peer: Option<std::net::IpAddr>,
+    now_secs: i64,
+) -> Result<(), ApiError> {
+    let Some(header) = one_authorization(headers)? else {
+        return Ok(());
+    };
+    let client = authenticate::header_client(snap, header, now_secs)?;
+    let ip = client_address::resolve(headers, peer, &rules.trusted_proxies)?;
+    client_address::check_allow_list(client, ip)
 }

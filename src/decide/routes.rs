@@ -6,6 +6,7 @@
 
 pub use crate::config::routes::{Access, RequestRecords, ResponseRecords, RouteDef};
 use crate::errors::ApiError;
+use crate::params::{ParamNames, UnknownParams};
 use crate::policy::{Client, Feature, FeatureSet};
 
 #[derive(Debug, Clone)]
@@ -15,10 +16,79 @@ pub struct Route {
     pub needs_any: FeatureSet,
     pub request_records: RequestRecords,
     pub response_records: ResponseRecords,
+    /// The parameters the route forwards.
+    pub params: ParamNames,
+    pub unknown_params: UnknownParams,
 }
 
 pub struct RouteTable {
     routes: Vec<Route>,
+}
+
+/// Parameters that carry credentials: every route takes them (they are
+/// checked, then removed before forwarding).
+const CREDENTIALS: [&str; 2] = ["client_id", "client_secret"];
+
+/// A record selector (capture-api-notes §2.2) and the timestamp checks.
+const SELECTOR: [&str; 6] = [
+    "id",
+    "uuid",
+    "key_attribute",
+    "key_value",
+    "created",
+    "lastUpdated",
+];
+
+/// The parameters a built-in route forwards, from Capture's documented
+/// parameters (capture-api-notes §2.2). Left out on purpose: `entity_path`
+/// (plural elements as entities: responses the filter cannot place) and
+/// `password_attribute`/`password_value` (a check against an attribute the
+/// caller may not read).
+fn builtin_params(path: &str) -> Option<Vec<&'static str>> {
+    let mut p: Vec<&'static str> = vec!["type_name"];
+    match path {
+        "/entity" => {
+            p.extend(SELECTOR);
+            p.extend(["attribute_name", "attributes"]);
+        }
+        "/entity.find" => p.extend([
+            "filter",
+            "max_results",
+            "first_result",
+            "show_total_count",
+            "sort_on",
+            "attributes",
+            "timeout",
+        ]),
+        "/entity.count" => p.extend(["filter", "timeout"]),
+        "/entity.create" => p.extend(["attributes", "include_record"]),
+        "/entity.bulkCreate" => p.push("all_attributes"),
+        "/entity.update" | "/entity.replace" => {
+            p.extend(SELECTOR);
+            p.extend(["attributes", "attribute_name", "value", "include_record"]);
+        }
+        "/entity.delete" => {
+            p.extend(SELECTOR);
+            p.push("attribute_name");
+        }
+        _ => return None,
+    }
+    p.extend(CREDENTIALS);
+    Some(p)
+}
+
+/// What a configured route without a `params` list forwards.
+fn default_params(path: &str, access: Access) -> ParamNames {
+    if let Some(p) = builtin_params(path) {
+        return ParamNames::new(p);
+    }
+    let same_access = builtin()
+        .into_iter()
+        .filter(|d| d.access == access)
+        .filter_map(|d| builtin_params(&d.path))
+        .flatten()
+        .collect::<Vec<_>>();
+    ParamNames::new(same_access)
 }
 
 fn default_features(access: Access) -> FeatureSet {
@@ -41,6 +111,8 @@ fn builtin() -> Vec<RouteDef> {
         features: None,
         request_records,
         response_records,
+        params: None,
+        unknown_params: UnknownParams::Refuse,
     };
     vec![
         r("/entity", Access::Read, Q::None, R::Result),
@@ -90,12 +162,25 @@ impl RouteTable {
                     s
                 }
             };
+            let params = match &d.params {
+                Some(list) => {
+                    if let Some(bad) = list.iter().find(|n| n.is_empty() || !n.is_ascii()) {
+                        return Err(format!(
+                            "routes[{i}].params: {bad:?} is not a parameter name (ASCII, not empty)"
+                        ));
+                    }
+                    ParamNames::new(list.iter().map(String::as_str).chain(CREDENTIALS))
+                }
+                None => default_params(&d.path, d.access),
+            };
             routes.push(Route {
                 path: d.path.clone(),
                 access: d.access,
                 needs_any,
                 request_records: d.request_records,
                 response_records: d.response_records,
+                params,
+                unknown_params: d.unknown_params,
             });
         }
         Ok(RouteTable { routes })
@@ -103,6 +188,19 @@ impl RouteTable {
 
     pub fn find(&self, path: &str) -> Option<&Route> {
         self.routes.iter().find(|r| r.path == path)
+    }
+
+    /// Every parameter name some route forwards, and every name the
+    /// built-in routes take (the names the gateway checks stay known when
+    /// settings replace the table).
+    pub fn known_params(&self) -> ParamNames {
+        let builtin = ParamNames::new(
+            builtin()
+                .iter()
+                .filter_map(|d| builtin_params(&d.path))
+                .flatten(),
+        );
+        ParamNames::union(self.routes.iter().map(|r| &r.params).chain([&builtin]))
     }
 }
 

@@ -73,6 +73,57 @@ impl Endpoint {
         }
     }
 
+    /// The parameters the endpoint reads (credentials included); any other
+    /// is refused.
+    pub fn params(self) -> &'static [&'static str] {
+        match self {
+            Endpoint::SetFeatures => &["client_id", "client_secret", "for_client_id", "features"],
+            Endpoint::SetWhitelist => &["client_id", "client_secret", "for_client_id", "whitelist"],
+            Endpoint::ClearWhitelist => &["client_id", "client_secret", "for_client_id"],
+            Endpoint::SetAccessSchema => &[
+                "client_id",
+                "client_secret",
+                "type_name",
+                "for_client_id",
+                "access_type",
+                "attributes",
+            ],
+            Endpoint::GetAccessSchema => &[
+                "client_id",
+                "client_secret",
+                "type_name",
+                "for_client_id",
+                "access_type",
+            ],
+            Endpoint::List => &["client_id", "client_secret", "has_features"],
+            Endpoint::Add => &["client_id", "client_secret", "description", "features"],
+            Endpoint::Delete => &["client_id", "client_secret", "client_id_for_deletion"],
+            Endpoint::SetDescription => {
+                &["client_id", "client_secret", "for_client_id", "description"]
+            }
+            Endpoint::ResetSecret => &[
+                "client_id",
+                "client_secret",
+                "for_client_id",
+                "hours_to_live",
+            ],
+        }
+    }
+
+    /// Every endpoint.
+    pub const ALL: [Endpoint; 10] = [
+        Endpoint::SetFeatures,
+        Endpoint::SetWhitelist,
+        Endpoint::ClearWhitelist,
+        Endpoint::SetAccessSchema,
+        Endpoint::GetAccessSchema,
+        Endpoint::List,
+        Endpoint::Add,
+        Endpoint::Delete,
+        Endpoint::SetDescription,
+        Endpoint::ResetSecret,
+    ];
+
     pub fn is_read_only(self) -> bool {
         matches!(self, Endpoint::GetAccessSchema | Endpoint::List)
     }

@@ -18,7 +18,7 @@ use serde_json::Value;
 use crate::decide::{self, Facts, Permit, Refusal, Rules, Target as Decided};
 use crate::errors::{ApiError, Failure, RoleError};
 use crate::ops::metrics;
-use crate::params::Params;
+use crate::params::{check_names, ParamNames, Params, UnknownParams};
 use crate::policy::audit::{redacted_client, AuditEntry, AuditLog};
 use crate::policy::model::PolicyFile;
 use crate::policy::store::ChangeError;
@@ -30,6 +30,26 @@ use roles::RolesPath;
 pub enum Target<'a> {
     Capture(Endpoint),
     Roles(RolesPath<'a>),
+}
+
+impl Target<'_> {
+    /// The parameters the call reads; any other is refused.
+    pub fn params(&self) -> ParamNames {
+        match self {
+            Target::Capture(ep) => ParamNames::new(ep.params().iter().copied()),
+            Target::Roles(_) => ParamNames::new(roles::PARAMS),
+        }
+    }
+}
+
+/// Every parameter name some management endpoint reads.
+pub fn known_params() -> ParamNames {
+    ParamNames::new(
+        Endpoint::ALL
+            .iter()
+            .flat_map(|ep| ep.params().iter().copied())
+            .chain(roles::PARAMS),
+    )
 }
 
 pub fn classify(path: &str) -> Option<Target<'_>> {
@@ -44,12 +64,16 @@ pub(crate) struct Services {
     pub(crate) store: Arc<PolicyStore>,
     pub(crate) audit: Arc<AuditLog>,
     pub(crate) rules: Arc<Rules>,
+    /// Every parameter name a route or endpoint takes (for look-alikes).
+    pub(crate) known_params: Arc<ParamNames>,
 }
 
 /// One management call as the intake read it, owned: a change is decided
 /// inside the store's write, off the async workers.
 pub(crate) struct Call {
     pub(crate) method: http::Method,
+    /// The parameters the endpoint takes.
+    pub(crate) allowed: ParamNames,
     /// The headers the decision reads (`Authorization`, `Date`,
     /// `X-Forwarded-For`), and no others.
     pub(crate) headers: HeaderMap,
@@ -76,6 +100,12 @@ impl Call {
             }
         }
         kept
+    }
+
+    /// A decided caller's parameters: only those the endpoint takes (the
+    /// same rule as record routes, judged after the decision like theirs).
+    fn check_names(&self, known: &ParamNames) -> Result<(), ApiError> {
+        check_names(&self.params, &self.allowed, known, UnknownParams::Refuse)
     }
 
     fn facts(&self) -> Facts<'_> {
@@ -148,28 +178,35 @@ async fn capture_call(services: &Services, ep: Endpoint, call: Call) -> Outcome 
                 Ok(p) => p,
                 Err(r) => return Outcome::refused(r),
             };
+        let result = call
+            .check_names(&services.known_params)
+            .and_then(|()| capture::read(ep, &snap, &call.params, &caller(&permit, call.now_secs)));
         return Outcome {
-            result: capture::read(ep, &snap, &call.params, &caller(&permit, call.now_secs))
-                .map_err(Failure::Capture),
+            result: result.map_err(Failure::Capture),
             client_id: Some(permit.client.id.clone()),
         };
     }
     let rules = services.rules.clone();
+    let known = services.known_params.clone();
     let request_id = call.request_id.clone();
     let committed = write(services, &request_id, ep.path(), move |policy, snap| {
         let permit = decide::authorize(snap, &rules, &call.facts(), capture_target(ep))?;
         let caller_id = permit.client.id.clone();
-        let change = capture::apply(
-            ep,
-            policy,
-            snap,
-            &call.params,
-            &caller(&permit, call.now_secs),
-        )
-        .map_err(|error| Refusal {
-            client_id: Some(caller_id.clone()),
-            error: Box::new(error),
-        })?;
+        let change = call
+            .check_names(&known)
+            .and_then(|()| {
+                capture::apply(
+                    ep,
+                    policy,
+                    snap,
+                    &call.params,
+                    &caller(&permit, call.now_secs),
+                )
+            })
+            .map_err(|error| Refusal {
+                client_id: Some(caller_id.clone()),
+                error: Box::new(error),
+            })?;
         Ok(Committed {
             target: change.target,
             out: change.response,
@@ -247,12 +284,19 @@ async fn roles_call(services: &Services, tenant: String, client: String, call: C
             tenant: &tenant,
             client: &client,
         };
+        let result = match call.check_names(&services.known_params) {
+            Ok(()) => {
+                roles::list(&snap, &rp, &permit.client.id, &call.params).map_err(Failure::from)
+            }
+            Err(e) => Err(RoleError::from_decision(e).into()),
+        };
         return Outcome {
-            result: roles::list(&snap, &rp, &permit.client.id, &call.params).map_err(Failure::from),
+            result,
             client_id: Some(permit.client.id.clone()),
         };
     }
     let rules = services.rules.clone();
+    let known = services.known_params.clone();
     let request_id = call.request_id.clone();
     let committed = write(
         services,
@@ -263,6 +307,8 @@ async fn roles_call(services: &Services, tenant: String, client: String, call: C
                 .map_err(RolesRefusal::from)?;
             let caller_id = permit.client.id.clone();
             let refused = |e: RoleError| RolesRefusal(Some(caller_id.clone()), e);
+            call.check_names(&known)
+                .map_err(|e| refused(RoleError::from_decision(e)))?;
             let rp = RolesPath {
                 tenant: &tenant,
                 client: &client,

@@ -12,6 +12,10 @@ use crate::policy::roles::{
 };
 use crate::policy::Snapshot;
 
+/// The parameters the Roles API takes (its query; credentials included).
+/// `query` is documented but not supported: accepted and ignored.
+pub const PARAMS: [&str; 5] = ["client_id", "client_secret", "skip", "count", "query"];
+
 /// A parsed Roles path.
 pub struct RolesPath<'a> {
     pub tenant: &'a str,

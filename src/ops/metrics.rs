@@ -59,6 +59,10 @@ impl Metric<IntCounterVec> {
     pub fn inc(&self, labels: &[&str]) {
         self.series(labels).inc();
     }
+
+    pub fn inc_by(&self, labels: &[&str], n: u64) {
+        self.series(labels).inc_by(n);
+    }
 }
 
 impl Metric<IntCounter> {
@@ -159,6 +163,12 @@ pub static UPSTREAM_ERRORS: LazyLock<Metric<IntCounterVec>> = counter_vec!(
     "recordgate_upstream_errors_total",
     "Upstream failures by kind (connect, timeout, protocol, too_large).",
     &["kind"]
+);
+
+pub static DROPPED_PARAMETERS: LazyLock<Metric<IntCounterVec>> = counter_vec!(
+    "recordgate_dropped_parameters_total",
+    "Parameters not forwarded because the route does not name them (routes set to drop unknown parameters), by route.",
+    &["route"]
 );
 
 pub static CLIENT_TIMEOUTS: LazyLock<Metric<IntCounterVec>> = counter_vec!(
@@ -330,6 +340,19 @@ pub fn policy_activated(version: u64, clients: usize) {
     POLICY_LAST_RELOAD.set(now);
 }
 
+/// The `route` labels of the record routes (`custom` for configured paths).
+pub const ROUTE_LABELS: [&str; 9] = [
+    "/entity",
+    "/entity.find",
+    "/entity.count",
+    "/entity.create",
+    "/entity.bulkCreate",
+    "/entity.update",
+    "/entity.replace",
+    "/entity.delete",
+    "custom",
+];
+
 /// Makes every metric and the series that start at 0. An error names each
 /// metric that could not be made or registered.
 pub fn init() -> Result<(), String> {
@@ -342,6 +365,7 @@ pub fn init() -> Result<(), String> {
     LazyLock::force(&POLICY_RELOADS);
     LazyLock::force(&DURATION);
     LazyLock::force(&LOG_LINES_DROPPED);
+    LazyLock::force(&DROPPED_PARAMETERS);
     // Series that exist from the start at 0, so `increase()` and alerts see
     // the first failure rather than a series appearing at 1.
     for source in ["file", "api", "signal"] {
@@ -363,6 +387,9 @@ pub fn init() -> Result<(), String> {
     }
     for phase in ["header", "body"] {
         CLIENT_TIMEOUTS.series(&[phase]);
+    }
+    for route in ROUTE_LABELS {
+        DROPPED_PARAMETERS.series(&[route]);
     }
     let failures = FAILURES.lock().unwrap_or_else(|p| p.into_inner());
     if failures.is_empty() {

@@ -37,38 +37,108 @@ pub(crate) struct Intake {
     pub(crate) document: Vec<u8>,
 }
 
-/// Refuses a header block over `limits.max_header_bytes`: Pingora's own
-/// ceiling is 1 MiB, far more than any API client needs and a cheap way to
-/// make the gateway buffer and scan.
-pub(crate) fn check_header_size(session: &mut Session, max: usize) -> Result<(), ApiError> {
+/// The request line and header, before anything else: the header block
+/// within `limits.max_header_bytes` (Pingora's own ceiling is 1 MiB, far
+/// more than any API client needs and a cheap way to make the gateway buffer
+/// and scan), an origin-form target of visible ASCII, one valid `Host`
+/// (RFC 9112 §3.2), and only the codings the gateway implements.
+pub(crate) fn check_head(session: &mut Session, max: usize) -> Result<(), ApiError> {
     if header_block_len(session.req_header()) > max {
         session.set_keepalive(None);
         return Err(ApiError::headers_too_large(max).filter_failure("request", "too_large"));
     }
+    // Absolute-form (`http://host/path`) and asterisk-form targets name
+    // something other than this gateway's routes. A space, control or
+    // non-ASCII byte in the target never gets here raw: Pingora
+    // percent-encodes it before parsing (so it fails the exact route match
+    // in a path, and in a query is decoded and re-encoded by the gateway like
+    // any other value); the check below refuses whatever else is not visible
+    // ASCII.
+    let req = session.req_header();
+    let target = req.raw_path();
+    if target.first() != Some(&b'/') || !target.iter().all(|b| (0x21..0x7f).contains(b)) {
+        session.set_keepalive(None);
+        return Err(ApiError::invalid_argument(
+            "request target",
+            "the target must be a path of visible ASCII characters",
+        ));
+    }
+    let mut hosts = req.headers.get_all(http::header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) if req.version == http::Version::HTTP_10 => {}
+        (None, _) => {
+            return Err(ApiError::invalid_argument(
+                "Host",
+                "the Host header is missing",
+            ));
+        }
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid_argument(
+                "Host",
+                "more than one Host header",
+            ));
+        }
+        (Some(host), None) => {
+            let valid = host
+                .to_str()
+                .ok()
+                .filter(|h| !h.is_empty() && !h.contains('@'))
+                .is_some_and(|h| h.parse::<http::uri::Authority>().is_ok());
+            if !valid {
+                return Err(ApiError::invalid_argument(
+                    "Host",
+                    "the Host header is not a host[:port]",
+                ));
+            }
+        }
+    }
+    // Transfer codings: chunked alone (RFC 9112 §6.1: anything else is
+    // 501). The connection closes: its framing cannot be trusted.
+    let mut codings = req.headers.get_all(http::header::TRANSFER_ENCODING).iter();
+    if let Some(first) = codings.next() {
+        let only_chunked = codings.next().is_none()
+            && first
+                .to_str()
+                .is_ok_and(|v| v.trim().eq_ignore_ascii_case("chunked"));
+        if !only_chunked {
+            session.set_keepalive(None);
+            return Err(
+                ApiError::unsupported_transfer_coding().filter_failure("request", "encoding")
+            );
+        }
+    }
+    // Content codings: identity only, on every line.
+    for enc in req.headers.get_all(http::header::CONTENT_ENCODING) {
+        let identity = enc
+            .to_str()
+            .is_ok_and(|v| v.trim().eq_ignore_ascii_case("identity"));
+        if !identity {
+            return Err(ApiError::unsupported_encoding(&format!(
+                "with Content-Encoding {}",
+                String::from_utf8_lossy(enc.as_bytes()).escape_default()
+            ))
+            .filter_failure("request", "encoding"));
+        }
+    }
     Ok(())
 }
 
-/// Reads and checks the body and the parameters.
+/// Reads and checks the body and the parameters. `admit` runs before an
+/// `Expect: 100-continue` caller is asked for its body: the credentials in
+/// the header and the allow-list are checked first.
 pub(crate) async fn read(
     session: &mut Session,
     settings: &Settings,
     body_use: BodyUse,
+    admit: impl FnOnce(&Session) -> Result<(), ApiError>,
 ) -> Result<Intake, ApiError> {
     let limits = &settings.limits;
     let req = session.req_header();
-    if let Some(enc) = header_str(req, "content-encoding") {
-        if !enc.eq_ignore_ascii_case("identity") {
-            return Err(
-                ApiError::unsupported_encoding(&format!("with Content-Encoding {enc}"))
-                    .filter_failure("request", "encoding"),
-            );
-        }
-    }
     let content_type = header_str(req, "content-type")
         .unwrap_or("")
         .to_ascii_lowercase();
     let query = req.uri.query().map(str::to_string);
-    let body = read_body(session, settings).await?;
+    let body = read_body(session, settings, admit).await?;
     crate::ops::metrics::BYTES_IN.inc_by(body.len() as u64);
 
     if let BodyUse::Document = body_use {
@@ -115,7 +185,11 @@ pub(crate) async fn read(
 
 /// Reads the whole request body within `limits.max_request_body_bytes` and
 /// the downstream time-outs.
-async fn read_body(session: &mut Session, settings: &Settings) -> Result<Vec<u8>, ApiError> {
+async fn read_body(
+    session: &mut Session,
+    settings: &Settings,
+    admit: impl FnOnce(&Session) -> Result<(), ApiError>,
+) -> Result<Vec<u8>, ApiError> {
     let limit = settings.limits.max_request_body_bytes;
     if let Some(len) =
         header_str(session.req_header(), "content-length").and_then(|v| v.parse::<usize>().ok())
@@ -129,11 +203,23 @@ async fn read_body(session: &mut Session, settings: &Settings) -> Result<Vec<u8>
     )));
     // A client that asked (curl does for bodies over 1 KiB) waits for
     // this before sending the body; without it the body arrives only
-    // after the client's own time-out, or never.
-    if header_str(session.req_header(), "expect")
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"))
+    // after the client's own time-out, or never. Only HTTP/1.1 has it
+    // (RFC 9110 §10.1.1), and only a caller that may call is asked: a
+    // refused one is answered without its body, on a connection that then
+    // closes (the body it may still send cannot be told from a request).
+    if session.req_header().version == http::Version::HTTP_11
+        && header_str(session.req_header(), "expect")
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"))
         && !session.is_body_done()
     {
+        if let Err(e) = admit(session) {
+            session.set_keepalive(None);
+            return Err(e);
+        }
+        // Pingora turns keep-alive off for any response header written
+        // before the body is read, the interim 100 included; the exchange is
+        // still well framed, so the connection's keep-alive is restored.
+        let keepalive = session.get_keepalive();
         session.write_continue_response().await.map_err(|e| {
             ApiError::invalid_argument(
                 "body",
@@ -143,6 +229,7 @@ async fn read_body(session: &mut Session, settings: &Settings) -> Result<Vec<u8>
                 ),
             )
         })?;
+        session.set_keepalive(keepalive);
     }
     let total = Duration::from_millis(settings.timeouts.downstream_body_ms);
     match tokio::time::timeout(total, read_limited(session, limit)).await {

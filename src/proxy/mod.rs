@@ -37,6 +37,7 @@ use crate::decide::{self, Facts, Rules, Target};
 use crate::errors::{ApiError, Failure};
 use crate::management::{self, Call, Services};
 use crate::ops::metrics;
+use crate::params::{check_names, ParamNames};
 use crate::policy::PolicyStore;
 use ctx::Ctx;
 use forward::{Outgoing, Upstream};
@@ -51,22 +52,19 @@ pub struct Gateway {
     pub(crate) rules: Arc<Rules>,
     pub(crate) settings: Arc<Settings>,
     pub(crate) management: Services,
+    /// Every parameter name a route or management endpoint takes: a name
+    /// that could be read as one of these is refused as ambiguous.
+    pub(crate) known_params: ParamNames,
 }
 
 fn route_label(route: &Route) -> &'static str {
     // Metric labels must stay bounded: built-in paths map to static names,
     // overridden routes to one shared label.
-    match route.path.as_str() {
-        "/entity" => "/entity",
-        "/entity.find" => "/entity.find",
-        "/entity.count" => "/entity.count",
-        "/entity.create" => "/entity.create",
-        "/entity.bulkCreate" => "/entity.bulkCreate",
-        "/entity.update" => "/entity.update",
-        "/entity.replace" => "/entity.replace",
-        "/entity.delete" => "/entity.delete",
-        _ => "custom",
-    }
+    metrics::ROUTE_LABELS
+        .iter()
+        .find(|l| **l == route.path)
+        .copied()
+        .unwrap_or("custom")
 }
 
 pub(crate) fn now_secs() -> i64 {
@@ -86,7 +84,7 @@ fn peer_ip(session: &Session) -> Option<IpAddr> {
 impl Gateway {
     /// Drives one request through the stages up to the respond stage.
     async fn handle(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Answer, Failure> {
-        intake::check_header_size(session, self.settings.limits.max_header_bytes)?;
+        intake::check_head(session, self.settings.limits.max_header_bytes)?;
         let path = session.req_header().uri.path().to_string();
         if let Some(target) = management::classify(&path) {
             ctx.route = "management";
@@ -106,16 +104,28 @@ impl Gateway {
         }
         let limits = &self.settings.limits;
 
+        // One snapshot for the whole decision, from the body's admission on.
+        let snap = self.policy.load();
+
         // Intake.
+        let admit = |s: &Session| {
+            decide::admit_body(
+                &snap,
+                &self.rules,
+                &s.req_header().headers,
+                peer_ip(s),
+                now_secs(),
+            )
+        };
         let mut request = intake::read(
             session,
             &self.settings,
             BodyUse::Route(route.request_records),
+            admit,
         )
         .await?;
 
-        // Decide, against one snapshot.
-        let snap = self.policy.load();
+        // Decide.
         let facts = Facts {
             headers: &session.req_header().headers,
             peer: peer_ip(session),
@@ -135,7 +145,19 @@ impl Gateway {
             return Err(ApiError::internal("a route decision without its grants").into());
         };
 
-        // Request filter.
+        // Request filter: the parameter names (one the route does not name
+        // is refused, or dropped where the route says so; a look-alike of a
+        // checked one is always refused), then the write schema.
+        check_names(
+            &request.params,
+            &route.params,
+            &self.known_params,
+            route.unknown_params,
+        )?;
+        let dropped = request.params.retain_allowed(&route.params);
+        if dropped > 0 {
+            metrics::DROPPED_PARAMETERS.inc_by(&[ctx.route], dropped as u64);
+        }
         let removed = crate::filter::request::filter_write(
             route,
             permit.client,
@@ -164,7 +186,15 @@ impl Gateway {
             &permit,
         )?;
         let exchange = Exchange::begin(&self.upstream, &permit, &outgoing, ctx).await?;
-        Ok(relay::relay(session, ctx, exchange, access, limits).await?)
+        Ok(relay::relay(
+            session,
+            ctx,
+            exchange,
+            access,
+            limits,
+            &self.settings.response_headers.allow,
+        )
+        .await?)
     }
 
     /// The management API: the same intake and decision, answered here.
@@ -180,7 +210,19 @@ impl Gateway {
             management::Target::Roles(_) => BodyUse::Document,
         };
         let connect = matches!(body_use, BodyUse::Document);
-        let request = match intake::read(session, &self.settings, body_use).await {
+        let snap = self.policy.load();
+        let admit = |s: &Session| {
+            decide::admit_body(
+                &snap,
+                &self.rules,
+                &s.req_header().headers,
+                peer_ip(s),
+                now_secs(),
+            )
+        };
+        let read = intake::read(session, &self.settings, body_use, admit).await;
+        drop(snap);
+        let request = match read {
             Ok(r) => r,
             Err(e) if connect => return Err(crate::errors::RoleError::from_decision(e).into()),
             Err(e) => return Err(e.into()),
@@ -189,6 +231,7 @@ impl Gateway {
         let head = req.method == http::Method::HEAD;
         let call = Call {
             method: req.method.clone(),
+            allowed: target.params(),
             headers: Call::decision_headers(&req.headers),
             peer: peer_ip(session),
             path: path.to_string(),

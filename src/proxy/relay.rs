@@ -24,24 +24,6 @@ use crate::proxy::ctx::Ctx;
 use crate::proxy::forward::{OpenResponse, Outgoing, Upstream, UpstreamError};
 use crate::proxy::respond::{with_length, Answer, Reply, StreamEnd, X_REQUEST_ID};
 
-/// Hop-by-hop and framing headers never copied from the upstream response;
-/// `ETag`/`Accept-Ranges`/`Content-MD5` describe the unfiltered body.
-const RESPONSE_HEADERS_DROPPED: [&str; 13] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "te",
-    "trailer",
-    "upgrade",
-    "content-length",
-    "etag",
-    "accept-ranges",
-    "content-md5",
-    "digest",
-    "content-range",
-];
-
 /// An upstream exchange in progress: it records the upstream time, once,
 /// when it ends.
 pub(crate) struct Exchange<'u> {
@@ -92,6 +74,7 @@ pub(crate) async fn relay(
     mut exchange: Exchange<'_>,
     permit: &RoutePermit<'_>,
     limits: &Limits,
+    allow: &[String],
 ) -> Result<Answer, ApiError> {
     let route = permit.route;
     let is_head = session.req_header().method == http::Method::HEAD;
@@ -115,7 +98,12 @@ pub(crate) async fn relay(
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<usize>().ok());
-        (bodiless, client_header(upstream), filterable, declared_len)
+        (
+            bodiless,
+            client_header(upstream, allow),
+            filterable,
+            declared_len,
+        )
     };
     let header = match (header, filterable) {
         (Ok(header), Ok(())) => header,
@@ -293,22 +281,31 @@ fn filter_failure(kind: &'static str) -> Counter {
     }
 }
 
-/// The upstream's response header as sent to the client: hop-by-hop,
-/// framing and unfiltered-body validators removed.
-fn client_header(upstream: &ResponseHeader) -> Result<ResponseHeader, ApiError> {
-    // No case map: the names come from a parsed header map, already in
-    // lower case, and the map would cost an allocation per header.
-    let mut header =
-        ResponseHeader::build_no_case(upstream.status.as_u16(), Some(upstream.headers.len() + 2))
-            .map_err(|e| ApiError::internal(e.to_string()))?;
-    for (name, value) in upstream.headers.iter() {
-        if RESPONSE_HEADERS_DROPPED.contains(&name.as_str()) {
-            continue;
-        }
+/// The upstream's response header as sent to the client: an allow-list.
+/// `Content-Type`, and the names `response_headers.allow` adds; never a
+/// validator of the unfiltered body, framing or hop-by-hop headers (settings
+/// refuse them). The answer is never cached: it is one caller's view.
+fn client_header(upstream: &ResponseHeader, allow: &[String]) -> Result<ResponseHeader, ApiError> {
+    let internal = |e: Box<pingora::Error>| ApiError::internal(e.to_string());
+    // No case map: every name is lower case already, and the map would cost
+    // an allocation per header.
+    let mut header = ResponseHeader::build_no_case(upstream.status.as_u16(), Some(4 + allow.len()))
+        .map_err(internal)?;
+    if let Some(ct) = upstream.headers.get(header::CONTENT_TYPE) {
         header
-            .append_header(name.clone(), value.clone())
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+            .insert_header(header::CONTENT_TYPE, ct.clone())
+            .map_err(internal)?;
     }
+    for name in allow {
+        for value in upstream.headers.get_all(name.as_str()) {
+            header
+                .append_header(name.clone(), value.clone())
+                .map_err(internal)?;
+        }
+    }
+    header
+        .insert_header(header::CACHE_CONTROL, "no-store")
+        .map_err(internal)?;
     Ok(header)
 }
 
