@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 
 use crate::cidr::{parse_cidr, CidrSet};
 use crate::decide::credentials::{generate_client_id, generate_secret};
+use crate::decide::Permit;
 use crate::errors::ApiError;
 use crate::params::Params;
 use crate::policy::model::{AccessSchemasDef, ClientDef, PolicyFile, PreviousSecret, SecretSource};
@@ -129,12 +130,24 @@ impl Endpoint {
     }
 }
 
-/// Who is calling, as established by authentication and the allow-list.
+/// Who is calling, as established by the decision: made only from a
+/// [`Permit`], so no management change is applied without one.
 pub struct Caller<'a> {
-    pub client_id: &'a str,
-    pub ip: IpAddr,
-    pub is_owner: bool,
-    pub now_secs: i64,
+    pub(crate) client_id: &'a str,
+    pub(crate) ip: IpAddr,
+    pub(crate) is_owner: bool,
+    pub(crate) now_secs: i64,
+}
+
+impl<'a> Caller<'a> {
+    pub(crate) fn of(permit: &'a Permit<'_>, now_secs: i64) -> Caller<'a> {
+        Caller {
+            client_id: &permit.client.id,
+            ip: permit.ip,
+            is_owner: permit.client.features.contains(Feature::Owner),
+            now_secs,
+        }
+    }
 }
 
 fn json_arg(params: &Params, name: &str) -> Result<Value, ApiError> {

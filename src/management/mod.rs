@@ -22,7 +22,7 @@ use crate::params::{check_names, ParamNames, Params, UnknownParams};
 use crate::policy::audit::{redacted_client, AuditEntry, AuditLog};
 use crate::policy::model::PolicyFile;
 use crate::policy::store::ChangeError;
-use crate::policy::{Feature, PolicyStore, Snapshot};
+use crate::policy::{PolicyStore, Snapshot};
 use capture::{Caller, Endpoint};
 use roles::RolesPath;
 
@@ -154,12 +154,7 @@ fn capture_target(ep: Endpoint) -> Decided<'static> {
 }
 
 fn caller<'p>(permit: &'p Permit<'_>, now_secs: i64) -> Caller<'p> {
-    Caller {
-        client_id: &permit.client.id,
-        ip: permit.ip,
-        is_owner: permit.client.features.contains(Feature::Owner),
-        now_secs,
-    }
+    Caller::of(permit, now_secs)
 }
 
 async fn capture_call(services: &Services, ep: Endpoint, call: Call) -> Outcome {
