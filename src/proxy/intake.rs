@@ -65,7 +65,8 @@ pub(crate) fn check_head(session: &mut Session, max: usize) -> Result<(), ApiErr
     }
     let mut hosts = req.headers.get_all(http::header::HOST).iter();
     match (hosts.next(), hosts.next()) {
-        (None, _) if req.version == http::Version::HTTP_10 => {}
+        // HTTP/1.0 may omit it (and HTTP/2 carries `:authority` instead).
+        (None, _) if req.version != http::Version::HTTP_11 => {}
         (None, _) => {
             return Err(ApiError::invalid_argument(
                 "Host",
