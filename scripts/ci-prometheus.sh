@@ -19,7 +19,7 @@ promtool check rules deploy/prometheus/recordgate-alerts.yaml
 promtool test rules deploy/prometheus/recordgate-alerts.test.yaml
 promtool check config --syntax-only deploy/prometheus/prometheus.yml
 
-cargo build --locked --quiet --bin recordgate -p recordgate -p recordgate-demo
+cargo build --locked --quiet -p recordgate -p recordgate-demo --bin recordgate --bin recordgate-demo
 bin=target/debug/recordgate
 
 tmp=$(mktemp -d)

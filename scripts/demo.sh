@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-cargo build --release --locked --bin recordgate -p recordgate -p recordgate-demo
+cargo build --release --locked -p recordgate -p recordgate-demo --bin recordgate --bin recordgate-demo
 
 state=target/demo-state
 mkdir -p "$state"
