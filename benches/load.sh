@@ -20,7 +20,7 @@ CONNS=${2:-32}
 ROUNDS=${3:-3}
 command -v wrk >/dev/null 2>&1 || { export DEBIAN_FRONTEND=noninteractive; apt-get update -qq; apt-get install -y -qq wrk; }
 scripts/setup.sh
-cargo build --release --locked -p recordgate -p recordgate-demo --bin recordgate --bin recordgate-demo --example passthrough 2>cargo build --release --locked --bin recordgate --example passthrough -p recordgate -p recordgate-demo 2>&1 | tail -11 | tail -1
+cargo build --release --locked -p recordgate -p recordgate-demo --bin recordgate --bin recordgate-demo --example passthrough 2>&1 | tail -1
 BIN=target/release
 CORES=$(nproc)
 SRV_CPU=0; GEN_CPU=$(( CORES > 1 ? 1 : 0 ))
