@@ -210,34 +210,12 @@ async fn capture_call(services: &Services, ep: Endpoint, call: Call) -> Outcome 
         })
     })
     .await;
-    match committed {
-        Ok(c) => Outcome {
-            result: Ok(c.out),
-            client_id: Some(c.caller),
-        },
-        Err(ChangeError::Refused(r)) => Outcome::refused(r),
-        Err(ChangeError::Invalid(errors)) => Outcome {
-            result: Err(ApiError::invalid_argument(
-                "policy",
-                errors
-                    .first()
-                    .map(|e| e.message.clone())
-                    .unwrap_or_default(),
-            )
-            .into()),
-            client_id: None,
-        },
-        Err(ChangeError::Persist(io)) => {
-            tracing::error!(error = %io, "policy change could not be persisted; nothing changed");
-            Outcome {
-                result: Err(ApiError::internal(
-                    "the change could not be saved; the policy is unchanged",
-                )
-                .into()),
-                client_id: None,
-            }
-        }
-    }
+    answer(
+        committed,
+        Outcome::refused,
+        |message| ApiError::invalid_argument("policy", message).into(),
+        || ApiError::internal("the change could not be saved; the policy is unchanged").into(),
+    )
 }
 
 /// A Roles API refusal: the caller if known, and the CONNECT error.
@@ -319,35 +297,53 @@ async fn roles_call(services: &Services, tenant: String, client: String, call: C
         },
     )
     .await;
+    answer(
+        committed,
+        |RolesRefusal(client_id, e)| Outcome {
+            result: Err(e.into()),
+            client_id,
+        },
+        |message| RoleError::bad_request(message).into(),
+        || {
+            RoleError::new(
+                500,
+                "Internal server error.",
+                "The change could not be saved; nothing changed.",
+                "Retry later.",
+            )
+            .into()
+        },
+    )
+}
+
+/// How a change ended, in the shape of the API that was called: refused
+/// (by the decision or the change itself), invalid as a whole policy, or
+/// not saved.
+fn answer<E>(
+    committed: Result<Committed<Value>, ChangeError<E>>,
+    refused: impl FnOnce(E) -> Outcome,
+    invalid: impl FnOnce(String) -> Failure,
+    unsaved: impl FnOnce() -> Failure,
+) -> Outcome {
     match committed {
         Ok(c) => Outcome {
             result: Ok(c.out),
             client_id: Some(c.caller),
         },
-        Err(ChangeError::Refused(RolesRefusal(client_id, e))) => Outcome {
-            result: Err(e.into()),
-            client_id,
-        },
+        Err(ChangeError::Refused(e)) => refused(e),
         Err(ChangeError::Invalid(errors)) => Outcome {
-            result: Err(RoleError::bad_request(
+            result: Err(invalid(
                 errors
                     .first()
                     .map(|e| e.message.clone())
                     .unwrap_or_default(),
-            )
-            .into()),
+            )),
             client_id: None,
         },
         Err(ChangeError::Persist(io)) => {
             tracing::error!(error = %io, "policy change could not be persisted; nothing changed");
             Outcome {
-                result: Err(RoleError::new(
-                    500,
-                    "Internal server error.",
-                    "The change could not be saved; nothing changed.",
-                    "Retry later.",
-                )
-                .into()),
+                result: Err(unsaved()),
                 client_id: None,
             }
         }

@@ -38,7 +38,7 @@ use crate::errors::{ApiError, Failure};
 use crate::management::{self, Call, Services};
 use crate::ops::metrics;
 use crate::params::{check_names, ParamNames};
-use crate::policy::PolicyStore;
+use crate::policy::{PolicyStore, Snapshot};
 use ctx::Ctx;
 use forward::{Outgoing, Upstream};
 use intake::BodyUse;
@@ -108,15 +108,7 @@ impl Gateway {
         let snap = self.policy.load();
 
         // Intake.
-        let admit = |s: &Session| {
-            decide::admit_body(
-                &snap,
-                &self.rules,
-                &s.req_header().headers,
-                peer_ip(s),
-                now_secs(),
-            )
-        };
+        let admit = self.admission(&snap);
         let mut request = intake::read(
             session,
             &self.settings,
@@ -211,15 +203,7 @@ impl Gateway {
         };
         let connect = matches!(body_use, BodyUse::Document);
         let snap = self.policy.load();
-        let admit = |s: &Session| {
-            decide::admit_body(
-                &snap,
-                &self.rules,
-                &s.req_header().headers,
-                peer_ip(s),
-                now_secs(),
-            )
-        };
+        let admit = self.admission(&snap);
         let read = intake::read(session, &self.settings, body_use, admit).await;
         drop(snap);
         let request = match read {
@@ -246,6 +230,22 @@ impl Gateway {
         // A `Value`'s Display cannot fail, unlike `to_vec`'s general case.
         let reply = respond::json_reply(200, value.to_string().into_bytes(), head && connect)?;
         Ok(Answer::Reply(reply))
+    }
+
+    /// Whether an `Expect: 100-continue` caller may be asked for its body.
+    fn admission<'a>(
+        &'a self,
+        snap: &'a Snapshot,
+    ) -> impl FnOnce(&Session) -> Result<(), ApiError> + 'a {
+        move |s: &Session| {
+            decide::admit_body(
+                snap,
+                &self.rules,
+                &s.req_header().headers,
+                peer_ip(s),
+                now_secs(),
+            )
+        }
     }
 
     fn client_label_enabled(&self) -> bool {
