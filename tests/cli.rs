@@ -439,6 +439,20 @@ fn check_rejects_a_resolve_interval_out_of_range() {
 }
 
 #[test]
+fn check_rejects_an_empty_sni() {
+    // Pingora's connector verifies nothing when the SNI is empty.
+    let (d, c) = check_settings(
+        "listen: [\"127.0.0.1:0\"]\npolicy: policy.yaml\nupstream:\n  servers: [\"127.0.0.1:18090\"]\n  tls: true\n  sni: \"\"\n",
+    );
+    assert_fails(
+        &c,
+        &settings_file(d.path()),
+        "upstream.sni",
+        "must not be empty",
+    );
+}
+
+#[test]
 fn check_rejects_listens_that_cannot_be_bound_together() {
     let port = free_port();
     // The same address twice, and the operator listener on a gateway port.
