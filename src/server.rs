@@ -1,5 +1,6 @@
-//! Assembles the Pingora server: the gateway, the operator listener and the
-//! policy reloader (file edits and SIGHUP).
+//! Assembles the Pingora server: the gateway, the operator listener, the
+//! upstream resolver and the policy reloader (file edits and SIGHUP); and
+//! `check`'s preflight, which builds the same parts without starting.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,8 +1,9 @@
 //! The forward stage: the upstream call for record routes. The request is
 //! built here from what was decided and filtered (the filtered parameters,
 //! an allow-list of the caller's headers, the gateway's own identity), and
-//! sent only with a [`Permit`]. Servers are tried in turn; connections are
-//! pooled by Pingora's connector. The response is read by the relay stage
+//! sent only with a [`Permit`]. The addresses of the servers (all of them,
+//! kept current by `resolve`) are used round robin and tried in turn when a
+//! connection cannot be made; connections are pooled by Pingora's connector. The response is read by the relay stage
 //! from the returned [`OpenResponse`].
 
 use std::sync::atomic::{AtomicUsize, Ordering};
