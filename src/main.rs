@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use recordgate::config::settings::{LogFormat, Settings};
 use recordgate::policy::store::load_policy_file;
-use recordgate::server::{serve, ServeOptions};
+use recordgate::server::{preflight, serve, ServeOptions};
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 /// Inline enforcement gateway for Capture-style user-record APIs.
@@ -33,6 +33,19 @@ enum Command {
     Check {
         #[arg(short, long)]
         config: PathBuf,
+    },
+    /// Exit 0 when the gateway answers its readiness URL with 200, 1
+    /// otherwise (a container health check needing no HTTP client).
+    Health {
+        /// URL to probe, e.g. http://127.0.0.1:9090/readyz.
+        #[arg(long, conflicts_with = "config", required_unless_present = "config")]
+        url: Option<String>,
+        /// Settings file: probe `/readyz` on its `metrics.listen`.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Time-out of the whole probe, in milliseconds.
+        #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+        timeout_ms: u64,
     },
 }
 
@@ -88,6 +101,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => check(&config),
+        Command::Health {
+            url,
+            config,
+            timeout_ms,
+        } => health(url, config, timeout_ms),
         Command::Serve {
             config,
             upgrade,
@@ -124,20 +142,17 @@ fn check(config: &std::path::Path) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    if let Some(c) = &settings.upstream.credentials {
-        let base = settings
-            .policy
-            .parent()
-            .unwrap_or(std::path::Path::new("."));
-        if let Err(e) = c.secret.resolve(base) {
-            eprintln!(
-                "error: {}: upstream.credentials.secret: {e}",
-                config.display()
-            );
-            return ExitCode::from(1);
-        }
+    // What `serve` would refuse at start beyond the file itself, from the
+    // code `serve` builds with (credentials included).
+    let pre = preflight(&settings);
+    for w in &pre.warnings {
+        eprintln!("warning: {}: {w}", config.display());
+    }
+    for e in &pre.errors {
+        eprintln!("error: {}: {e}", config.display());
     }
     match load_policy_file(&settings.policy, 1) {
+        Ok(_) if !pre.errors.is_empty() => ExitCode::from(1),
         Ok(snap) => {
             println!(
                 "ok: {} and {}: {} clients, {} entity types",
@@ -152,6 +167,53 @@ fn check(config: &std::path::Path) -> ExitCode {
             for e in errors {
                 eprintln!("error: {e}");
             }
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn health(url: Option<String>, config: Option<PathBuf>, timeout_ms: u64) -> ExitCode {
+    let url = match (url, config) {
+        (Some(url), _) => url,
+        (None, Some(config)) => {
+            let settings = match Settings::load(&config) {
+                Ok(s) => s,
+                Err(errors) => {
+                    for e in errors {
+                        eprintln!("error: {e}");
+                    }
+                    return ExitCode::from(2);
+                }
+            };
+            let Some(listen) = settings.metrics.listen else {
+                eprintln!(
+                    "error: {}: metrics.listen is not set: no readiness URL",
+                    config.display()
+                );
+                return ExitCode::from(2);
+            };
+            match recordgate::ops::health::readyz_url(&listen) {
+                Ok(u) => u,
+                Err(e) => {
+                    eprintln!("error: {}: {e}", config.display());
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        // clap requires one of the two.
+        (None, None) => return ExitCode::from(2),
+    };
+    match recordgate::ops::health::probe(&url, std::time::Duration::from_millis(timeout_ms)) {
+        Ok(200) => {
+            println!("ready: {url}");
+            ExitCode::SUCCESS
+        }
+        Ok(status) => {
+            eprintln!("not ready: {url} answered {status}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("not ready: {e}");
             ExitCode::from(1)
         }
     }

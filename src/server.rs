@@ -1,5 +1,6 @@
-//! Assembles the Pingora server: the gateway, the operator listener and the
-//! policy reloader (file edits and SIGHUP).
+//! Assembles the Pingora server: the gateway, the operator listener, the
+//! upstream resolver and the policy reloader (file edits and SIGHUP); and
+//! `check`'s preflight, which builds the same parts without starting.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +20,7 @@ use crate::ops::metrics;
 use crate::params::ParamNames;
 use crate::policy::PolicyStore;
 use crate::proxy::forward::Upstream;
+use crate::proxy::resolve::{system_lookup, AddressBook, Resolver};
 use crate::proxy::Gateway;
 
 pub struct ServeOptions {
@@ -26,12 +28,18 @@ pub struct ServeOptions {
     pub daemon: bool,
 }
 
-/// Builds everything that can fail before the server starts, so that a bad
-/// setting is reported as an error rather than a half-started process.
-pub(crate) fn build_gateway(
-    settings: Arc<Settings>,
-    policy: Arc<PolicyStore>,
-) -> Result<Gateway, String> {
+/// What the settings alone make, before any port is bound or the policy
+/// read. `serve` builds it to start; `check` builds it to find every
+/// problem `serve` would refuse to start with, from the same code.
+struct Parts {
+    routes: RouteTable,
+    rules: Arc<Rules>,
+    book: Arc<AddressBook>,
+    host: Option<http::HeaderValue>,
+    authorization: Option<http::HeaderValue>,
+}
+
+fn parts(settings: &Settings) -> Result<Parts, String> {
     let routes = match &settings.routes {
         Some(defs) => RouteTable::from_defs(defs)?,
         None => RouteTable::builtin(),
@@ -40,8 +48,12 @@ pub(crate) fn build_gateway(
     for c in &settings.trusted_proxies {
         nets.push(parse_cidr(c).map_err(|e| format!("trusted_proxies: {e}"))?);
     }
-    let upstream = Upstream::new(&settings.upstream, &settings.timeouts)?;
-    let upstream_authorization = match &settings.upstream.credentials {
+    let book = Arc::new(AddressBook::new(
+        &settings.upstream,
+        &settings.timeouts,
+        &system_lookup,
+    )?);
+    let authorization = match &settings.upstream.credentials {
         None => None,
         Some(c) => {
             let base = settings
@@ -60,7 +72,7 @@ pub(crate) fn build_gateway(
             Some(value)
         }
     };
-    let upstream_host = match settings.upstream.servers.first() {
+    let host = match settings.upstream.servers.first() {
         None => None,
         Some(server) => Some(
             http::HeaderValue::from_str(server)
@@ -71,24 +83,129 @@ pub(crate) fn build_gateway(
         trusted_proxies: CidrSet::new(&nets),
         max_skew_secs: settings.auth.signature_max_skew_secs,
     });
-    let known_params = ParamNames::union([&routes.known_params(), &management::known_params()]);
+    Ok(Parts {
+        routes,
+        rules,
+        book,
+        host,
+        authorization,
+    })
+}
+
+/// Builds everything that can fail before the server starts, so that a bad
+/// setting is reported as an error rather than a half-started process. The
+/// address book is returned for the re-resolution and `/readyz`.
+pub(crate) fn build_gateway(
+    settings: Arc<Settings>,
+    policy: Arc<PolicyStore>,
+) -> Result<(Gateway, Arc<AddressBook>), String> {
+    let p = parts(&settings)?;
+    let known_params = ParamNames::union([&p.routes.known_params(), &management::known_params()]);
     let management = Services {
         known_params: Arc::new(known_params.clone()),
         store: policy.clone(),
         audit: Arc::new(crate::policy::audit::AuditLog::new(
             settings.audit_log_path(),
         )),
-        rules: rules.clone(),
+        rules: p.rules.clone(),
     };
-    Ok(Gateway {
-        policy,
-        known_params,
-        routes,
-        upstream: upstream.with_identity(upstream_host, upstream_authorization),
-        rules,
-        settings,
-        management,
-    })
+    let upstream =
+        Upstream::new(p.book.clone(), &settings.timeouts).with_identity(p.host, p.authorization);
+    Ok((
+        Gateway {
+            policy,
+            known_params,
+            routes: p.routes,
+            upstream,
+            rules: p.rules,
+            settings,
+            management,
+        },
+        p.book,
+    ))
+}
+
+/// What `check` found beyond the settings file itself.
+#[derive(Debug, Default)]
+pub struct Preflight {
+    /// `serve` would refuse to start.
+    pub errors: Vec<String>,
+    /// Not a fault of the settings, but `serve` could fail here now (a port
+    /// another process holds, such as the running gateway).
+    pub warnings: Vec<String>,
+}
+
+/// Everything `serve` would refuse at start, found without starting: the
+/// parts `build_gateway` makes (routes and their features, upstream names,
+/// the CA file, credentials) and the listening addresses, each bound for a
+/// moment and released. The policy file is not touched.
+pub fn preflight(settings: &Settings) -> Preflight {
+    let mut out = Preflight::default();
+    if let Err(e) = parts(settings) {
+        out.errors.push(e);
+    }
+    check_listens(settings, &mut out);
+    out
+}
+
+/// Binds each listening address alone, then every pair together, with std
+/// sockets released at once. Alone, an address in use or not permitted is
+/// a warning (the running gateway holds its own ports; a service may bind
+/// low ports by capability); one not on this host is an error. Together,
+/// a pair that cannot both be bound (the same address twice, `0.0.0.0:P`
+/// and a dual-stack `[::]:P`) is an error naming both keys.
+fn check_listens(settings: &Settings, out: &mut Preflight) {
+    use std::io::ErrorKind;
+    use std::net::{SocketAddr, TcpListener};
+
+    let mut keyed: Vec<(String, SocketAddr)> = Vec::new();
+    for (i, a) in settings.listen.iter().enumerate() {
+        if let Ok(addr) = a.parse() {
+            keyed.push((format!("listen[{i}]"), addr));
+        }
+    }
+    if let Some(addr) = settings
+        .metrics
+        .listen
+        .as_deref()
+        .and_then(|a| a.parse().ok())
+    {
+        keyed.push(("metrics.listen".into(), addr));
+    }
+    let mut alone = Vec::with_capacity(keyed.len());
+    for (key, addr) in &keyed {
+        match TcpListener::bind(addr) {
+            Ok(_released) => alone.push(true),
+            Err(e) if matches!(e.kind(), ErrorKind::AddrInUse | ErrorKind::PermissionDenied) => {
+                out.warnings
+                    .push(format!("{key}: {addr} cannot be bound now: {e}"));
+                alone.push(false);
+            }
+            Err(e) => {
+                out.errors
+                    .push(format!("{key}: {addr} cannot be bound: {e}"));
+                alone.push(false);
+            }
+        }
+    }
+    for (i, (key_i, addr_i)) in keyed.iter().enumerate() {
+        if !alone[i] {
+            continue;
+        }
+        for (j, (key_j, addr_j)) in keyed.iter().enumerate().skip(i + 1) {
+            if !alone[j] {
+                continue;
+            }
+            let Ok(_first) = TcpListener::bind(addr_i) else {
+                continue;
+            };
+            if let Err(e) = TcpListener::bind(addr_j) {
+                out.errors.push(format!(
+                    "{key_j}: {addr_j} cannot be bound together with {key_i} ({addr_i}): {e}"
+                ));
+            }
+        }
+    }
 }
 
 pub fn serve(settings: Settings, opts: ServeOptions) -> Result<(), String> {
@@ -108,7 +225,7 @@ pub fn serve(settings: Settings, opts: ServeOptions) -> Result<(), String> {
     metrics::policy_activated(snap.version, snap.clients.len());
     drop(snap);
 
-    let gateway = build_gateway(settings.clone(), policy.clone())?;
+    let (gateway, book) = build_gateway(settings.clone(), policy.clone())?;
 
     let mut conf = ServerConf {
         threads: settings.server.threads,
@@ -141,7 +258,10 @@ pub fn serve(settings: Settings, opts: ServeOptions) -> Result<(), String> {
     if let Some(listen) = &settings.metrics.listen {
         let admin = crate::ops::operator::Admin {
             policy: policy.clone(),
-            upstreams: settings.upstream.servers.clone(),
+            upstream_addresses: {
+                let book = book.clone();
+                Box::new(move || book.addresses())
+            },
         };
         let mut m = pingora::services::listening::Service::new(
             "recordgate admin".to_string(),
@@ -151,6 +271,13 @@ pub fn serve(settings: Settings, opts: ServeOptions) -> Result<(), String> {
         m.threads = Some(1);
         server.add_service(m);
     }
+    server.add_service(background_service(
+        "upstream resolver",
+        Resolver {
+            book,
+            interval: Duration::from_secs(settings.upstream.resolve_interval_secs),
+        },
+    ));
     server.add_service(background_service(
         "policy reload",
         PolicyReloader { policy },

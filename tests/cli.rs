@@ -335,3 +335,225 @@ fn version_prints_the_version() {
         format!("recordgate {}", env!("CARGO_PKG_VERSION"))
     );
 }
+
+// ---------------------------------------------------------------------------
+// What `serve` would refuse at start, found by `check`
+// ---------------------------------------------------------------------------
+
+/// Runs `check` on complete settings (`{dir}` replaced by the temp dir) with
+/// the default policy.
+fn check_settings(settings: &str) -> (tempfile::TempDir, Checked) {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = settings.replace("{dir}", &dir.path().display().to_string());
+    std::fs::write(dir.path().join("settings.yaml"), settings).unwrap();
+    std::fs::write(dir.path().join("policy.yaml"), default_policy()).unwrap();
+    let out = run_cli(&[
+        "check",
+        "--config",
+        dir.path().join("settings.yaml").to_str().unwrap(),
+    ]);
+    let c = Checked {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    (dir, c)
+}
+
+#[test]
+fn check_rejects_an_unknown_route_feature() {
+    let (d, c) = check(
+        &default_policy(),
+        "routes:\n  - path: /entity.find\n    access: read\n    response_records: results\n    features: [direct_read_access, ninja_superuser]\n",
+    );
+    assert_fails(
+        &c,
+        &settings_file(d.path()),
+        "routes[0].features",
+        "ninja_superuser",
+    );
+}
+
+#[test]
+fn check_rejects_an_upstream_name_that_does_not_resolve() {
+    // `.invalid` never resolves (RFC 6761).
+    let (d, c) = check_settings(
+        "listen: [\"127.0.0.1:0\"]\nupstream:\n  servers: [\"127.0.0.1:18090\", \"no-such-upstream.invalid:443\"]\npolicy: policy.yaml\n",
+    );
+    assert_fails(
+        &c,
+        &settings_file(d.path()),
+        "upstream.servers[1]",
+        "cannot resolve no-such-upstream.invalid:443",
+    );
+}
+
+#[test]
+fn check_rejects_a_ca_file_that_cannot_be_read_or_parsed() {
+    let base = "listen: [\"127.0.0.1:0\"]\npolicy: policy.yaml\nupstream:\n  servers: [\"127.0.0.1:18090\"]\n  tls: true\n";
+    let (d, c) = check_settings(&format!("{base}  ca_file: missing-ca.pem\n"));
+    assert_fails(
+        &c,
+        &settings_file(d.path()),
+        "upstream.ca_file",
+        "cannot read",
+    );
+    assert!(c.stderr.contains("missing-ca.pem"), "{}", c.stderr);
+
+    let (d, c) = check_settings(&format!("{base}  ca_file: {{dir}}/settings.yaml\n"));
+    assert_fails(
+        &c,
+        &settings_file(d.path()),
+        "upstream.ca_file",
+        "PEM certificate bundle",
+    );
+    // A CA file without TLS is a mistake, not a no-op.
+    let (d, c) = check_settings(
+        "listen: [\"127.0.0.1:0\"]\npolicy: policy.yaml\nupstream:\n  servers: [\"127.0.0.1:18090\"]\n  ca_file: ca.pem\n",
+    );
+    assert_fails(
+        &c,
+        &settings_file(d.path()),
+        "upstream.ca_file",
+        "upstream.tls is false",
+    );
+}
+
+#[test]
+fn check_rejects_a_resolve_interval_out_of_range() {
+    for bad in ["0", "86401"] {
+        let (d, c) = check_settings(&format!(
+            "listen: [\"127.0.0.1:0\"]\npolicy: policy.yaml\nupstream:\n  servers: [\"127.0.0.1:18090\"]\n  resolve_interval_secs: {bad}\n"
+        ));
+        assert_fails(
+            &c,
+            &settings_file(d.path()),
+            "upstream.resolve_interval_secs",
+            "must be between 1 and 86400",
+        );
+    }
+    let (_d, c) = check_settings(
+        "listen: [\"127.0.0.1:0\"]\npolicy: policy.yaml\nupstream:\n  servers: [\"127.0.0.1:18090\"]\n  resolve_interval_secs: 5\n",
+    );
+    assert!(c.ok, "{}", c.stderr);
+}
+
+#[test]
+fn check_rejects_an_empty_sni() {
+    // Pingora's connector verifies nothing when the SNI is empty.
+    let (d, c) = check_settings(
+        "listen: [\"127.0.0.1:0\"]\npolicy: policy.yaml\nupstream:\n  servers: [\"127.0.0.1:18090\"]\n  tls: true\n  sni: \"\"\n",
+    );
+    assert_fails(
+        &c,
+        &settings_file(d.path()),
+        "upstream.sni",
+        "must not be empty",
+    );
+}
+
+#[test]
+fn check_rejects_listens_that_cannot_be_bound_together() {
+    let port = free_port();
+    // The same address twice, and the operator listener on a gateway port.
+    let (d, c) = check_settings(&format!(
+        "listen: [\"127.0.0.1:{port}\", \"127.0.0.1:{port}\"]\npolicy: policy.yaml\nupstream:\n  servers: [\"127.0.0.1:18090\"]\nmetrics:\n  listen: \"127.0.0.1:{port}\"\n"
+    ));
+    assert_fails(
+        &c,
+        &settings_file(d.path()),
+        "listen[1]",
+        &format!("listen[1]: 127.0.0.1:{port} cannot be bound together with listen[0]"),
+    );
+    assert_fails(
+        &c,
+        &settings_file(d.path()),
+        "metrics.listen",
+        &format!("metrics.listen: 127.0.0.1:{port} cannot be bound together with listen[0]"),
+    );
+    // Nothing stays bound after the check.
+    std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+
+    // 0.0.0.0:P and [::]:P conflict where IPv6 sockets are dual-stack.
+    let dual_stack = std::fs::read_to_string("/proc/sys/net/ipv6/bindv6only")
+        .is_ok_and(|v| v.trim() == "0")
+        && std::net::TcpListener::bind("[::]:0").is_ok();
+    if dual_stack {
+        let port = free_port();
+        let (d, c) = check_settings(&format!(
+            "listen: [\"0.0.0.0:{port}\", \"[::]:{port}\"]\npolicy: policy.yaml\nupstream:\n  servers: [\"127.0.0.1:18090\"]\n"
+        ));
+        assert_fails(
+            &c,
+            &settings_file(d.path()),
+            "listen[1]",
+            "cannot be bound together with listen[0]",
+        );
+    } else {
+        println!("IPv6 sockets are not dual-stack here: the 0.0.0.0 + [::] case is not checked");
+    }
+}
+
+#[test]
+fn check_warns_but_passes_when_a_port_is_taken_by_another_process() {
+    // As when checking the settings of the gateway that runs on them.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let (_d, c) = check_settings(&format!(
+        "listen: [\"127.0.0.1:{port}\"]\npolicy: policy.yaml\nupstream:\n  servers: [\"127.0.0.1:18090\"]\n"
+    ));
+    assert!(c.ok, "{}", c.stderr);
+    assert!(
+        c.stderr.contains("warning:") && c.stderr.contains("listen[0]"),
+        "{}",
+        c.stderr
+    );
+}
+
+// ---------------------------------------------------------------------------
+// `health`
+// ---------------------------------------------------------------------------
+
+#[test]
+fn health_exits_0_when_ready_and_non_zero_otherwise() {
+    let up = TestUpstream::capture_like();
+    let gw = GatewayBuilder::new(&up)
+        .metrics(serde_json::json!({}))
+        .start();
+    assert_eq!(gw.admin_get("/readyz").status, 200);
+    let url = format!("{}/readyz", gw.metrics_base());
+    let out = run_cli(&["health", "--url", &url]);
+    assert!(out.status.success(), "{:?}", out);
+    // The same URL from the settings' `metrics.listen`.
+    let settings = gw.dir.path().join("settings.yaml");
+    let out = run_cli(&["health", "--config", settings.to_str().unwrap()]);
+    assert!(out.status.success(), "{:?}", out);
+    // Not ready: a 404 path, then nobody listening.
+    let out = run_cli(&["health", "--url", &format!("{}/nope", gw.metrics_base())]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
+    let dead = format!("http://127.0.0.1:{}/readyz", free_port());
+    let out = run_cli(&["health", "--url", &dead]);
+    assert!(!out.status.success());
+}
+
+#[test]
+fn health_gives_up_after_its_time_out() {
+    // Accepts, never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/readyz", silent.local_addr().unwrap());
+    let started = Instant::now();
+    let out = run_cli(&["health", "--url", &url, "--timeout-ms", "300"]);
+    assert!(!out.status.success());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not ready"),
+        "{:?}",
+        out
+    );
+    drop(silent);
+}

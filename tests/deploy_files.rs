@@ -114,10 +114,23 @@ fn env_refs(v: &Yaml, out: &mut BTreeSet<String>) {
 
 /// Runs `recordgate check --config <settings>` with `env`; asserts success.
 fn assert_check_passes(settings: &Path, env: &BTreeSet<String>, what: &str) {
+    // `check` resolves the upstream names, as `serve` does; the examples'
+    // `*.example.internal` names resolve only where they are deployed, so
+    // the copy checked here names `localhost` on the same port (TLS and SNI
+    // settings unchanged). Every other key is checked as written.
+    let mut y: Yaml = serde_yaml::from_str(&std::fs::read_to_string(settings).unwrap()).unwrap();
+    if let Some(servers) = y["upstream"]["servers"].as_sequence_mut() {
+        for server in servers.iter_mut() {
+            let port = s(server).rsplit_once(':').unwrap().1.to_string();
+            *server = Yaml::from(format!("localhost:{port}"));
+        }
+    }
+    let checked = settings.with_file_name("settings.checked.yaml");
+    std::fs::write(&checked, serde_yaml::to_string(&y).unwrap()).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_recordgate"))
         .arg("check")
         .arg("--config")
-        .arg(settings)
+        .arg(&checked)
         .envs(
             env.iter()
                 .map(|v| (v.as_str(), "placeholder-value-for-check")),
@@ -623,6 +636,32 @@ fn dockerfile_exposes_the_configured_ports_and_runs_as_non_root() {
     assert_eq!(
         exposed, demo_ports,
         "EXPOSE vs deploy/docker/demo-settings.yaml"
+    );
+
+    // The health check is the binary's own probe of the operator
+    // listener's /readyz (no HTTP client in the image), on the port the
+    // ConfigMap's `metrics.listen` uses.
+    let health = instr
+        .iter()
+        .rfind(|(k, _)| k == "HEALTHCHECK")
+        .map(|(_, r)| r.clone())
+        .expect("HEALTHCHECK");
+    let (options, cmd) = health
+        .split_once("CMD ")
+        .expect("HEALTHCHECK ... CMD [...]");
+    assert!(options.contains("--timeout="), "{health}");
+    let argv: Vec<String> = serde_json::from_str(cmd.trim())
+        .unwrap_or_else(|e| panic!("HEALTHCHECK CMD is not exec form ({e}): {cmd}"));
+    let metrics_port = port_of(s(&settings["metrics"]["listen"]));
+    assert_eq!(
+        argv,
+        [
+            "recordgate".to_string(),
+            "health".into(),
+            "--url".into(),
+            format!("http://127.0.0.1:{metrics_port}/readyz"),
+        ],
+        "{health}"
     );
 
     let user = instr

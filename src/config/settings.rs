@@ -92,9 +92,29 @@ pub struct UpstreamSettings {
     /// SNI and certificate name; defaults to the host part of the server.
     #[serde(default)]
     pub sni: Option<String>,
+    /// PEM bundle of the CA(s) that sign the upstream's certificate. When
+    /// set, only these are trusted (not the system store); relative to the
+    /// settings file.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Names in `servers` are resolved again this often; every address of
+    /// every name is used.
+    #[serde(default = "default_resolve_interval_secs")]
+    pub resolve_interval_secs: u64,
     /// Credentials the gateway itself presents upstream (HTTP Basic).
     #[serde(default)]
     pub credentials: Option<UpstreamCredentials>,
+}
+
+pub const DEFAULT_RESOLVE_INTERVAL_SECS: u64 = 30;
+
+/// Bounds of `upstream.resolve_interval_secs`: below a second the lookups
+/// would load the resolver for nothing; past a day a moved upstream would go
+/// unnoticed for too long.
+pub const RESOLVE_INTERVAL_SECS_RANGE: std::ops::RangeInclusive<u64> = 1..=86_400;
+
+fn default_resolve_interval_secs() -> u64 {
+    DEFAULT_RESOLVE_INTERVAL_SECS
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -315,6 +335,9 @@ impl Settings {
             if let Some(a) = s.audit_log.as_mut().filter(|a| a.is_relative()) {
                 *a = dir.join(&*a);
             }
+            if let Some(c) = s.upstream.ca_file.as_mut().filter(|c| c.is_relative()) {
+                *c = dir.join(&*c);
+            }
         }
         let errors = s.validate(path);
         if errors.is_empty() {
@@ -379,6 +402,32 @@ impl Settings {
                     format!("{a:?} is not a host:port"),
                 );
             }
+        }
+        if !RESOLVE_INTERVAL_SECS_RANGE.contains(&self.upstream.resolve_interval_secs) {
+            err(
+                "upstream.resolve_interval_secs".into(),
+                format!(
+                    "must be between {} and {}",
+                    RESOLVE_INTERVAL_SECS_RANGE.start(),
+                    RESOLVE_INTERVAL_SECS_RANGE.end()
+                ),
+            );
+        }
+        // An empty SNI turns certificate verification off in Pingora's
+        // connector: never by accident.
+        if self
+            .upstream
+            .sni
+            .as_deref()
+            .is_some_and(|s| s.trim().is_empty())
+        {
+            err("upstream.sni".into(), "must not be empty".into());
+        }
+        if self.upstream.ca_file.is_some() && !self.upstream.tls {
+            err(
+                "upstream.ca_file".into(),
+                "is set but upstream.tls is false".into(),
+            );
         }
         for (i, c) in self.trusted_proxies.iter().enumerate() {
             if let Err(e) = crate::cidr::parse_cidr(c) {

@@ -255,6 +255,16 @@ pub static LOG_LINES_DROPPED: LazyLock<Metric<IntCounter>> = LazyLock::new(|| {
     )
 });
 
+pub static UPSTREAM_RESOLVE_FAILURES: LazyLock<Metric<IntCounter>> = LazyLock::new(|| {
+    make(
+        "recordgate_upstream_resolve_failures_total",
+        IntCounter::new(
+            "recordgate_upstream_resolve_failures_total",
+            "Re-resolutions of an upstream name that failed; the name kept its last good addresses",
+        ),
+    )
+});
+
 static LOG_DROPS: std::sync::OnceLock<tracing_appender::non_blocking::ErrorCounter> =
     std::sync::OnceLock::new();
 
@@ -366,6 +376,7 @@ pub fn init() -> Result<(), String> {
     LazyLock::force(&DURATION);
     LazyLock::force(&LOG_LINES_DROPPED);
     LazyLock::force(&DROPPED_PARAMETERS);
+    LazyLock::force(&UPSTREAM_RESOLVE_FAILURES);
     // Series that exist from the start at 0, so `increase()` and alerts see
     // the first failure rather than a series appearing at 1.
     for source in ["file", "api", "signal"] {

@@ -1,6 +1,6 @@
 //! The operator listener (`metrics.listen`): `/metrics` for Prometheus,
-//! `/healthz` (the process answers), `/readyz` (policy loaded and upstream
-//! reachable) and `/status` (active policy version, hash, last reload).
+//! `/healthz` (the process answers), `/readyz` (policy loaded and one of the
+//! upstream addresses in use reachable) and `/status` (active policy version, hash, last reload).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,9 +14,13 @@ use serde_json::json;
 
 use crate::policy::PolicyStore;
 
+/// The upstream addresses requests use now (the proxy's address book; a
+/// function, so that `ops` does not import `proxy`, which imports `ops`).
+pub type UpstreamAddresses = Box<dyn Fn() -> Vec<std::net::SocketAddr> + Send + Sync>;
+
 pub struct Admin {
     pub policy: Arc<PolicyStore>,
-    pub upstreams: Vec<String>,
+    pub upstream_addresses: UpstreamAddresses,
 }
 
 fn respond(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -30,9 +34,13 @@ fn respond(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> 
 }
 
 impl Admin {
+    /// Ready when the address set in use is not empty and one of its
+    /// addresses accepts a connection. The addresses are those requests use
+    /// now, not a fresh resolution: a resolver outage the gateway rides out
+    /// on its last good addresses does not make it unready.
     async fn upstream_reachable(&self) -> bool {
-        for server in &self.upstreams {
-            let connect = tokio::net::TcpStream::connect(server.as_str());
+        for addr in (self.upstream_addresses)() {
+            let connect = tokio::net::TcpStream::connect(addr);
             if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(500), connect).await {
                 return true;
             }

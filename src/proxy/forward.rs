@@ -1,12 +1,13 @@
 //! The forward stage: the upstream call for record routes. The request is
 //! built here from what was decided and filtered (the filtered parameters,
 //! an allow-list of the caller's headers, the gateway's own identity), and
-//! sent only with a [`Permit`]. Servers are tried in turn; connections are
-//! pooled by Pingora's connector. The response is read by the relay stage
+//! sent only with a [`Permit`]. The addresses of the servers (all of them,
+//! kept current by `resolve`) are used round robin and tried in turn when a
+//! connection cannot be made; connections are pooled by Pingora's connector. The response is read by the relay stage
 //! from the returned [`OpenResponse`].
 
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,14 +18,17 @@ use pingora::prelude::HttpPeer;
 use pingora::protocols::http::client::HttpSession;
 use pingora::ErrorType;
 
-use crate::config::settings::{Timeouts, UpstreamSettings};
+use crate::config::settings::Timeouts;
 use crate::decide::routes::Route;
 use crate::decide::Permit;
 use crate::errors::{ApiError, Counter};
 use crate::params::Params;
+use crate::proxy::resolve::AddressBook;
 
 pub struct Upstream {
-    peers: Vec<HttpPeer>,
+    /// Every address of every configured server, re-resolved in the
+    /// background; each request uses the set current when it starts.
+    book: Arc<AddressBook>,
     next: AtomicUsize,
     connector: Connector,
     idle: Duration,
@@ -173,38 +177,16 @@ fn classify(e: &pingora::Error) -> UpstreamError {
 }
 
 impl Upstream {
-    pub fn new(settings: &UpstreamSettings, timeouts: &Timeouts) -> Result<Upstream, String> {
-        let mut peers = Vec::with_capacity(settings.servers.len());
-        for server in &settings.servers {
-            let addr: SocketAddr = server
-                .to_socket_addrs()
-                .map_err(|e| format!("upstream.servers: cannot resolve {server}: {e}"))?
-                .next()
-                .ok_or_else(|| format!("upstream.servers: {server} resolves to no address"))?;
-            let host = server.rsplit_once(':').map(|(h, _)| h).unwrap_or(server);
-            let sni = settings
-                .sni
-                .clone()
-                .unwrap_or_else(|| host.trim_matches(['[', ']']).to_string());
-            let mut peer = HttpPeer::new(addr, settings.tls, sni);
-            peer.options.connection_timeout =
-                Some(Duration::from_millis(timeouts.upstream_connect_ms));
-            peer.options.read_timeout = Some(Duration::from_millis(timeouts.upstream_read_ms));
-            peer.options.write_timeout = Some(Duration::from_millis(timeouts.upstream_write_ms));
-            peer.options.idle_timeout = Some(Duration::from_millis(timeouts.upstream_idle_ms));
-            peers.push(peer);
-        }
-        if peers.is_empty() {
-            return Err("upstream.servers: at least one server is required".into());
-        }
-        Ok(Upstream {
-            peers,
+    /// An upstream over the addresses `book` keeps current.
+    pub(crate) fn new(book: Arc<AddressBook>, timeouts: &Timeouts) -> Upstream {
+        Upstream {
+            book,
             next: AtomicUsize::new(0),
             connector: Connector::new(None),
             idle: Duration::from_millis(timeouts.upstream_idle_ms),
             host: None,
             authorization: None,
-        })
+        }
     }
 
     /// The gateway's own identity towards the upstream: `Host`, and the
@@ -287,13 +269,14 @@ impl Upstream {
     where
         F: Fn() -> pingora::Result<RequestHeader> + Sync,
     {
+        let peers = self.book.current();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let mut last = UpstreamError::Connect("no upstream server".into());
         let mut first = Some(first);
-        for i in 0..self.peers.len() {
-            let peer = &self.peers[(start + i) % self.peers.len()];
+        for i in 0..peers.len() {
+            let peer = &peers[(start + i) % peers.len()];
             match self
-                .open_on(peer, &mut first, rebuild, &body, idempotent)
+                .open_on(peer.clone(), &mut first, rebuild, &body, idempotent)
                 .await
             {
                 Err(Attempt::NotSent(e)) => last = e,
@@ -304,14 +287,14 @@ impl Upstream {
         Err(last)
     }
 
-    async fn open_on<'a, F>(
-        &'a self,
-        peer: &'a HttpPeer,
+    async fn open_on<F>(
+        &self,
+        peer: Arc<HttpPeer>,
         first: &mut Option<RequestHeader>,
         rebuild: &F,
         body: &Bytes,
         idempotent: bool,
-    ) -> Result<OpenResponse<'a>, Attempt>
+    ) -> Result<OpenResponse<'_>, Attempt>
     where
         F: Fn() -> pingora::Result<RequestHeader> + Sync,
     {
@@ -322,7 +305,7 @@ impl Upstream {
         for attempt in 0..=STALE_RETRIES {
             let (mut session, reused) = self
                 .connector
-                .get_http_session(peer)
+                .get_http_session(&*peer)
                 .await
                 .map_err(|e| Attempt::NotSent(classify(&e)))?;
             let may_retry = reused && attempt < STALE_RETRIES;
@@ -387,7 +370,8 @@ enum Attempt {
 /// A response whose header has been read and whose body is being read.
 pub struct OpenResponse<'a> {
     upstream: &'a Upstream,
-    peer: &'a HttpPeer,
+    /// Owned: the address set may be swapped while the body is read.
+    peer: Arc<HttpPeer>,
     session: HttpSession,
     /// The last chunk of a non-HTTP/1 body, which arrives as its own buffer.
     held: Option<Bytes>,
@@ -417,7 +401,7 @@ impl OpenResponse<'_> {
     pub async fn finish(self) {
         self.upstream
             .connector
-            .release_http_session(self.session, self.peer, Some(self.upstream.idle))
+            .release_http_session(self.session, &*self.peer, Some(self.upstream.idle))
             .await;
     }
 

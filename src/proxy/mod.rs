@@ -20,6 +20,7 @@ pub mod forward;
 pub mod header_deadline;
 mod intake;
 mod relay;
+pub(crate) mod resolve;
 mod respond;
 
 use std::net::IpAddr;

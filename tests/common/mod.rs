@@ -156,11 +156,19 @@ pub struct TestUpstream {
 impl TestUpstream {
     /// A hyper 1 server whose answers come from `handler`.
     pub fn start(handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) -> TestUpstream {
+        TestUpstream::start_at("127.0.0.1:0".parse().unwrap(), handler)
+    }
+
+    /// The same, listening on `addr`.
+    pub fn start_at(
+        addr: SocketAddr,
+        handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static,
+    ) -> TestUpstream {
         let handler: Arc<Handler> = Arc::new(handler);
         let log = Arc::new(Mutex::new(Vec::new()));
         let rt = runtime();
         let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .block_on(tokio::net::TcpListener::bind(addr))
             .expect("bind test upstream");
         let addr = listener.local_addr().unwrap();
         let log2 = log.clone();
