@@ -94,6 +94,8 @@ impl Call {
 pub(crate) struct Outcome {
     pub(crate) result: Result<Value, Failure>,
     pub(crate) client_id: Option<String>,
+    /// The address the decision used (the permit's), for the access log.
+    pub(crate) client_ip: Option<IpAddr>,
 }
 
 impl Outcome {
@@ -101,6 +103,7 @@ impl Outcome {
         Outcome {
             result: Err(Failure::Capture(*r.error)),
             client_id: r.client_id,
+            client_ip: None,
         }
     }
 }
@@ -139,6 +142,7 @@ async fn capture_call(services: &Services, ep: Endpoint, call: Call) -> Outcome 
         return Outcome {
             result: Err(ApiError::method_not_allowed(call.method.as_str()).into()),
             client_id: None,
+            client_ip: None,
         };
     }
     if ep.is_read_only() {
@@ -152,6 +156,7 @@ async fn capture_call(services: &Services, ep: Endpoint, call: Call) -> Outcome 
             result: capture::read(ep, &snap, &call.params, &caller(&permit, call.now_secs))
                 .map_err(Failure::Capture),
             client_id: Some(permit.client.id.clone()),
+            client_ip: Some(permit.ip),
         };
     }
     let rules = services.rules.clone();
@@ -182,6 +187,7 @@ async fn capture_call(services: &Services, ep: Endpoint, call: Call) -> Outcome 
         Ok(c) => Outcome {
             result: Ok(c.out),
             client_id: Some(c.caller),
+            client_ip: Some(c.ip),
         },
         Err(ChangeError::Refused(r)) => Outcome::refused(r),
         Err(ChangeError::Invalid(errors)) => Outcome {
@@ -194,6 +200,7 @@ async fn capture_call(services: &Services, ep: Endpoint, call: Call) -> Outcome 
             )
             .into()),
             client_id: None,
+            client_ip: None,
         },
         Err(ChangeError::Persist(io)) => {
             tracing::error!(error = %io, "policy change could not be persisted; nothing changed");
@@ -203,6 +210,7 @@ async fn capture_call(services: &Services, ep: Endpoint, call: Call) -> Outcome 
                 )
                 .into()),
                 client_id: None,
+                client_ip: None,
             }
         }
     }
@@ -228,6 +236,7 @@ async fn roles_call(services: &Services, tenant: String, client: String, call: C
                 return Outcome {
                     result: Err(e.into()),
                     client_id,
+                    client_ip: None,
                 };
             }
         };
@@ -241,6 +250,7 @@ async fn roles_call(services: &Services, tenant: String, client: String, call: C
                 )
                 .into()),
                 client_id: Some(permit.client.id.clone()),
+                client_ip: Some(permit.ip),
             };
         }
         let rp = RolesPath {
@@ -250,6 +260,7 @@ async fn roles_call(services: &Services, tenant: String, client: String, call: C
         return Outcome {
             result: roles::list(&snap, &rp, &permit.client.id, &call.params).map_err(Failure::from),
             client_id: Some(permit.client.id.clone()),
+            client_ip: Some(permit.ip),
         };
     }
     let rules = services.rules.clone();
@@ -282,10 +293,12 @@ async fn roles_call(services: &Services, tenant: String, client: String, call: C
         Ok(c) => Outcome {
             result: Ok(c.out),
             client_id: Some(c.caller),
+            client_ip: Some(c.ip),
         },
         Err(ChangeError::Refused(RolesRefusal(client_id, e))) => Outcome {
             result: Err(e.into()),
             client_id,
+            client_ip: None,
         },
         Err(ChangeError::Invalid(errors)) => Outcome {
             result: Err(RoleError::bad_request(
@@ -296,6 +309,7 @@ async fn roles_call(services: &Services, tenant: String, client: String, call: C
             )
             .into()),
             client_id: None,
+            client_ip: None,
         },
         Err(ChangeError::Persist(io)) => {
             tracing::error!(error = %io, "policy change could not be persisted; nothing changed");
@@ -308,6 +322,7 @@ async fn roles_call(services: &Services, tenant: String, client: String, call: C
                 )
                 .into()),
                 client_id: None,
+                client_ip: None,
             }
         }
     }

@@ -226,12 +226,13 @@ impl Upstream {
         _permit: &Permit<'_>,
         outgoing: &Outgoing,
         idempotent: bool,
+        tried: &mut Option<SocketAddr>,
     ) -> Result<OpenResponse<'_>, UpstreamError> {
         let build = || self.header_for(outgoing);
         let first = build().map_err(|e| {
             UpstreamError::Protocol(format!("could not build the upstream request: {e}"))
         })?;
-        self.open(first, &build, outgoing.body.clone(), idempotent)
+        self.open(first, &build, outgoing.body.clone(), idempotent, tried)
             .await
     }
 
@@ -283,6 +284,7 @@ impl Upstream {
         rebuild: &F,
         body: Bytes,
         idempotent: bool,
+        tried: &mut Option<SocketAddr>,
     ) -> Result<OpenResponse<'_>, UpstreamError>
     where
         F: Fn() -> pingora::Result<RequestHeader> + Sync,
@@ -292,6 +294,9 @@ impl Upstream {
         let mut first = Some(first);
         for i in 0..self.peers.len() {
             let peer = &self.peers[(start + i) % self.peers.len()];
+            // For the access log: the server this call went to (or, if none
+            // answered, the last one tried).
+            *tried = peer._address.as_inet().copied();
             match self
                 .open_on(peer, &mut first, rebuild, &body, idempotent)
                 .await
