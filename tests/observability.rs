@@ -196,14 +196,10 @@ fn scrape_until(gw: &Gateway, what: &str, done: impl Fn(&Exposition) -> bool) ->
     }
 }
 
-/// `logging()` updates the counters, then the histograms, the gateway stage
+/// `logging()` updates the counters, then the histograms, the gateway one
 /// last: once it has counted `n` requests, every metric of them is in.
 fn fully_counted(e: &Exposition, n: usize) -> bool {
-    e.sum(
-        "recordgate_request_duration_seconds_count",
-        &[("stage", "gateway")],
-    ) as usize
-        >= n
+    e.sum("recordgate_gateway_duration_seconds_count", &[]) as usize >= n
 }
 
 fn on_path(tool: &str) -> bool {
@@ -433,32 +429,43 @@ fn metrics_expose_every_documented_name_with_its_type_and_exact_counts() {
     );
 
     // Histograms: one observation per request for total and gateway, one
-    // per upstream call for upstream.
-    for stage in ["total", "gateway"] {
+    // per upstream call for upstream, each under the request's route.
+    for name in [
+        "recordgate_request_duration_seconds",
+        "recordgate_gateway_duration_seconds",
+    ] {
+        assert_eq!(e.sum(&format!("{name}_count"), &[]), total as f64, "{name}");
         assert_eq!(
-            e.sum(
-                "recordgate_request_duration_seconds_count",
-                &[("stage", stage)]
-            ),
+            e.sum(&format!("{name}_bucket"), &[("le", "+Inf")]),
             total as f64,
-            "stage {stage}"
+            "{name}"
         );
         assert_eq!(
-            e.sum(
-                "recordgate_request_duration_seconds_bucket",
-                &[("stage", stage), ("le", "+Inf")]
-            ),
-            total as f64
+            e.by(&format!("{name}_count"), "route"),
+            e.by("recordgate_requests_total", "route"),
+            "{name} by route"
         );
     }
     assert_eq!(
-        e.sum(
-            "recordgate_request_duration_seconds_count",
-            &[("stage", "upstream")]
-        ),
+        e.sum("recordgate_upstream_duration_seconds_count", &[]),
         6.0,
         "six allowed calls reached the upstream"
     );
+    assert_eq!(
+        e.sum(
+            "recordgate_upstream_duration_seconds_count",
+            &[("route", "/entity")]
+        ),
+        3.0,
+        "the three allowed reads of /entity"
+    );
+    // The active policy's hash, one series; the process collector.
+    let info = e.select("recordgate_policy_info", &[]);
+    assert_eq!(info.len(), 1, "{info:?}");
+    assert_eq!(info[0].value, 1.0);
+    assert!(info[0].labels["hash"].len() >= 8, "{info:?}");
+    assert!(e.sum("process_resident_memory_bytes", &[]) > 0.0);
+    assert!(e.sum("process_start_time_seconds", &[]) > 0.0);
     assert_eq!(up.count(), 6);
 
     // Filtering, bytes, failures, policy, build info.
@@ -531,6 +538,67 @@ fn metrics_expose_every_documented_name_with_its_type_and_exact_counts() {
     }
 
     promtool_check_metrics(&gw.scrape());
+}
+
+/// A client that sends its body slowly makes the request slow, not the
+/// gateway: the wait is in the total and the access log's client_wait_ms,
+/// not in recordgate_gateway_duration_seconds.
+#[test]
+fn a_slow_client_body_is_not_gateway_time() {
+    let up = TestUpstream::capture_like();
+    let gw = GatewayBuilder::new(&up)
+        .metrics(json!({}))
+        .setting("log", json!({"format": "json"}))
+        .start();
+    let body = "type_name=user";
+    let head = format!(
+        "POST /entity.find HTTP/1.1\r\nHost: gw\r\nAuthorization: {}\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n",
+        basic("reader", "reader-secret"),
+        body.len()
+    );
+    let mut s = gw.connect();
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(&body.as_bytes()[..4]).unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    s.write_all(&body.as_bytes()[4..]).unwrap();
+    let r = read_raw_response(&mut s, false);
+    assert_eq!(r.status(), 200);
+
+    let e = scrape_until(&gw, "the request counted", |e| fully_counted(e, 1));
+    let route = [("route", "/entity.find")];
+    let le = |name: &str, bound: &str| e.sum(&format!("{name}_bucket"), &[route[0], ("le", bound)]);
+    assert_eq!(
+        le("recordgate_request_duration_seconds", "0.25"),
+        0.0,
+        "total"
+    );
+    assert_eq!(
+        le("recordgate_request_duration_seconds", "0.5"),
+        1.0,
+        "total"
+    );
+    assert_eq!(
+        le("recordgate_gateway_duration_seconds", "0.1"),
+        1.0,
+        "the gateway's own work excludes the 400 ms wait"
+    );
+    assert_eq!(
+        e.sum("recordgate_upstream_duration_seconds_count", &route),
+        1.0
+    );
+
+    let rid = r.header("x-request-id").unwrap().to_string();
+    let log = wait_access_events(&gw, &[&rid]);
+    let ev = access_events(&log)
+        .into_iter()
+        .find(|e| e["request_id"] == rid.as_str())
+        .unwrap();
+    assert!(ev["client_wait_ms"].as_f64().unwrap() >= 350.0, "{ev}");
+    assert!(ev["gateway_ms"].as_f64().unwrap() < 100.0, "{ev}");
+    assert!(ev["total_ms"].as_f64().unwrap() >= 400.0, "{ev}");
+    assert_eq!(ev["bytes_in"], body.len(), "{ev}");
 }
 
 /// Two authenticated calls (one allowed, one denied); the number of
@@ -636,6 +704,12 @@ fn status_reports_policy_version_hash_and_reloads() {
         ) >= 1.0
     });
     assert_eq!(e.sum("recordgate_policy_version", &[]), 1.0);
+    assert_eq!(
+        e.select("recordgate_policy_info", &[("hash", &hash)]).len(),
+        1,
+        "the hash /status shows"
+    );
+    assert_eq!(e.select("recordgate_policy_info", &[]).len(), 1);
 
     // An edited file: new version and hash, source "file".
     let edited = format!(
@@ -668,6 +742,12 @@ fn status_reports_policy_version_hash_and_reloads() {
     });
     assert_eq!(e.sum("recordgate_policy_version", &[]), 2.0);
     assert_eq!(e.sum("recordgate_policy_clients", &[]), 10.0);
+    // recordgate_policy_info shows the new hash only: the old series is gone.
+    let new_hash = v["policy"]["hash"].as_str().unwrap();
+    let info = e.select("recordgate_policy_info", &[]);
+    assert_eq!(info.len(), 1, "{info:?}");
+    assert_eq!(info[0].labels["hash"], new_hash, "{info:?}");
+    assert_eq!(info[0].value, 1.0);
 
     // A broken policy file is rejected: failure reported, version kept.
     std::fs::write(gw.dir.path().join("policy.yaml"), "clients: [unclosed\n").unwrap();

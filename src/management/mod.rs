@@ -377,7 +377,7 @@ where
     match &result {
         Ok((_, snap)) => {
             metrics::POLICY_RELOADS.inc(&["api", "success"]);
-            metrics::policy_activated(snap.version, snap.clients.len());
+            metrics::policy_activated(snap.version, snap.clients.len(), &snap.hash);
         }
         Err(ChangeError::Refused(_)) => {}
         Err(_) => metrics::POLICY_RELOADS.inc(&["api", "failure"]),

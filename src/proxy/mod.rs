@@ -285,11 +285,12 @@ impl ProxyHttp for Gateway {
                 metrics::CLIENT_REQUESTS.inc(&[client, ctx.decision]);
             }
         }
-        metrics::DURATION_TOTAL.observe(total.as_secs_f64());
-        if !ctx.upstream_time.is_zero() {
-            metrics::DURATION_UPSTREAM.observe(ctx.upstream_time.as_secs_f64());
-        }
-        metrics::DURATION_GATEWAY.observe(ctx.gateway_time(total).as_secs_f64());
+        metrics::observe_durations(
+            ctx.route,
+            total,
+            (!ctx.upstream_time.is_zero()).then_some(ctx.upstream_time),
+            ctx.gateway_time(total),
+        );
         let req = session.req_header();
         // The address the decision used; a call refused before the decision
         // has only the peer's.
