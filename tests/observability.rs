@@ -597,7 +597,8 @@ fn a_slow_client_body_is_not_gateway_time() {
         .unwrap();
     assert!(ev["client_wait_ms"].as_f64().unwrap() >= 350.0, "{ev}");
     assert!(ev["gateway_ms"].as_f64().unwrap() < 100.0, "{ev}");
-    assert!(ev["total_ms"].as_f64().unwrap() >= 400.0, "{ev}");
+    // The clock starts once the header is read, a little after the sleep began.
+    assert!(ev["total_ms"].as_f64().unwrap() >= 350.0, "{ev}");
     assert_eq!(ev["bytes_in"], body.len(), "{ev}");
 }
 
