@@ -222,7 +222,7 @@ pub fn serve(settings: Settings, opts: ServeOptions) -> Result<(), String> {
     crate::ops::memory::release_freed();
     metrics::init()?;
     let snap = policy.load();
-    metrics::policy_activated(snap.version, snap.clients.len());
+    metrics::policy_activated(snap.version, snap.clients.len(), &snap.hash);
     drop(snap);
 
     let (gateway, book) = build_gateway(settings.clone(), policy.clone())?;
@@ -309,7 +309,7 @@ impl PolicyReloader {
             Ok(None) => false,
             Ok(Some(snap)) => {
                 metrics::POLICY_RELOADS.inc(&[source, "success"]);
-                metrics::policy_activated(snap.version, snap.clients.len());
+                metrics::policy_activated(snap.version, snap.clients.len(), &snap.hash);
                 tracing::info!(source, version = snap.version, hash = %snap.hash, "policy reloaded");
                 true
             }

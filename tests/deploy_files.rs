@@ -898,10 +898,9 @@ fn alert_rules_are_valid_and_use_exported_metrics() {
     assert!(uses("recordgate_policy_reloads_total", "failure"));
     assert!(uses("recordgate_requests_total", "decision"));
     assert!(uses("recordgate_upstream_errors_total", ""));
-    assert!(uses(
-        "recordgate_request_duration_seconds_bucket",
-        "stage=\"gateway\""
-    ));
+    // Added latency: the gateway's own work, client waits excluded.
+    assert!(uses("recordgate_gateway_duration_seconds_bucket", ""));
+    assert!(uses("recordgate_policy_info", "hash"));
 
     if let Some(out) = promtool(&[
         "check",
@@ -1056,20 +1055,55 @@ fn dashboard_has_every_panel_the_issue_asks_for() {
         ),
         (
             "p50 total latency",
-            &["histogram_quantile(0.5", "stage=\"total\""],
+            &[
+                "histogram_quantile(0.5",
+                "recordgate_request_duration_seconds_bucket",
+            ],
         ),
         (
             "p99 total latency",
-            &["histogram_quantile(0.99", "stage=\"total\""],
+            &[
+                "histogram_quantile(0.99",
+                "recordgate_request_duration_seconds_bucket",
+            ],
         ),
         (
             "p50 added latency",
-            &["histogram_quantile(0.5", "stage=\"gateway\""],
+            &[
+                "histogram_quantile(0.5",
+                "recordgate_gateway_duration_seconds_bucket",
+            ],
         ),
         (
             "p99 added latency",
-            &["histogram_quantile(0.99", "stage=\"gateway\""],
+            &[
+                "histogram_quantile(0.99",
+                "recordgate_gateway_duration_seconds_bucket",
+            ],
         ),
+        (
+            "error ratio",
+            &["recordgate_requests_total", "status=~\"5..\"", "/"],
+        ),
+        (
+            "p99 gateway latency per route",
+            &[
+                "histogram_quantile(0.99",
+                "by (route, le)",
+                "recordgate_gateway_duration_seconds_bucket",
+            ],
+        ),
+        (
+            "p99 total latency per route",
+            &[
+                "histogram_quantile(0.99",
+                "by (route, le)",
+                "recordgate_request_duration_seconds_bucket",
+            ],
+        ),
+        ("client time-outs", &["recordgate_client_timeouts_total"]),
+        ("dropped log lines", &["recordgate_log_lines_dropped_total"]),
+        ("policy drift", &["recordgate_policy_info", "hash"]),
         (
             "filtered attributes",
             &["recordgate_filtered_attributes_total"],

@@ -196,14 +196,10 @@ fn scrape_until(gw: &Gateway, what: &str, done: impl Fn(&Exposition) -> bool) ->
     }
 }
 
-/// `logging()` updates the counters, then the histograms, the gateway stage
+/// `logging()` updates the counters, then the histograms, the gateway one
 /// last: once it has counted `n` requests, every metric of them is in.
 fn fully_counted(e: &Exposition, n: usize) -> bool {
-    e.sum(
-        "recordgate_request_duration_seconds_count",
-        &[("stage", "gateway")],
-    ) as usize
-        >= n
+    e.sum("recordgate_gateway_duration_seconds_count", &[]) as usize >= n
 }
 
 fn on_path(tool: &str) -> bool {
@@ -433,32 +429,43 @@ fn metrics_expose_every_documented_name_with_its_type_and_exact_counts() {
     );
 
     // Histograms: one observation per request for total and gateway, one
-    // per upstream call for upstream.
-    for stage in ["total", "gateway"] {
+    // per upstream call for upstream, each under the request's route.
+    for name in [
+        "recordgate_request_duration_seconds",
+        "recordgate_gateway_duration_seconds",
+    ] {
+        assert_eq!(e.sum(&format!("{name}_count"), &[]), total as f64, "{name}");
         assert_eq!(
-            e.sum(
-                "recordgate_request_duration_seconds_count",
-                &[("stage", stage)]
-            ),
+            e.sum(&format!("{name}_bucket"), &[("le", "+Inf")]),
             total as f64,
-            "stage {stage}"
+            "{name}"
         );
         assert_eq!(
-            e.sum(
-                "recordgate_request_duration_seconds_bucket",
-                &[("stage", stage), ("le", "+Inf")]
-            ),
-            total as f64
+            e.by(&format!("{name}_count"), "route"),
+            e.by("recordgate_requests_total", "route"),
+            "{name} by route"
         );
     }
     assert_eq!(
-        e.sum(
-            "recordgate_request_duration_seconds_count",
-            &[("stage", "upstream")]
-        ),
+        e.sum("recordgate_upstream_duration_seconds_count", &[]),
         6.0,
         "six allowed calls reached the upstream"
     );
+    assert_eq!(
+        e.sum(
+            "recordgate_upstream_duration_seconds_count",
+            &[("route", "/entity")]
+        ),
+        3.0,
+        "the three allowed reads of /entity"
+    );
+    // The active policy's hash, one series; the process collector.
+    let info = e.select("recordgate_policy_info", &[]);
+    assert_eq!(info.len(), 1, "{info:?}");
+    assert_eq!(info[0].value, 1.0);
+    assert!(info[0].labels["hash"].len() >= 8, "{info:?}");
+    assert!(e.sum("process_resident_memory_bytes", &[]) > 0.0);
+    assert!(e.sum("process_start_time_seconds", &[]) > 0.0);
     assert_eq!(up.count(), 6);
 
     // Filtering, bytes, failures, policy, build info.
@@ -531,6 +538,68 @@ fn metrics_expose_every_documented_name_with_its_type_and_exact_counts() {
     }
 
     promtool_check_metrics(&gw.scrape());
+}
+
+/// A client that sends its body slowly makes the request slow, not the
+/// gateway: the wait is in the total and the access log's client_wait_ms,
+/// not in recordgate_gateway_duration_seconds.
+#[test]
+fn a_slow_client_body_is_not_gateway_time() {
+    let up = TestUpstream::capture_like();
+    let gw = GatewayBuilder::new(&up)
+        .metrics(json!({}))
+        .setting("log", json!({"format": "json"}))
+        .start();
+    let body = "type_name=user";
+    let head = format!(
+        "POST /entity.find HTTP/1.1\r\nHost: gw\r\nAuthorization: {}\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n",
+        basic("reader", "reader-secret"),
+        body.len()
+    );
+    let mut s = gw.connect();
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(&body.as_bytes()[..4]).unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    s.write_all(&body.as_bytes()[4..]).unwrap();
+    let r = read_raw_response(&mut s, false);
+    assert_eq!(r.status(), 200);
+
+    let e = scrape_until(&gw, "the request counted", |e| fully_counted(e, 1));
+    let route = [("route", "/entity.find")];
+    let le = |name: &str, bound: &str| e.sum(&format!("{name}_bucket"), &[route[0], ("le", bound)]);
+    assert_eq!(
+        le("recordgate_request_duration_seconds", "0.25"),
+        0.0,
+        "total"
+    );
+    assert_eq!(
+        le("recordgate_request_duration_seconds", "0.5"),
+        1.0,
+        "total"
+    );
+    assert_eq!(
+        le("recordgate_gateway_duration_seconds", "0.1"),
+        1.0,
+        "the gateway's own work excludes the 400 ms wait"
+    );
+    assert_eq!(
+        e.sum("recordgate_upstream_duration_seconds_count", &route),
+        1.0
+    );
+
+    let rid = r.header("x-request-id").unwrap().to_string();
+    let log = wait_access_events(&gw, &[&rid]);
+    let ev = access_events(&log)
+        .into_iter()
+        .find(|e| e["request_id"] == rid.as_str())
+        .unwrap();
+    assert!(ev["client_wait_ms"].as_f64().unwrap() >= 350.0, "{ev}");
+    assert!(ev["gateway_ms"].as_f64().unwrap() < 100.0, "{ev}");
+    // The clock starts once the header is read, a little after the sleep began.
+    assert!(ev["total_ms"].as_f64().unwrap() >= 350.0, "{ev}");
+    assert_eq!(ev["bytes_in"], body.len(), "{ev}");
 }
 
 /// Two authenticated calls (one allowed, one denied); the number of
@@ -636,6 +705,12 @@ fn status_reports_policy_version_hash_and_reloads() {
         ) >= 1.0
     });
     assert_eq!(e.sum("recordgate_policy_version", &[]), 1.0);
+    assert_eq!(
+        e.select("recordgate_policy_info", &[("hash", &hash)]).len(),
+        1,
+        "the hash /status shows"
+    );
+    assert_eq!(e.select("recordgate_policy_info", &[]).len(), 1);
 
     // An edited file: new version and hash, source "file".
     let edited = format!(
@@ -668,6 +743,12 @@ fn status_reports_policy_version_hash_and_reloads() {
     });
     assert_eq!(e.sum("recordgate_policy_version", &[]), 2.0);
     assert_eq!(e.sum("recordgate_policy_clients", &[]), 10.0);
+    // recordgate_policy_info shows the new hash only: the old series is gone.
+    let new_hash = v["policy"]["hash"].as_str().unwrap();
+    let info = e.select("recordgate_policy_info", &[]);
+    assert_eq!(info.len(), 1, "{info:?}");
+    assert_eq!(info[0].labels["hash"], new_hash, "{info:?}");
+    assert_eq!(info[0].value, 1.0);
 
     // A broken policy file is rejected: failure reported, version kept.
     std::fs::write(gw.dir.path().join("policy.yaml"), "clients: [unclosed\n").unwrap();
@@ -876,13 +957,13 @@ fn json_access_log_has_one_event_per_request_and_no_secret_or_value() {
     );
     let logged: BTreeSet<String> = events
         .iter()
-        .map(|e| e["fields"]["request_id"].as_str().unwrap_or("").to_string())
+        .map(|e| e["request_id"].as_str().unwrap_or("").to_string())
         .collect();
     let sent: BTreeSet<String> = ids.iter().cloned().collect();
     assert_eq!(logged, sent, "request ids of the access log vs responses");
 
     for e in &events {
-        let f = &e["fields"];
+        let f = e;
         for key in ["request_id", "client_id", "route", "decision"] {
             assert!(
                 f[key].as_str().is_some_and(|s| !s.is_empty()),
@@ -897,8 +978,8 @@ fn json_access_log_has_one_event_per_request_and_no_secret_or_value() {
     let find = |rid: &str| {
         events
             .iter()
-            .find(|e| e["fields"]["request_id"] == rid)
-            .unwrap()["fields"]
+            .find(|e| e["request_id"] == rid)
+            .unwrap()
             .clone()
     };
     let first = find(&ids[0]);
@@ -950,6 +1031,247 @@ fn human_log_has_no_secret_or_value_either() {
             "{bad:?} appears in the (debug) log:\n{log}"
         );
     }
+}
+
+/// Waits (bounded) for the access events of `ids` and returns the log.
+fn wait_access_events(gw: &Gateway, ids: &[&str]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = gw.stderr();
+        let events = access_events(&log);
+        if ids
+            .iter()
+            .all(|id| events.iter().any(|e| e["request_id"] == *id))
+        {
+            return log;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "access events of {ids:?} not logged:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A duration field of the raw line (`"name":` in JSON, `name=` in the
+/// human format) is a number with at most three decimals.
+fn assert_fixed_precision(line: &str, name: &str, sep: &str) {
+    let key = format!("{name}{sep}");
+    let at = line
+        .find(&key)
+        .unwrap_or_else(|| panic!("{name} not in {line}"));
+    let text: String = line[at + key.len()..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    assert!(!text.is_empty(), "{name} is not a number in {line}");
+    let decimals = text.split_once('.').map_or(0, |(_, d)| d.len());
+    assert!(
+        decimals <= 3,
+        "{name}={text}: more than 3 decimals in {line}"
+    );
+}
+
+/// The human format's text without its colour codes (`ESC [ ... m`).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+const UA_QUOTED: &str = "probe \"quoted\" agent/1.0 ";
+
+#[test]
+fn access_log_has_every_field_for_allowed_refused_and_management_calls() {
+    let up = TestUpstream::capture_like();
+    let gw = GatewayBuilder::new(&up)
+        .setting("log", json!({"format": "json"}))
+        .start();
+    // Allowed: a query string and a form body; a long user agent with quotes.
+    let long_ua = format!("{UA_QUOTED}{}", "x".repeat(400));
+    let allowed = gw.send(
+        http_client()
+            .post(gw.url("/entity?id=7&QUERYMARKER=Q1"))
+            .header("authorization", basic("reader", "reader-secret"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("user-agent", long_ua.as_str())
+            .body("type_name=user"),
+    );
+    allowed.assert_ok();
+    // Refused: wrong credentials, the secret in the query string.
+    let refused =
+        gw.send(
+            http_client()
+                .get(gw.url(
+                    "/entity?type_name=user&id=7&client_id=reader&client_secret=QUERYSECRET-J8K2",
+                ))
+                .header("user-agent", "refused-agent"),
+        );
+    refused.assert_error(401, 402, "invalid_client_credentials");
+    // Management: answered by the gateway, no upstream call.
+    let managed = gw.post_as("owner", "/clients/list?QUERYMARKER=Q2", &[]);
+    managed.assert_ok();
+
+    let rid = |r: &Resp| r.header("x-request-id").unwrap().to_string();
+    let (a_id, r_id, m_id) = (rid(&allowed), rid(&refused), rid(&managed));
+    let log = wait_access_events(&gw, &[&a_id, &r_id, &m_id]);
+    let line_of = |id: &str| {
+        log.lines()
+            .find(|l| l.contains("\"target\":\"access\"") && l.contains(id))
+            .unwrap()
+            .to_string()
+    };
+    let event = |id: &str| -> Value { serde_json::from_str(&line_of(id)).unwrap() };
+    const FIELDS: [&str; 20] = [
+        "timestamp",
+        "level",
+        "request_id",
+        "client_id",
+        "client_ip",
+        "method",
+        "path",
+        "route",
+        "decision",
+        "status",
+        "bytes_in",
+        "bytes_out",
+        "upstream",
+        "user_agent",
+        "total_ms",
+        "upstream_ms",
+        "gateway_ms",
+        "client_wait_ms",
+        "error",
+        "target",
+    ];
+    let check_shape = |e: &Value| {
+        let keys: Vec<&str> = e.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys, FIELDS, "flat fields, in order: {e}");
+        assert_eq!(e["level"], "INFO");
+        assert_eq!(e["target"], "access");
+        assert!(e["timestamp"].as_str().unwrap().ends_with('Z'), "{e}");
+        assert_eq!(e["client_ip"], "127.0.0.1", "{e}");
+        assert_eq!(e["error"], "", "{e}");
+        let total = e["total_ms"].as_f64().unwrap();
+        let upstream = e["upstream_ms"].as_f64().unwrap();
+        let gateway = e["gateway_ms"].as_f64().unwrap();
+        let wait = e["client_wait_ms"].as_f64().unwrap();
+        assert!(
+            gateway + upstream + wait <= total + 0.003,
+            "the parts exceed the total: {e}"
+        );
+        assert!(gateway > 0.0, "{e}");
+    };
+
+    let a = event(&a_id);
+    check_shape(&a);
+    assert_eq!(a["request_id"], a_id.as_str());
+    assert_eq!(a["client_id"], "reader");
+    assert_eq!(a["method"], "POST");
+    assert_eq!(a["path"], "/entity");
+    assert_eq!(a["route"], "/entity");
+    assert_eq!(a["decision"], "allowed");
+    assert_eq!(a["status"], 200);
+    assert_eq!(a["bytes_in"], "type_name=user".len());
+    assert_eq!(a["bytes_out"], allowed.text().len());
+    assert_eq!(a["upstream"], up.server());
+    let ua = a["user_agent"].as_str().unwrap();
+    assert!(ua.starts_with(UA_QUOTED), "{ua}");
+    assert!(ua.ends_with("..."), "cut and marked: {ua}");
+    assert_eq!(ua.len(), 256 + 3, "{ua}");
+    assert!(a["upstream_ms"].as_f64().unwrap() > 0.0);
+
+    let r = event(&r_id);
+    check_shape(&r);
+    assert_eq!(r["request_id"], r_id.as_str());
+    assert_eq!(r["client_id"], "-");
+    assert_eq!(r["method"], "GET");
+    assert_eq!(r["path"], "/entity");
+    assert_eq!(r["route"], "/entity");
+    assert_eq!(r["decision"], "credentials");
+    assert_eq!(r["status"], 401);
+    assert_eq!(r["bytes_in"], 0);
+    assert_eq!(r["bytes_out"], refused.text().len());
+    assert_eq!(r["upstream"], "-");
+    assert_eq!(r["user_agent"], "refused-agent");
+    assert_eq!(r["upstream_ms"].as_f64(), Some(0.0));
+
+    let m = event(&m_id);
+    check_shape(&m);
+    assert_eq!(m["request_id"], m_id.as_str());
+    assert_eq!(m["client_id"], "owner");
+    assert_eq!(m["method"], "POST");
+    assert_eq!(m["path"], "/clients/list");
+    assert_eq!(m["route"], "management");
+    assert_eq!(m["decision"], "allowed");
+    assert_eq!(m["status"], 200);
+    assert_eq!(m["bytes_in"], 0);
+    assert_eq!(m["bytes_out"], managed.text().len());
+    assert_eq!(m["upstream"], "-");
+    assert!(m["user_agent"].as_str().is_some_and(|s| !s.is_empty()));
+    assert_eq!(m["upstream_ms"].as_f64(), Some(0.0));
+
+    for id in [&a_id, &r_id, &m_id] {
+        let line = line_of(id);
+        for name in ["total_ms", "upstream_ms", "gateway_ms", "client_wait_ms"] {
+            assert_fixed_precision(&line, &format!("\"{name}\""), ":");
+        }
+        for bad in [
+            "QUERYMARKER",
+            "QUERYSECRET-J8K2",
+            "reader-secret",
+            "owner-secret",
+            "type_name",
+            "?",
+            &basic("reader", "reader-secret"),
+            &basic("owner", "owner-secret"),
+        ] {
+            assert!(!line.contains(bad), "{bad:?} in the access line {line}");
+        }
+    }
+    drop(gw);
+
+    // The human format: the same fields, durations with the same precision.
+    let up = TestUpstream::capture_like();
+    let gw = GatewayBuilder::new(&up).start();
+    let r = gw.get_as("reader", "/entity?type_name=user&id=7");
+    r.assert_ok();
+    let id = rid(&r);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        if let Some(l) = gw.stderr().lines().find(|l| l.contains(&id)) {
+            break strip_ansi(l);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no access line:\n{}",
+            gw.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    for name in ["total_ms", "upstream_ms", "gateway_ms", "client_wait_ms"] {
+        assert_fixed_precision(&line, name, "=");
+    }
+    for part in [
+        "client_ip=127.0.0.1",
+        "path=\"/entity\"",
+        &format!("upstream={}", up.server()),
+        "bytes_in=0",
+    ] {
+        assert!(line.contains(part), "{part} not in {line}");
+    }
+    assert!(!line.contains("type_name"), "query in {line}");
 }
 
 // ---------------------------------------------------------------------------
@@ -1014,7 +1336,7 @@ fn request_id_is_passed_upstream_and_kept_only_from_trusted_proxies() {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !access_events(&gw.stderr())
         .iter()
-        .any(|e| e["fields"]["request_id"] == "edge-id-trusted-4242")
+        .any(|e| e["request_id"] == "edge-id-trusted-4242")
     {
         assert!(
             Instant::now() < deadline,
@@ -1485,7 +1807,7 @@ fn sigterm_flushes_the_access_log_and_exits_cleanly() {
     assert!(
         access_events(&log)
             .iter()
-            .any(|e| e["fields"]["request_id"] == id.as_str()),
+            .any(|e| e["request_id"] == id.as_str()),
         "no access line for {id}:\n{log}"
     );
 }

@@ -124,6 +124,8 @@ impl Call {
 pub(crate) struct Outcome {
     pub(crate) result: Result<Value, Failure>,
     pub(crate) client_id: Option<String>,
+    /// The address the decision used (the permit's), for the access log.
+    pub(crate) client_ip: Option<IpAddr>,
 }
 
 impl Outcome {
@@ -131,6 +133,7 @@ impl Outcome {
         Outcome {
             result: Err(Failure::Capture(*r.error)),
             client_id: r.client_id,
+            client_ip: None,
         }
     }
 }
@@ -164,6 +167,7 @@ async fn capture_call(services: &Services, ep: Endpoint, call: Call) -> Outcome 
         return Outcome {
             result: Err(ApiError::method_not_allowed(call.method.as_str()).into()),
             client_id: None,
+            client_ip: None,
         };
     }
     if ep.is_read_only() {
@@ -179,6 +183,7 @@ async fn capture_call(services: &Services, ep: Endpoint, call: Call) -> Outcome 
         return Outcome {
             result: result.map_err(Failure::Capture),
             client_id: Some(permit.client.id.clone()),
+            client_ip: Some(permit.ip),
         };
     }
     let rules = services.rules.clone();
@@ -238,6 +243,7 @@ async fn roles_call(services: &Services, tenant: String, client: String, call: C
                 return Outcome {
                     result: Err(e.into()),
                     client_id,
+                    client_ip: None,
                 };
             }
         };
@@ -251,6 +257,7 @@ async fn roles_call(services: &Services, tenant: String, client: String, call: C
                 )
                 .into()),
                 client_id: Some(permit.client.id.clone()),
+                client_ip: Some(permit.ip),
             };
         }
         let rp = RolesPath {
@@ -266,6 +273,7 @@ async fn roles_call(services: &Services, tenant: String, client: String, call: C
         return Outcome {
             result,
             client_id: Some(permit.client.id.clone()),
+            client_ip: Some(permit.ip),
         };
     }
     let rules = services.rules.clone();
@@ -302,6 +310,7 @@ async fn roles_call(services: &Services, tenant: String, client: String, call: C
         |RolesRefusal(client_id, e)| Outcome {
             result: Err(e.into()),
             client_id,
+            client_ip: None,
         },
         |message| RoleError::bad_request(message).into(),
         || {
@@ -329,6 +338,7 @@ fn answer<E>(
         Ok(c) => Outcome {
             result: Ok(c.out),
             client_id: Some(c.caller),
+            client_ip: Some(c.ip),
         },
         Err(ChangeError::Refused(e)) => refused(e),
         Err(ChangeError::Invalid(errors)) => Outcome {
@@ -339,12 +349,14 @@ fn answer<E>(
                     .unwrap_or_default(),
             )),
             client_id: None,
+            client_ip: None,
         },
         Err(ChangeError::Persist(io)) => {
             tracing::error!(error = %io, "policy change could not be persisted; nothing changed");
             Outcome {
                 result: Err(unsaved()),
                 client_id: None,
+                client_ip: None,
             }
         }
     }
@@ -399,7 +411,7 @@ where
     match &result {
         Ok((_, snap)) => {
             metrics::POLICY_RELOADS.inc(&["api", "success"]);
-            metrics::policy_activated(snap.version, snap.clients.len());
+            metrics::policy_activated(snap.version, snap.clients.len(), &snap.hash);
         }
         Err(ChangeError::Refused(_)) => {}
         Err(_) => metrics::POLICY_RELOADS.inc(&["api", "failure"]),

@@ -90,9 +90,10 @@ fn format_second(secs: u64) -> String {
 }
 
 /// One JSON object per line, shaped as `tracing_subscriber`'s JSON format
-/// with its defaults: `timestamp`, `level`, `fields` (every field of the
-/// event, `message` included, in the order recorded) and `target`. Spans are
-/// left out: the gateway enters none.
+/// with `flatten_event(true)`: `timestamp`, `level`, every field of the event
+/// (`message` included, in the order recorded) at the top level, then
+/// `target`. Flat, so a log pipeline can index the access log's fields
+/// without unnesting them. Spans are left out: the gateway enters none.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct JsonLines;
 
@@ -137,18 +138,17 @@ fn write_line(
     });
     line.extend_from_slice(b"\",\"level\":\"");
     line.extend_from_slice(meta.level().as_str().as_bytes());
-    line.extend_from_slice(b"\",\"fields\":{");
+    line.push(b'"');
     let mut fields = Fields {
         line: &mut *line,
         scratch,
-        first: true,
         failed: false,
     };
     event.record(&mut fields);
     if fields.failed {
         return Err(fmt::Error);
     }
-    line.extend_from_slice(b"},\"target\":");
+    line.extend_from_slice(b",\"target\":");
     json_str(line, meta.target())?;
     line.extend_from_slice(b"}\n");
     // Built from `str`s and serde_json's output only; checked once.
@@ -159,20 +159,16 @@ fn json_str(line: &mut Vec<u8>, s: &str) -> fmt::Result {
     serde_json::to_writer(line, s).map_err(|_| fmt::Error)
 }
 
-/// Writes each field as `"name":value` after the ones before it.
+/// Writes each field as `,"name":value` after `level` or the field before.
 struct Fields<'a> {
     line: &'a mut Vec<u8>,
     scratch: &'a mut String,
-    first: bool,
     failed: bool,
 }
 
 impl Fields<'_> {
     fn name(&mut self, field: &Field) {
-        if !self.first {
-            self.line.push(b',');
-        }
-        self.first = false;
+        self.line.push(b',');
         self.failed |= json_str(self.line, field.name()).is_err();
         self.line.push(b':');
     }
@@ -218,6 +214,50 @@ impl Visit for Fields<'_> {
     }
 }
 
+/// The longest user agent written to the access log, in bytes of the
+/// header value; a longer one is cut and ends in `...`.
+pub(crate) const USER_AGENT_MAX: usize = 256;
+
+/// Caller-supplied text for a log line: printable ASCII as is, any other
+/// byte as `\xNN` (so no control character or invalid UTF-8 reaches a log
+/// reader), at most `max` bytes of it, then `...` if it was longer.
+pub(crate) fn bounded_text(bytes: &[u8], max: usize) -> String {
+    let mut out = String::with_capacity(bytes.len().min(max) + 3);
+    for &b in bytes.iter().take(max) {
+        if (0x20..0x7f).contains(&b) && b != b'\\' {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "\\x{b:02x}");
+        }
+    }
+    if bytes.len() > max {
+        out.push_str("...");
+    }
+    out
+}
+
+/// A duration in milliseconds, rounded to the microsecond: written as a
+/// number with at most three decimals (`0.246`), never a binary fraction's
+/// tail (`0.24591400000000002`), in both log formats.
+pub(crate) fn millis(d: std::time::Duration) -> f64 {
+    // Whole microseconds are exact in an f64, and the division is correctly
+    // rounded, so the shortest decimal form has at most three decimals.
+    let micros = (d.as_nanos().saturating_add(500) / 1000).min(1 << 52);
+    micros as f64 / 1000.0
+}
+
+/// A value or `-`, for fields that are not always known.
+pub(crate) struct OrDash<T>(pub(crate) Option<T>);
+
+impl<T: fmt::Display> fmt::Display for OrDash<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Some(v) => v.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,6 +279,35 @@ mod tests {
         );
         assert_eq!(render(0, 0), "1970-01-01T00:00:00.000000Z");
         assert_eq!(render(951_782_399, 7), "2000-02-28T23:59:59.000007Z");
+    }
+
+    #[test]
+    fn durations_have_at_most_three_decimals() {
+        use std::time::Duration;
+        assert_eq!(millis(Duration::from_nanos(245_914)).to_string(), "0.246");
+        assert_eq!(millis(Duration::from_nanos(245_499)).to_string(), "0.245");
+        assert_eq!(millis(Duration::ZERO).to_string(), "0");
+        assert_eq!(millis(Duration::from_millis(1500)).to_string(), "1500");
+        assert_eq!(
+            serde_json::to_string(&millis(Duration::from_nanos(1_234_567_891))).unwrap(),
+            "1234.568"
+        );
+        for n in (0..200_000u64).step_by(7) {
+            let text = format!("{:?}", millis(Duration::from_nanos(n * 1_013)));
+            let decimals = text.split_once('.').map_or(0, |(_, d)| d.len());
+            assert!(decimals <= 3, "{text}");
+        }
+    }
+
+    #[test]
+    fn caller_text_is_bounded_and_escaped() {
+        assert_eq!(bounded_text(b"curl/8.5.0", 256), "curl/8.5.0");
+        assert_eq!(
+            bounded_text(b"a\"b\\c\n\x1b[31m\xff\xc3\xa9", 256),
+            "a\"b\\x5cc\\x0a\\x1b[31m\\xff\\xc3\\xa9"
+        );
+        assert_eq!(bounded_text(&[b'x'; 10], 4), "xxxx...");
+        assert_eq!(bounded_text(&[b'x'; 4], 4), "xxxx");
     }
 
     #[test]
@@ -331,7 +400,7 @@ mod same_as_tracing_subscriber {
                 .finish();
             tracing::subscriber::with_default(sub, events);
         } else {
-            let sub = builder.json().finish();
+            let sub = builder.json().flatten_event(true).finish();
             tracing::subscriber::with_default(sub, events);
         }
         let text = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();

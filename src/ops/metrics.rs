@@ -3,6 +3,7 @@
 //! conventions.
 
 use std::sync::{LazyLock, Mutex};
+use std::time::Duration;
 
 use std::cell::RefCell;
 
@@ -189,19 +190,49 @@ pub static POLICY_RELOADS: LazyLock<Metric<IntCounterVec>> = counter_vec!(
     &["source", "result"]
 );
 
-pub static DURATION: LazyLock<Metric<HistogramVec>> = LazyLock::new(|| {
-    let buckets = vec![
-        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-        5.0, 10.0,
-    ];
-    let opts = HistogramOpts::new(
+/// Buckets of the duration histograms: 100 µs to 10 s.
+const DURATION_BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// A duration histogram by `route` (the bounded label of `Ctx::route`).
+fn route_histogram(name: &str, help: &str) -> Metric<HistogramVec> {
+    let opts = HistogramOpts::new(name, help).buckets(DURATION_BUCKETS.to_vec());
+    make(name, HistogramVec::new(opts, &["route"]))
+}
+
+pub static REQUEST_DURATION: LazyLock<Metric<HistogramVec>> = LazyLock::new(|| {
+    route_histogram(
         "recordgate_request_duration_seconds",
-        "Request duration by stage: total, upstream, and gateway (the time the gateway adds).",
+        "Request duration by route, from the request header to the end of the response.",
     )
-    .buckets(buckets);
+});
+
+pub static UPSTREAM_DURATION: LazyLock<Metric<HistogramVec>> = LazyLock::new(|| {
+    route_histogram(
+        "recordgate_upstream_duration_seconds",
+        "Upstream exchange duration by route, for requests that called the upstream.",
+    )
+});
+
+pub static GATEWAY_DURATION: LazyLock<Metric<HistogramVec>> = LazyLock::new(|| {
+    route_histogram(
+        "recordgate_gateway_duration_seconds",
+        "The gateway's own work by route: the total minus the upstream time and the time spent waiting on the client (its body, its reading of the response).",
+    )
+});
+
+pub static POLICY_INFO: LazyLock<Metric<IntGaugeVec>> = LazyLock::new(|| {
     make(
-        "recordgate_request_duration_seconds",
-        HistogramVec::new(opts, &["stage"]),
+        "recordgate_policy_info",
+        IntGaugeVec::new(
+            Opts::new(
+                "recordgate_policy_info",
+                "1 for the hash of the active policy (one series per process).",
+            ),
+            &["hash"],
+        ),
     )
 });
 
@@ -297,19 +328,61 @@ pub static FILTERED_REQUEST: LazyLock<Metric<IntCounter>> =
     LazyLock::new(|| FILTERED_ATTRIBUTES.series(&["request"]));
 pub static FILTERED_RESPONSE: LazyLock<Metric<IntCounter>> =
     LazyLock::new(|| FILTERED_ATTRIBUTES.series(&["response"]));
-pub static DURATION_TOTAL: LazyLock<Metric<Histogram>> =
-    LazyLock::new(|| DURATION.series(&["total"]));
-pub static DURATION_UPSTREAM: LazyLock<Metric<Histogram>> =
-    LazyLock::new(|| DURATION.series(&["upstream"]));
-pub static DURATION_GATEWAY: LazyLock<Metric<Histogram>> =
-    LazyLock::new(|| DURATION.series(&["gateway"]));
 
 /// A (route, decision, status) series of `recordgate_requests_total`.
 type RequestSeries = (&'static str, &'static str, u16, Metric<IntCounter>);
 
+/// The three duration histograms of one route: total, upstream, gateway.
+type RouteDurations = (&'static str, [Metric<Histogram>; 3]);
+
 thread_local! {
     static REQUEST_SERIES: RefCell<Vec<RequestSeries>> =
         const { RefCell::new(Vec::new()) };
+    static DURATION_SERIES: RefCell<Vec<RouteDurations>> =
+        const { RefCell::new(Vec::new()) };
+}
+
+/// Records one request's durations under its route: the total, the
+/// upstream exchange (only when there was one) and the gateway's own work.
+/// Routes are few and bounded, so each thread keeps its series rather than
+/// looking them up by label per request.
+pub fn observe_durations(
+    route: &'static str,
+    total: Duration,
+    upstream: Option<Duration>,
+    gateway: Duration,
+) {
+    let observe = |series: &[Metric<Histogram>; 3]| {
+        series[0].observe(total.as_secs_f64());
+        if let Some(u) = upstream {
+            series[1].observe(u.as_secs_f64());
+        }
+        series[2].observe(gateway.as_secs_f64());
+    };
+    let hit = DURATION_SERIES.with(|cache| {
+        let cache = cache.borrow();
+        cache
+            .iter()
+            .find(|(r, _)| r == &route)
+            .map(|(_, series)| observe(series))
+            .is_some()
+    });
+    if hit {
+        return;
+    }
+    let series = [
+        REQUEST_DURATION.series(&[route]),
+        UPSTREAM_DURATION.series(&[route]),
+        GATEWAY_DURATION.series(&[route]),
+    ];
+    observe(&series);
+    DURATION_SERIES.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        // Route labels are a fixed handful; the bound is only a backstop.
+        if cache.len() < 32 {
+            cache.push((route, series));
+        }
+    });
 }
 
 /// Counts one request in `recordgate_requests_total`. The handful of
@@ -339,8 +412,24 @@ pub fn count_request(route: &'static str, decision: &'static str, status: u16) {
     });
 }
 
+/// The hash `recordgate_policy_info` shows, to remove its series when
+/// another policy becomes active (one series per process, so replicas on
+/// different policies show as different hashes, not one replica with two).
+static POLICY_HASH: Mutex<Option<String>> = Mutex::new(None);
+
 /// Records that a policy snapshot became active.
-pub fn policy_activated(version: u64, clients: usize) {
+pub fn policy_activated(version: u64, clients: usize, hash: &str) {
+    {
+        let mut shown = POLICY_HASH.lock().unwrap_or_else(|p| p.into_inner());
+        if shown.as_deref() != Some(hash) {
+            if let (Some(old), Some(info)) = (shown.take(), POLICY_INFO.0.as_ref()) {
+                // Absent only if it was never set; nothing to remove then.
+                let _ = info.remove_label_values(&[&old]);
+            }
+            POLICY_INFO.set(&[hash], 1);
+            *shown = Some(hash.to_string());
+        }
+    }
     POLICY_VERSION.set(version as i64);
     POLICY_CLIENTS.set(clients as i64);
     let now = std::time::SystemTime::now()
@@ -363,6 +452,24 @@ pub const ROUTE_LABELS: [&str; 9] = [
     "custom",
 ];
 
+/// The `process_*` metrics (CPU, memory, file descriptors, start time):
+/// with its `process` feature the prometheus crate registers its
+/// `ProcessCollector` in the default registry when that registry is first
+/// used (registering another would be refused as a duplicate). Checked here
+/// so that a build without them is reported rather than silently missing.
+fn check_process_metrics() {
+    let present = prometheus::default_registry()
+        .gather()
+        .iter()
+        .any(|f| f.name().starts_with("process_"));
+    if cfg!(target_os = "linux") && !present {
+        FAILURES
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push("metric process_*: the process collector is not registered".to_string());
+    }
+}
+
 /// Makes every metric and the series that start at 0. An error names each
 /// metric that could not be made or registered.
 pub fn init() -> Result<(), String> {
@@ -373,7 +480,11 @@ pub fn init() -> Result<(), String> {
     LazyLock::force(&UPSTREAM_ERRORS);
     LazyLock::force(&BYTES);
     LazyLock::force(&POLICY_RELOADS);
-    LazyLock::force(&DURATION);
+    LazyLock::force(&REQUEST_DURATION);
+    LazyLock::force(&UPSTREAM_DURATION);
+    LazyLock::force(&GATEWAY_DURATION);
+    LazyLock::force(&POLICY_INFO);
+    check_process_metrics();
     LazyLock::force(&LOG_LINES_DROPPED);
     LazyLock::force(&DROPPED_PARAMETERS);
     LazyLock::force(&UPSTREAM_RESOLVE_FAILURES);
@@ -415,12 +526,21 @@ mod tests {
     #[test]
     fn every_metric_registers() {
         super::init().expect("every metric is made and registered once");
-        super::policy_activated(1, 3);
+        super::policy_activated(1, 3, "aaaa");
+        super::policy_activated(2, 3, "bbbb");
         let names: Vec<String> = prometheus::gather()
             .iter()
             .map(|f| f.name().to_string())
             .collect();
         assert!(names.iter().any(|n| n == "recordgate_build_info"));
         assert!(names.iter().any(|n| n == "recordgate_policy_version"));
+        assert!(names.iter().any(|n| n.starts_with("process_")));
+        let hashes: Vec<String> = prometheus::gather()
+            .iter()
+            .filter(|f| f.name() == "recordgate_policy_info")
+            .flat_map(|f| f.get_metric().to_vec())
+            .map(|m| m.get_label()[0].value().to_string())
+            .collect();
+        assert_eq!(hashes, ["bbbb"], "the old hash's series is removed");
     }
 }

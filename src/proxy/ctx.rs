@@ -1,6 +1,7 @@
 //! Per-request state: what the stages decided, read once at the end by the
 //! access log and the per-request metrics.
 
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 pub struct Ctx {
@@ -17,6 +18,19 @@ pub struct Ctx {
     /// From sending the upstream request to the end of its response, set by
     /// the relay stage when the exchange ends.
     pub(crate) upstream_time: Duration,
+    /// Time spent waiting on the client: reading its request body (intake)
+    /// and writing the response to it (respond, relay). Not the gateway's
+    /// own work, so `recordgate_gateway_duration_seconds` leaves it out.
+    pub(crate) client_wait: Duration,
+    /// The address the decision used (the permit's), once one was made.
+    pub(crate) client_ip: Option<IpAddr>,
+    /// Request body bytes read from the client, counted by the intake stage.
+    pub(crate) bytes_in: u64,
+    /// Response body bytes written to the client, counted where they are
+    /// written (respond, or relay when streaming).
+    pub(crate) bytes_out: u64,
+    /// The upstream server the forward stage last tried, if it called one.
+    pub(crate) upstream_addr: Option<SocketAddr>,
 }
 
 impl Ctx {
@@ -29,7 +43,22 @@ impl Ctx {
             decision: "allowed",
             status: 0,
             upstream_time: Duration::ZERO,
+            client_wait: Duration::ZERO,
+            client_ip: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            upstream_addr: None,
         }
+    }
+}
+
+impl Ctx {
+    /// The gateway's own share of `total`: neither the upstream's time nor
+    /// the time spent waiting on the client.
+    pub(crate) fn gateway_time(&self, total: Duration) -> Duration {
+        total
+            .saturating_sub(self.upstream_time)
+            .saturating_sub(self.client_wait)
     }
 }
 

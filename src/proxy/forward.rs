@@ -6,6 +6,7 @@
 //! connection cannot be made; connections are pooled by Pingora's connector. The response is read by the relay stage
 //! from the returned [`OpenResponse`].
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -208,12 +209,13 @@ impl Upstream {
         _permit: &Permit<'_>,
         outgoing: &Outgoing,
         idempotent: bool,
+        tried: &mut Option<SocketAddr>,
     ) -> Result<OpenResponse<'_>, UpstreamError> {
         let build = || self.header_for(outgoing);
         let first = build().map_err(|e| {
             UpstreamError::Protocol(format!("could not build the upstream request: {e}"))
         })?;
-        self.open(first, &build, outgoing.body.clone(), idempotent)
+        self.open(first, &build, outgoing.body.clone(), idempotent, tried)
             .await
     }
 
@@ -265,6 +267,7 @@ impl Upstream {
         rebuild: &F,
         body: Bytes,
         idempotent: bool,
+        tried: &mut Option<SocketAddr>,
     ) -> Result<OpenResponse<'_>, UpstreamError>
     where
         F: Fn() -> pingora::Result<RequestHeader> + Sync,
@@ -275,6 +278,9 @@ impl Upstream {
         let mut first = Some(first);
         for i in 0..peers.len() {
             let peer = &peers[(start + i) % peers.len()];
+            // For the access log: the server this call went to (or, if none
+            // answered, the last one tried).
+            *tried = peer._address.as_inet().copied();
             match self
                 .open_on(peer.clone(), &mut first, rebuild, &body, idempotent)
                 .await

@@ -3,7 +3,7 @@
 //! the body (bounded in size and time), its media type, and the parameters
 //! (bounded in number, duplicates refused).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pingora::http::RequestHeader;
 use pingora::prelude::Session;
@@ -15,6 +15,7 @@ use crate::config::settings::Settings;
 use crate::errors::{ApiError, Counter};
 use crate::filter::json::parse_record;
 use crate::params::Params;
+use crate::proxy::ctx::Ctx;
 
 /// How a call's body is read.
 #[derive(Clone, Copy)]
@@ -132,6 +133,7 @@ pub(crate) async fn read(
     settings: &Settings,
     body_use: BodyUse,
     admit: impl FnOnce(&Session) -> Result<(), ApiError>,
+    ctx: &mut Ctx,
 ) -> Result<Intake, ApiError> {
     let limits = &settings.limits;
     let req = session.req_header();
@@ -139,7 +141,11 @@ pub(crate) async fn read(
         .unwrap_or("")
         .to_ascii_lowercase();
     let query = req.uri.query().map(str::to_string);
-    let body = read_body(session, settings, admit).await?;
+    // A slow client's body is time the gateway waits, not work it does.
+    let waiting = Instant::now();
+    let body = read_body(session, settings, admit, ctx).await;
+    ctx.client_wait += waiting.elapsed();
+    let body = body?;
     crate::ops::metrics::BYTES_IN.inc_by(body.len() as u64);
 
     if let BodyUse::Document = body_use {
@@ -190,6 +196,7 @@ async fn read_body(
     session: &mut Session,
     settings: &Settings,
     admit: impl FnOnce(&Session) -> Result<(), ApiError>,
+    ctx: &mut Ctx,
 ) -> Result<Vec<u8>, ApiError> {
     let limit = settings.limits.max_request_body_bytes;
     if let Some(len) =
@@ -233,7 +240,7 @@ async fn read_body(
         session.set_keepalive(keepalive);
     }
     let total = Duration::from_millis(settings.timeouts.downstream_body_ms);
-    match tokio::time::timeout(total, read_limited(session, limit)).await {
+    match tokio::time::timeout(total, read_limited(session, limit, ctx)).await {
         Ok(read) => read,
         Err(_) => {
             session.set_keepalive(None);
@@ -247,11 +254,18 @@ async fn read_body(
 }
 
 /// Reads the whole request body, refusing it once it passes `limit`.
-async fn read_limited(session: &mut Session, limit: usize) -> Result<Vec<u8>, ApiError> {
+async fn read_limited(
+    session: &mut Session,
+    limit: usize,
+    ctx: &mut Ctx,
+) -> Result<Vec<u8>, ApiError> {
     let mut body = Vec::new();
     loop {
         match session.read_request_body().await {
             Ok(Some(chunk)) => {
+                // Counted as it arrives, so the access log shows what a
+                // refused or cut-off body had sent.
+                ctx.bytes_in += chunk.len() as u64;
                 if body.len() + chunk.len() > limit {
                     return Err(
                         ApiError::request_too_large(limit).filter_failure("request", "too_large")

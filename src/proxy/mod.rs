@@ -37,7 +37,7 @@ use crate::decide::routes::{Route, RouteTable};
 use crate::decide::{self, Facts, Rules, Target};
 use crate::errors::{ApiError, Failure};
 use crate::management::{self, Call, Services};
-use crate::ops::metrics;
+use crate::ops::{log_format, metrics};
 use crate::params::{check_names, ParamNames};
 use crate::policy::{PolicyStore, Snapshot};
 use ctx::Ctx;
@@ -115,6 +115,7 @@ impl Gateway {
             &self.settings,
             BodyUse::Route(route.request_records),
             admit,
+            ctx,
         )
         .await?;
 
@@ -134,6 +135,7 @@ impl Gateway {
             }
         };
         ctx.client_id = Some(permit.client.id.clone());
+        ctx.client_ip = Some(permit.ip);
         let Some(access) = &permit.route else {
             return Err(ApiError::internal("a route decision without its grants").into());
         };
@@ -205,7 +207,7 @@ impl Gateway {
         let connect = matches!(body_use, BodyUse::Document);
         let snap = self.policy.load();
         let admit = self.admission(&snap);
-        let read = intake::read(session, &self.settings, body_use, admit).await;
+        let read = intake::read(session, &self.settings, body_use, admit, ctx).await;
         drop(snap);
         let request = match read {
             Ok(r) => r,
@@ -227,6 +229,7 @@ impl Gateway {
         };
         let outcome = management::serve(&self.management, target, call).await;
         ctx.client_id = outcome.client_id;
+        ctx.client_ip = outcome.client_ip;
         let value = outcome.result?;
         // A `Value`'s Display cannot fail, unlike `to_vec`'s general case.
         let reply = respond::json_reply(200, value.to_string().into_bytes(), head && connect)?;
@@ -317,7 +320,7 @@ impl ProxyHttp for Gateway {
         ))
     }
 
-    async fn logging(&self, _session: &mut Session, e: Option<&pingora::Error>, ctx: &mut Ctx) {
+    async fn logging(&self, session: &mut Session, e: Option<&pingora::Error>, ctx: &mut Ctx) {
         let total = ctx.start.elapsed();
         let status = if ctx.status == 0 { 499 } else { ctx.status };
         metrics::count_request(ctx.route, ctx.decision, status);
@@ -326,20 +329,40 @@ impl ProxyHttp for Gateway {
                 metrics::CLIENT_REQUESTS.inc(&[client, ctx.decision]);
             }
         }
-        metrics::DURATION_TOTAL.observe(total.as_secs_f64());
-        if !ctx.upstream_time.is_zero() {
-            metrics::DURATION_UPSTREAM.observe(ctx.upstream_time.as_secs_f64());
-        }
-        metrics::DURATION_GATEWAY.observe(total.saturating_sub(ctx.upstream_time).as_secs_f64());
+        metrics::observe_durations(
+            ctx.route,
+            total,
+            (!ctx.upstream_time.is_zero()).then_some(ctx.upstream_time),
+            ctx.gateway_time(total),
+        );
+        let req = session.req_header();
+        // The address the decision used; a call refused before the decision
+        // has only the peer's.
+        let client_ip = ctx.client_ip.or_else(|| peer_ip(session));
+        // Bounded and escaped: the user agent is the caller's free text.
+        let user_agent = req
+            .headers
+            .get(http::header::USER_AGENT)
+            .map(|v| log_format::bounded_text(v.as_bytes(), log_format::USER_AGENT_MAX));
         tracing::info!(
             target: "access",
             request_id = %ctx.request_id,
             client_id = ctx.client_id.as_deref().unwrap_or("-"),
+            client_ip = %log_format::OrDash(client_ip),
+            method = req.method.as_str(),
+            // The path only: a query string can carry credentials.
+            path = req.uri.path(),
             route = ctx.route,
             decision = ctx.decision,
             status,
-            total_ms = total.as_secs_f64() * 1e3,
-            upstream_ms = ctx.upstream_time.as_secs_f64() * 1e3,
+            bytes_in = ctx.bytes_in,
+            bytes_out = ctx.bytes_out,
+            upstream = %log_format::OrDash(ctx.upstream_addr),
+            user_agent = user_agent.as_deref().unwrap_or("-"),
+            total_ms = log_format::millis(total),
+            upstream_ms = log_format::millis(ctx.upstream_time),
+            gateway_ms = log_format::millis(ctx.gateway_time(total)),
+            client_wait_ms = log_format::millis(ctx.client_wait),
             error = e.map(|e| e.etype().as_str()).unwrap_or(""),
         );
     }

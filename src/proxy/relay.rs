@@ -45,7 +45,10 @@ impl<'u> Exchange<'u> {
             .as_ref()
             .is_some_and(|r| r.route.access == Access::Read);
         let sent_at = Instant::now();
-        match upstream.forward(permit, outgoing, idempotent).await {
+        let forwarded = upstream
+            .forward(permit, outgoing, idempotent, &mut ctx.upstream_addr)
+            .await;
+        match forwarded {
             Ok(open) => Ok(Exchange { open, sent_at }),
             Err(e) => {
                 ctx.upstream_time = sent_at.elapsed();
@@ -217,7 +220,11 @@ async fn stream(
     let started = async {
         header.insert_header("transfer-encoding", "chunked")?;
         header.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
-        session.write_response_header(Box::new(header), false).await
+        // Writing waits on the client's reading: not the gateway's own work.
+        let waiting = Instant::now();
+        let written = session.write_response_header(Box::new(header), false).await;
+        ctx.client_wait += waiting.elapsed();
+        written
     }
     .await;
     if let Err(e) = started {
@@ -227,11 +234,14 @@ async fn stream(
     let (cut, detail) = loop {
         if out.len() >= FLUSH_AT {
             metrics::BYTES_OUT.inc_by(out.len() as u64);
+            ctx.bytes_out += out.len() as u64;
             let full = std::mem::replace(&mut out, Vec::with_capacity(2 * FLUSH_AT));
-            if let Err(e) = session
+            let waiting = Instant::now();
+            let written = session
                 .write_response_body(Some(Bytes::from(full)), false)
-                .await
-            {
+                .await;
+            ctx.client_wait += waiting.elapsed();
+            if let Err(e) = written {
                 exchange.abandon(ctx).await;
                 return StreamEnd::Downstream(e);
             }
@@ -256,10 +266,13 @@ async fn stream(
                         metrics::FILTERED_RESPONSE.inc_by(removed as u64);
                     }
                     metrics::BYTES_OUT.inc_by(out.len() as u64);
-                    return match session
+                    ctx.bytes_out += out.len() as u64;
+                    let waiting = Instant::now();
+                    let written = session
                         .write_response_body(Some(Bytes::from(out)), true)
-                        .await
-                    {
+                        .await;
+                    ctx.client_wait += waiting.elapsed();
+                    return match written {
                         Ok(()) => StreamEnd::Complete,
                         Err(e) => StreamEnd::Downstream(e),
                     };

@@ -5,6 +5,8 @@
 //! of the API that was called: Capture's envelope or CONNECT's
 //! `ErrorResponse`.
 
+use std::time::Instant;
+
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use pingora::http::ResponseHeader;
@@ -62,7 +64,7 @@ pub(crate) async fn respond(
             reply
                 .header
                 .insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
-            write_whole_response(session, reply.header, reply.body).await
+            write_whole_response(session, ctx, reply.header, reply.body).await
         }
         Ok(Answer::Streamed(StreamEnd::Complete)) => Ok(()),
         Ok(Answer::Streamed(StreamEnd::Downstream(e))) => Err(e),
@@ -102,7 +104,7 @@ pub(crate) async fn respond(
             }
             let head = session.req_header().method == http::Method::HEAD;
             let body = (!head).then(|| Bytes::from(body));
-            write_whole_response(session, header, body).await
+            write_whole_response(session, ctx, header, body).await
         }
     }
 }
@@ -165,16 +167,24 @@ pub(crate) fn with_length(
 /// buffer but writes a lone body task straight from the `Bytes`.
 async fn write_whole_response(
     session: &mut Session,
+    ctx: &mut Ctx,
     header: ResponseHeader,
     body: Option<Bytes>,
 ) -> Result<()> {
-    session
-        .write_response_header(Box::new(header), body.is_none())
-        .await?;
-    if let Some(body) = &body {
-        metrics::BYTES_OUT.inc_by(body.len() as u64);
+    // Writing waits on the client's reading: not the gateway's own work.
+    let waiting = Instant::now();
+    let written = async {
+        session
+            .write_response_header(Box::new(header), body.is_none())
+            .await?;
+        if let Some(body) = &body {
+            metrics::BYTES_OUT.inc_by(body.len() as u64);
+            ctx.bytes_out += body.len() as u64;
+        }
+        // With no body this only ends the response.
+        session.write_response_body(body, true).await
     }
-    // With no body this only ends the response.
-    session.write_response_body(body, true).await?;
-    Ok(())
+    .await;
+    ctx.client_wait += waiting.elapsed();
+    written
 }
