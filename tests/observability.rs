@@ -1102,7 +1102,7 @@ fn access_log_has_every_field_for_allowed_refused_and_management_calls() {
     let long_ua = format!("{UA_QUOTED}{}", "x".repeat(400));
     let allowed = gw.send(
         http_client()
-            .post(gw.url("/entity?id=7&QUERYMARKER=Q1"))
+            .post(gw.url("/entity?id=7&created=QUERYMARKER-Q1"))
             .header("authorization", basic("reader", "reader-secret"))
             .header("content-type", "application/x-www-form-urlencoded")
             .header("user-agent", long_ua.as_str())
@@ -1120,7 +1120,7 @@ fn access_log_has_every_field_for_allowed_refused_and_management_calls() {
         );
     refused.assert_error(401, 402, "invalid_client_credentials");
     // Management: answered by the gateway, no upstream call.
-    let managed = gw.post_as("owner", "/clients/list?QUERYMARKER=Q2", &[]);
+    let managed = gw.post_as("owner", "/clients/list?has_features=%5B%22owner%22%5D", &[]);
     managed.assert_ok();
 
     let rid = |r: &Resp| r.header("x-request-id").unwrap().to_string();
@@ -1229,6 +1229,7 @@ fn access_log_has_every_field_for_allowed_refused_and_management_calls() {
         }
         for bad in [
             "QUERYMARKER",
+            "has_features",
             "QUERYSECRET-J8K2",
             "reader-secret",
             "owner-secret",
