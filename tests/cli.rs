@@ -24,6 +24,12 @@ fn check(policy: &str, settings_extra: &str) -> (tempfile::TempDir, Checked) {
     let settings = format!(
         "listen: [\"127.0.0.1:18080\"]\nupstream:\n  servers: [\"127.0.0.1:18090\"]\npolicy: policy.yaml\n{settings_extra}"
     );
+    run_check(dir, &settings, policy)
+}
+
+/// Writes `settings.yaml` and `policy.yaml` into `dir` and runs
+/// `recordgate check --config` on them.
+fn run_check(dir: tempfile::TempDir, settings: &str, policy: &str) -> (tempfile::TempDir, Checked) {
     std::fs::write(dir.path().join("settings.yaml"), settings).unwrap();
     std::fs::write(dir.path().join("policy.yaml"), policy).unwrap();
     let out = run_cli(&[
@@ -345,19 +351,7 @@ fn version_prints_the_version() {
 fn check_settings(settings: &str) -> (tempfile::TempDir, Checked) {
     let dir = tempfile::tempdir().unwrap();
     let settings = settings.replace("{dir}", &dir.path().display().to_string());
-    std::fs::write(dir.path().join("settings.yaml"), settings).unwrap();
-    std::fs::write(dir.path().join("policy.yaml"), default_policy()).unwrap();
-    let out = run_cli(&[
-        "check",
-        "--config",
-        dir.path().join("settings.yaml").to_str().unwrap(),
-    ]);
-    let c = Checked {
-        ok: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
-    (dir, c)
+    run_check(dir, &settings, &default_policy())
 }
 
 #[test]

@@ -34,19 +34,6 @@ fn status(gw: &Gateway) -> Value {
     r.json()
 }
 
-/// The value of one sample of `name` whose labels include all of `labels`.
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 fn reloads(gw: &Gateway, source: &str, result: &str) -> u64 {
     metric(
         &gw.scrape(),

@@ -28,18 +28,6 @@ use serde_json::json;
 
 const FIND: &str = "/entity.find?type_name=user";
 
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 // ---------------------------------------------------------------------------
 // Every address of a name
 // ---------------------------------------------------------------------------

@@ -50,9 +50,7 @@ impl Ctx {
             upstream_addr: None,
         }
     }
-}
 
-impl Ctx {
     /// The gateway's own share of `total`: neither the upstream's time nor
     /// the time spent waiting on the client.
     pub(crate) fn gateway_time(&self, total: Duration) -> Duration {

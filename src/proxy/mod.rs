@@ -329,11 +329,12 @@ impl ProxyHttp for Gateway {
                 metrics::CLIENT_REQUESTS.inc(&[client, ctx.decision]);
             }
         }
+        let gateway = ctx.gateway_time(total);
         metrics::observe_durations(
             ctx.route,
             total,
             (!ctx.upstream_time.is_zero()).then_some(ctx.upstream_time),
-            ctx.gateway_time(total),
+            gateway,
         );
         let req = session.req_header();
         // The address the decision used; a call refused before the decision
@@ -361,7 +362,7 @@ impl ProxyHttp for Gateway {
             user_agent = user_agent.as_deref().unwrap_or("-"),
             total_ms = log_format::millis(total),
             upstream_ms = log_format::millis(ctx.upstream_time),
-            gateway_ms = log_format::millis(ctx.gateway_time(total)),
+            gateway_ms = log_format::millis(gateway),
             client_wait_ms = log_format::millis(ctx.client_wait),
             error = e.map(|e| e.etype().as_str()).unwrap_or(""),
         );

@@ -22,7 +22,7 @@ use crate::filter::response::{FilterFailure, StreamFilter};
 use crate::ops::metrics;
 use crate::proxy::ctx::Ctx;
 use crate::proxy::forward::{OpenResponse, Outgoing, Upstream, UpstreamError};
-use crate::proxy::respond::{with_length, Answer, Reply, StreamEnd, X_REQUEST_ID};
+use crate::proxy::respond::{with_length, write_body, Answer, Reply, StreamEnd, X_REQUEST_ID};
 
 /// An upstream exchange in progress: it records the upstream time, once,
 /// when it ends.
@@ -233,15 +233,8 @@ async fn stream(
     }
     let (cut, detail) = loop {
         if out.len() >= FLUSH_AT {
-            metrics::BYTES_OUT.inc_by(out.len() as u64);
-            ctx.bytes_out += out.len() as u64;
             let full = std::mem::replace(&mut out, Vec::with_capacity(2 * FLUSH_AT));
-            let waiting = Instant::now();
-            let written = session
-                .write_response_body(Some(Bytes::from(full)), false)
-                .await;
-            ctx.client_wait += waiting.elapsed();
-            if let Err(e) = written {
+            if let Err(e) = write_body(session, ctx, Some(Bytes::from(full)), false).await {
                 exchange.abandon(ctx).await;
                 return StreamEnd::Downstream(e);
             }
@@ -265,14 +258,7 @@ async fn stream(
                     if removed > 0 {
                         metrics::FILTERED_RESPONSE.inc_by(removed as u64);
                     }
-                    metrics::BYTES_OUT.inc_by(out.len() as u64);
-                    ctx.bytes_out += out.len() as u64;
-                    let waiting = Instant::now();
-                    let written = session
-                        .write_response_body(Some(Bytes::from(out)), true)
-                        .await;
-                    ctx.client_wait += waiting.elapsed();
-                    return match written {
+                    return match write_body(session, ctx, Some(Bytes::from(out)), true).await {
                         Ok(()) => StreamEnd::Complete,
                         Err(e) => StreamEnd::Downstream(e),
                     };

@@ -173,18 +173,29 @@ async fn write_whole_response(
 ) -> Result<()> {
     // Writing waits on the client's reading: not the gateway's own work.
     let waiting = Instant::now();
-    let written = async {
-        session
-            .write_response_header(Box::new(header), body.is_none())
-            .await?;
-        if let Some(body) = &body {
-            metrics::BYTES_OUT.inc_by(body.len() as u64);
-            ctx.bytes_out += body.len() as u64;
-        }
-        // With no body this only ends the response.
-        session.write_response_body(body, true).await
+    let written = session
+        .write_response_header(Box::new(header), body.is_none())
+        .await;
+    ctx.client_wait += waiting.elapsed();
+    written?;
+    // With no body this only ends the response.
+    write_body(session, ctx, body, true).await
+}
+
+/// Writes response body bytes to the client (`end`: the last of them),
+/// counting them and the time the write waited on the client.
+pub(crate) async fn write_body(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    body: Option<Bytes>,
+    end: bool,
+) -> Result<()> {
+    if let Some(body) = &body {
+        metrics::BYTES_OUT.inc_by(body.len() as u64);
+        ctx.bytes_out += body.len() as u64;
     }
-    .await;
+    let waiting = Instant::now();
+    let written = session.write_response_body(body, end).await;
     ctx.client_wait += waiting.elapsed();
     written
 }
