@@ -13,6 +13,7 @@
 
 pub mod cidr;
 pub mod config;
+pub(crate) mod connection;
 pub mod decide;
 pub mod errors;
 pub mod filter;

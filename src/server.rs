@@ -39,15 +39,19 @@ struct Parts {
     authorization: Option<http::HeaderValue>,
 }
 
+fn trusted_proxies(settings: &Settings) -> Result<CidrSet, String> {
+    let mut nets = Vec::new();
+    for c in &settings.trusted_proxies {
+        nets.push(parse_cidr(c).map_err(|e| format!("trusted_proxies: {e}"))?);
+    }
+    Ok(CidrSet::new(&nets))
+}
+
 fn parts(settings: &Settings) -> Result<Parts, String> {
     let routes = match &settings.routes {
         Some(defs) => RouteTable::from_defs(defs)?,
         None => RouteTable::builtin(),
     };
-    let mut nets = Vec::new();
-    for c in &settings.trusted_proxies {
-        nets.push(parse_cidr(c).map_err(|e| format!("trusted_proxies: {e}"))?);
-    }
     let book = Arc::new(AddressBook::new(
         &settings.upstream,
         &settings.timeouts,
@@ -80,7 +84,7 @@ fn parts(settings: &Settings) -> Result<Parts, String> {
         ),
     };
     let rules = Arc::new(Rules {
-        trusted_proxies: CidrSet::new(&nets),
+        trusted_proxies: trusted_proxies(settings)?,
         max_skew_secs: settings.auth.signature_max_skew_secs,
     });
     Ok(Parts {
@@ -249,7 +253,17 @@ pub fn serve(settings: Settings, opts: ServeOptions) -> Result<(), String> {
         Duration::from_millis(settings.timeouts.downstream_header_ms),
         Duration::from_millis(settings.timeouts.downstream_read_ms),
     );
+    let caps = Arc::new(crate::connection::caps::Caps::new(
+        settings.limits.max_connections_per_address,
+        settings.limits.max_connections_per_trusted_proxy,
+        settings.limits.max_connections,
+        trusted_proxies(&settings)?,
+    ));
+    let app =
+        crate::connection::Connections::new(app, caps.clone(), settings.limits.max_header_bytes);
     let mut proxy = pingora::services::listening::Service::new("recordgate".to_string(), app);
+    // Before the listeners are added: Pingora hands the check to each.
+    proxy.set_connection_filter(Arc::new(crate::connection::AcceptCheck(caps)));
     for addr in &settings.listen {
         proxy.add_tcp(addr);
     }

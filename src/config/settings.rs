@@ -140,6 +140,14 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Most parameters (query and form fields together) in one call.
     pub max_parameters: usize,
+    /// Most open connections from one client address (an IPv6 client's
+    /// /64 counts as one address).
+    pub max_connections_per_address: usize,
+    /// Most open connections from one of `trusted_proxies`, which carry
+    /// many clients' connections.
+    pub max_connections_per_trusted_proxy: usize,
+    /// Most open client connections in all.
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
@@ -152,6 +160,9 @@ impl Default for Limits {
             max_json_depth: 32,
             max_header_bytes: 16 << 10,
             max_parameters: DEFAULT_MAX_PARAMETERS,
+            max_connections_per_address: 256,
+            max_connections_per_trusted_proxy: 4096,
+            max_connections: 16384,
         }
     }
 }
@@ -480,6 +491,18 @@ impl Settings {
         }
         if l.max_header_bytes == 0 {
             err("limits.max_header_bytes".into(), "must be > 0".into());
+        }
+        for (key, v) in [
+            ("max_connections_per_address", l.max_connections_per_address),
+            (
+                "max_connections_per_trusted_proxy",
+                l.max_connections_per_trusted_proxy,
+            ),
+            ("max_connections", l.max_connections),
+        ] {
+            if v == 0 {
+                err(format!("limits.{key}"), "must be > 0".into());
+            }
         }
         if self.log.buffer_lines == 0 || self.log.buffer_lines > 10_000_000 {
             err(

@@ -286,6 +286,22 @@ pub static LOG_LINES_DROPPED: LazyLock<Metric<IntCounter>> = LazyLock::new(|| {
     )
 });
 
+pub static CONNECTIONS_OPEN: LazyLock<Metric<IntGauge>> = LazyLock::new(|| {
+    make(
+        "recordgate_connections_open",
+        IntGauge::new(
+            "recordgate_connections_open",
+            "Client connections open now, as the connection caps count them",
+        ),
+    )
+});
+
+pub static CONNECTIONS_REFUSED: LazyLock<Metric<IntCounterVec>> = counter_vec!(
+    "recordgate_connections_refused_total",
+    "Client connections refused by a connection cap (limit: per_address or total)",
+    &["limit"]
+);
+
 pub static UPSTREAM_RESOLVE_FAILURES: LazyLock<Metric<IntCounter>> = LazyLock::new(|| {
     make(
         "recordgate_upstream_resolve_failures_total",
@@ -488,6 +504,10 @@ pub fn init() -> Result<(), String> {
     LazyLock::force(&LOG_LINES_DROPPED);
     LazyLock::force(&DROPPED_PARAMETERS);
     LazyLock::force(&UPSTREAM_RESOLVE_FAILURES);
+    LazyLock::force(&CONNECTIONS_OPEN);
+    for limit in ["per_address", "total"] {
+        CONNECTIONS_REFUSED.series(&[limit]);
+    }
     // Series that exist from the start at 0, so `increase()` and alerts see
     // the first failure rather than a series appearing at 1.
     for source in ["file", "api", "signal"] {

@@ -56,6 +56,7 @@ where
         mut session: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
+        crate::connection::tap::begin_request(&session);
         session.set_read_timeout(Some(self.per_read));
         let header = self.header;
         let request = self.inner.process_new_http(session, shutdown);

@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use crate::config::routes::RequestRecords;
 use crate::config::settings::Settings;
+use crate::connection::tap::TapStream;
 use crate::errors::{ApiError, Counter};
 use crate::filter::json::parse_record;
 use crate::params::Params;
@@ -49,21 +50,24 @@ pub(crate) fn check_head(session: &mut Session, max: usize) -> Result<(), ApiErr
         return Err(ApiError::headers_too_large(max).filter_failure("request", "too_large"));
     }
     // Absolute-form (`http://host/path`) and asterisk-form targets name
-    // something other than this gateway's routes. A space, control or
-    // non-ASCII byte in the target never gets here raw: Pingora
-    // percent-encodes it before parsing (so it fails the exact route match
-    // in a path, and in a query is decoded and re-encoded by the gateway like
-    // any other value); the check below refuses whatever else is not visible
-    // ASCII.
+    // something other than this gateway's routes; anything but visible
+    // ASCII is refused. A space, control byte, `<`, `>` or `"` never gets
+    // here raw: Pingora percent-encodes such a target before parsing, which
+    // `sent_as_parsed` detects from the client's own bytes (RFC 9112 §3.2:
+    // 400, not a guess at what was meant).
     let req = session.req_header();
     let target = req.raw_path();
-    if target.first() != Some(&b'/') || !target.iter().all(|b| (0x21..0x7f).contains(b)) {
+    if target.first() != Some(&b'/')
+        || !target.iter().all(|b| (0x21..0x7f).contains(b))
+        || !sent_as_parsed(session)
+    {
         session.set_keepalive(None);
         return Err(ApiError::invalid_argument(
             "request target",
             "the target must be a path of visible ASCII characters",
         ));
     }
+    let req = session.req_header();
     let mut hosts = req.headers.get_all(http::header::HOST).iter();
     match (hosts.next(), hosts.next()) {
         // HTTP/1.0 may omit it (and HTTP/2 carries `:authority` instead).
@@ -123,6 +127,22 @@ pub(crate) fn check_head(session: &mut Session, max: usize) -> Result<(), ApiErr
         }
     }
     Ok(())
+}
+
+/// Whether the HTTP/1 request line Pingora parsed is, byte for byte, the one
+/// the client sent. HTTP/2 carries the target in its own framing, which
+/// Pingora does not rewrite. A connection without the tap (which
+/// `connection::Connections` puts on every one) cannot be checked, so it
+/// fails.
+fn sent_as_parsed(session: &Session) -> bool {
+    let Some(stream) = session.as_downstream().stream() else {
+        return true;
+    };
+    let Some(tap) = stream.as_any().downcast_ref::<TapStream>() else {
+        return false;
+    };
+    let req = session.req_header();
+    tap.sent_request_line(req.method.as_str().as_bytes(), req.raw_path())
 }
 
 /// Reads and checks the body and the parameters. `admit` runs before an
