@@ -1503,3 +1503,154 @@ fn every_change_is_audited_with_secrets_redacted() {
     assert_eq!(audit_lines(&gw).len(), 8);
     up.assert_untouched();
 }
+
+// ---------------------------------------------------------------------------
+// dry_run=true on every management write
+// ---------------------------------------------------------------------------
+
+/// A dry run answers what the change would do and changes nothing: not the
+/// policy in force, not the file, not the audit log.
+#[test]
+fn a_dry_run_answers_what_would_change_and_changes_nothing() {
+    let (_up, gw) = start();
+    let file_before = std::fs::read(gw.policy_path()).unwrap();
+    let schema_before = gw
+        .post_as(
+            "owner",
+            "/entityType.getAccessSchema",
+            &[
+                ("type_name", "user"),
+                ("for_client_id", "partner"),
+                ("access_type", "read"),
+            ],
+        )
+        .assert_ok();
+
+    let v = gw
+        .post_as(
+            "owner",
+            "/entityType.setAccessSchema",
+            &[
+                ("type_name", "user"),
+                ("for_client_id", "partner"),
+                ("access_type", "read"),
+                ("attributes", r#"["givenName"]"#),
+                ("dry_run", "true"),
+            ],
+        )
+        .assert_ok();
+    assert_eq!(v["dry_run"], true, "{v}");
+    assert_eq!(v["valid"], true, "{v}");
+    assert_eq!(v["errors"], json!([]), "{v}");
+    assert_eq!(v["target"], "partner", "{v}");
+    assert_eq!(v["clients_affected"], json!(["partner"]), "{v}");
+    assert_eq!(v["entity_types_affected"], json!([]), "{v}");
+    assert_eq!(v["before"]["secret"], "[redacted]", "{v}");
+    assert_eq!(
+        v["after"]["access_schemas"]["user"]["read"],
+        json!(["givenName"]),
+        "{v}"
+    );
+    assert_ne!(
+        v["before"]["access_schemas"], v["after"]["access_schemas"],
+        "{v}"
+    );
+    assert_eq!(v["result"]["stat"], "ok", "{v}");
+
+    // Nothing changed.
+    let schema_after = gw
+        .post_as(
+            "owner",
+            "/entityType.getAccessSchema",
+            &[
+                ("type_name", "user"),
+                ("for_client_id", "partner"),
+                ("access_type", "read"),
+            ],
+        )
+        .assert_ok();
+    assert_eq!(schema_before, schema_after);
+    assert_eq!(std::fs::read(gw.policy_path()).unwrap(), file_before);
+    assert!(audit_lines(&gw).is_empty(), "a dry run was audited");
+
+    // A client that would be added is not, and its secret is not shown.
+    let v = gw
+        .post_as(
+            "owner",
+            "/clients/add",
+            &[
+                ("description", "would-be"),
+                ("features", "[]"),
+                ("dry_run", "true"),
+            ],
+        )
+        .assert_ok();
+    let id = v["target"].as_str().unwrap().to_string();
+    assert_eq!(v["result"]["client_secret"], "[redacted]", "{v}");
+    assert_eq!(v["before"], Value::Null, "{v}");
+    assert_eq!(v["after"]["description"], "would-be", "{v}");
+    assert_eq!(v["clients_affected"], json!([id.clone()]), "{v}");
+    assert!(list(&gw).iter().all(|c| c["client_id"] != id.as_str()));
+
+    // A change the real call would refuse is refused the same way.
+    let r = gw.post_as(
+        "owner",
+        "/clients/set_features",
+        &[
+            ("for_client_id", "owner"),
+            ("features", "[]"),
+            ("dry_run", "true"),
+        ],
+    );
+    assert!(r.status >= 400, "{}", r.text());
+
+    // A client that would be deleted is not.
+    let r = gw.post_as(
+        "owner",
+        "/clients/delete",
+        &[("client_id_for_deletion", "partner"), ("dry_run", "true")],
+    );
+    let v = r.assert_ok();
+    assert_eq!(v["after"], Value::Null, "{v}");
+    assert!(list(&gw).iter().any(|c| c["client_id"] == "partner"));
+    assert_eq!(std::fs::read(gw.policy_path()).unwrap(), file_before);
+    assert!(audit_lines(&gw).is_empty());
+
+    // The same call without dry_run does change it, and is audited.
+    set_schema(&gw, "partner", "read", r#"["givenName"]"#).assert_ok();
+    assert_ne!(std::fs::read(gw.policy_path()).unwrap(), file_before);
+    assert_eq!(audit_lines(&gw).len(), 1);
+}
+
+#[test]
+fn dry_run_must_be_true_or_false_and_never_lets_a_refused_caller_in() {
+    let (_up, gw) = start();
+    let file_before = std::fs::read(gw.policy_path()).unwrap();
+    let r = gw.post_as(
+        "owner",
+        "/clients/set_description",
+        &[
+            ("for_client_id", "partner"),
+            ("description", "x"),
+            ("dry_run", "yes"),
+        ],
+    );
+    assert_invalid(
+        &r,
+        "dry_run",
+        "dry_run was not valid for the following reason: must be true or false",
+    );
+    // A caller that may not make the change is refused as without dry_run.
+    let r = gw.post_as(
+        "partner",
+        "/clients/set_description",
+        &[
+            ("for_client_id", "partner"),
+            ("description", "x"),
+            ("dry_run", "true"),
+        ],
+    );
+    assert_feature_denied(&r);
+    assert_eq!(std::fs::read(gw.policy_path()).unwrap(), file_before);
+    assert!(audit_lines(&gw).is_empty());
+}

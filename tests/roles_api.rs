@@ -501,3 +501,36 @@ fn bad_credentials_and_allow_list_answer_error_responses() {
     );
     up.assert_untouched();
 }
+
+#[test]
+fn a_dry_run_of_a_put_answers_the_change_and_changes_nothing() {
+    let (_up, gw) = start();
+    let [p1, _] = paths("t1", "svc1");
+    let file_before = std::fs::read(gw.policy_path()).unwrap();
+    let body = json!([{"RoleTypeId": MEMBER}]).to_string();
+    let r = put(&gw, "admin1", &format!("{p1}?dry_run=true"), &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v: Value = serde_json::from_str(&r.text()).unwrap();
+    assert_eq!(v["dry_run"], true, "{v}");
+    assert_eq!(v["target"], "svc1", "{v}");
+    assert_eq!(v["clients_affected"], json!(["svc1"]), "{v}");
+    assert_eq!(v["after"]["roles"], json!(["Tenant Member"]), "{v}");
+    assert_eq!(std::fs::read(gw.policy_path()).unwrap(), file_before);
+    assert!(
+        !gw.audit_path().exists() || std::fs::read_to_string(gw.audit_path()).unwrap().is_empty()
+    );
+    assert_roles(
+        &gw.get_as("svc1", &p1),
+        &[
+            role(MEMBER, "Tenant Member", "t1"),
+            role(VIEWER, "Tenant Viewer", "t1"),
+            role(CONTRIBUTOR, "Tenant Contributor", "t1"),
+            role(DATA_STEWARD, "Tenant Data Steward", "t1"),
+        ],
+    );
+    // Not an administrator of t1: refused as without dry_run.
+    assert_error_response(
+        &put(&gw, "member1", &format!("{p1}?dry_run=true"), &body),
+        403,
+    );
+}

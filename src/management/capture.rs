@@ -78,9 +78,21 @@ impl Endpoint {
     /// is refused.
     pub fn params(self) -> &'static [&'static str] {
         match self {
-            Endpoint::SetFeatures => &["client_id", "client_secret", "for_client_id", "features"],
-            Endpoint::SetWhitelist => &["client_id", "client_secret", "for_client_id", "whitelist"],
-            Endpoint::ClearWhitelist => &["client_id", "client_secret", "for_client_id"],
+            Endpoint::SetFeatures => &[
+                "client_id",
+                "client_secret",
+                "for_client_id",
+                "features",
+                "dry_run",
+            ],
+            Endpoint::SetWhitelist => &[
+                "client_id",
+                "client_secret",
+                "for_client_id",
+                "whitelist",
+                "dry_run",
+            ],
+            Endpoint::ClearWhitelist => &["client_id", "client_secret", "for_client_id", "dry_run"],
             Endpoint::SetAccessSchema => &[
                 "client_id",
                 "client_secret",
@@ -88,6 +100,7 @@ impl Endpoint {
                 "for_client_id",
                 "access_type",
                 "attributes",
+                "dry_run",
             ],
             Endpoint::GetAccessSchema => &[
                 "client_id",
@@ -97,16 +110,32 @@ impl Endpoint {
                 "access_type",
             ],
             Endpoint::List => &["client_id", "client_secret", "has_features"],
-            Endpoint::Add => &["client_id", "client_secret", "description", "features"],
-            Endpoint::Delete => &["client_id", "client_secret", "client_id_for_deletion"],
-            Endpoint::SetDescription => {
-                &["client_id", "client_secret", "for_client_id", "description"]
-            }
+            Endpoint::Add => &[
+                "client_id",
+                "client_secret",
+                "description",
+                "features",
+                "dry_run",
+            ],
+            Endpoint::Delete => &[
+                "client_id",
+                "client_secret",
+                "client_id_for_deletion",
+                "dry_run",
+            ],
+            Endpoint::SetDescription => &[
+                "client_id",
+                "client_secret",
+                "for_client_id",
+                "description",
+                "dry_run",
+            ],
             Endpoint::ResetSecret => &[
                 "client_id",
                 "client_secret",
                 "for_client_id",
                 "hours_to_live",
+                "dry_run",
             ],
         }
     }

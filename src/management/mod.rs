@@ -7,6 +7,7 @@
 //! change in; it is then validated, persisted, audited and swapped in.
 
 pub mod capture;
+pub mod dry_run;
 pub mod roles;
 
 use std::net::IpAddr;
@@ -21,7 +22,7 @@ use crate::ops::metrics;
 use crate::params::{check_names, ParamNames, Params, UnknownParams};
 use crate::policy::audit::{redacted_client, AuditEntry, AuditLog};
 use crate::policy::model::PolicyFile;
-use crate::policy::store::ChangeError;
+use crate::policy::store::{ChangeError, Preview};
 use crate::policy::{PolicyStore, Snapshot};
 use capture::{Caller, Endpoint};
 use roles::RolesPath;
@@ -189,11 +190,13 @@ async fn capture_call(services: &Services, ep: Endpoint, call: Call) -> Outcome 
     let rules = services.rules.clone();
     let known = services.known_params.clone();
     let request_id = call.request_id.clone();
-    let committed = write(services, &request_id, ep.path(), move |policy, snap| {
+    let (dry, dry_run_valid) = dry_run::requested(&call.params);
+    let change = move |policy: &mut PolicyFile, snap: &Snapshot| {
         let permit = decide::authorize(snap, &rules, &call.facts(), capture_target(ep))?;
         let caller_id = permit.client.id.clone();
         let change = call
             .check_names(&known)
+            .and(dry_run_valid)
             .and_then(|()| {
                 capture::apply(
                     ep,
@@ -213,8 +216,12 @@ async fn capture_call(services: &Services, ep: Endpoint, call: Call) -> Outcome 
             caller: caller_id,
             ip: permit.ip,
         })
-    })
-    .await;
+    };
+    let committed = if dry {
+        preview(services, change).await
+    } else {
+        write(services, &request_id, ep.path(), change).await
+    };
     answer(
         committed,
         Outcome::refused,
@@ -279,32 +286,39 @@ async fn roles_call(services: &Services, tenant: String, client: String, call: C
     let rules = services.rules.clone();
     let known = services.known_params.clone();
     let request_id = call.request_id.clone();
-    let committed = write(
-        services,
-        &request_id,
-        "/api/v1/Tenants/{tenantId}/ClientCredentialClients/{clientId}/Roles",
-        move |policy, snap| {
-            let permit = decide::authorize(snap, &rules, &call.facts(), Decided::Roles)
-                .map_err(RolesRefusal::from)?;
-            let caller_id = permit.client.id.clone();
-            let refused = |e: RoleError| RolesRefusal(Some(caller_id.clone()), e);
-            call.check_names(&known)
-                .map_err(|e| refused(RoleError::from_decision(e)))?;
-            let rp = RolesPath {
-                tenant: &tenant,
-                client: &client,
-            };
-            roles::authorize_put(snap, &rp, &caller_id).map_err(refused)?;
-            let out = roles::replace(policy, &rp, &call.document).map_err(refused)?;
-            Ok(Committed {
-                target: client.clone(),
-                out,
-                caller: caller_id,
-                ip: permit.ip,
-            })
-        },
-    )
-    .await;
+    let (dry, dry_run_valid) = dry_run::requested(&call.params);
+    let change = move |policy: &mut PolicyFile, snap: &Snapshot| {
+        let permit = decide::authorize(snap, &rules, &call.facts(), Decided::Roles)
+            .map_err(RolesRefusal::from)?;
+        let caller_id = permit.client.id.clone();
+        let refused = |e: RoleError| RolesRefusal(Some(caller_id.clone()), e);
+        call.check_names(&known)
+            .and(dry_run_valid)
+            .map_err(|e| refused(RoleError::from_decision(e)))?;
+        let rp = RolesPath {
+            tenant: &tenant,
+            client: &client,
+        };
+        roles::authorize_put(snap, &rp, &caller_id).map_err(refused)?;
+        let out = roles::replace(policy, &rp, &call.document).map_err(refused)?;
+        Ok(Committed {
+            target: client.clone(),
+            out,
+            caller: caller_id,
+            ip: permit.ip,
+        })
+    };
+    let committed = if dry {
+        preview(services, change).await
+    } else {
+        write(
+            services,
+            &request_id,
+            "/api/v1/Tenants/{tenantId}/ClientCredentialClients/{clientId}/Roles",
+            change,
+        )
+        .await
+    };
     answer(
         committed,
         |RolesRefusal(client_id, e)| Outcome {
@@ -417,4 +431,42 @@ where
         Err(_) => metrics::POLICY_RELOADS.inc(&["api", "failure"]),
     }
     result.map(|(c, _)| c)
+}
+
+/// A change's dry run: decided and applied to a copy of the running policy
+/// under the store's write lock, off the async workers; the answer is what
+/// would change. Nothing is persisted, audited, swapped or counted as a
+/// reload.
+async fn preview<E>(
+    services: &Services,
+    change: impl FnOnce(&mut PolicyFile, &Snapshot) -> Result<Committed<Value>, E> + Send + 'static,
+) -> Result<Committed<Value>, ChangeError<E>>
+where
+    E: Send + 'static,
+{
+    let store = services.store.clone();
+    match tokio::task::spawn_blocking(move || store.preview(change)).await {
+        Ok(Ok(p)) => {
+            let Committed {
+                out,
+                caller,
+                ip,
+                target,
+            } = p.out;
+            let shown = Preview {
+                out,
+                before: p.before,
+                after: p.after,
+                errors: p.errors,
+            };
+            Ok(Committed {
+                out: dry_run::answer(shown, &target),
+                caller,
+                ip,
+                target,
+            })
+        }
+        Ok(Err(e)) => Err(ChangeError::Refused(e)),
+        Err(e) => Err(ChangeError::Persist(std::io::Error::other(e.to_string()))),
+    }
 }

@@ -14,7 +14,14 @@ use crate::policy::Snapshot;
 
 /// The parameters the Roles API takes (its query; credentials included).
 /// `query` is documented but not supported: accepted and ignored.
-pub const PARAMS: [&str; 5] = ["client_id", "client_secret", "skip", "count", "query"];
+pub const PARAMS: [&str; 6] = [
+    "client_id",
+    "client_secret",
+    "skip",
+    "count",
+    "query",
+    "dry_run",
+];
 
 /// A parsed Roles path.
 pub struct RolesPath<'a> {

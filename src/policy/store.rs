@@ -299,3 +299,48 @@ impl PolicyStore {
         Ok((out, snap))
     }
 }
+
+/// What a change would do, found without doing it (a management call's
+/// `dry_run`).
+pub struct Preview<R> {
+    /// What the change itself answered.
+    pub out: R,
+    /// The running policy it was applied to.
+    pub before: Arc<Snapshot>,
+    /// The policy it would make.
+    pub after: PolicyFile,
+    /// Why the whole policy would be refused; empty when it would go live.
+    pub errors: Vec<ConfigError>,
+}
+
+impl PolicyStore {
+    /// Runs `change` against the running policy and compiles the result
+    /// like [`PolicyStore::apply`], but persists, swaps and records
+    /// nothing. Serialized with real changes, so it sees the policy the
+    /// next change would be applied to.
+    pub fn preview<R, E>(
+        &self,
+        change: impl FnOnce(&mut PolicyFile, &Snapshot) -> Result<R, E>,
+    ) -> Result<Preview<R>, E> {
+        let _one_at_a_time = lock(&self.writer);
+        let before = self.current.load_full();
+        let mut after = before.source.clone();
+        let out = change(&mut after, &before)?;
+        let errors = match compile(
+            after.clone(),
+            &CompileContext {
+                file: &self.path,
+                version: before.version,
+            },
+        ) {
+            Ok(_) => Vec::new(),
+            Err(errors) => errors,
+        };
+        Ok(Preview {
+            out,
+            before,
+            after,
+            errors,
+        })
+    }
+}
