@@ -5,9 +5,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use proptest::prelude::*;
+use recordgate::decide::routes::ResponseRecords;
 use recordgate::filter::json::parse_strict;
-use recordgate::filter::reference::project;
+use recordgate::filter::reference::{filter_response, project};
 use recordgate::filter::request::{check_write, strip_write};
+use recordgate::filter::response::{filter_response_bytes, StreamFilter};
+use recordgate::filter::shadow::{read_paths, shadow_write, ShadowRead};
 use recordgate::schema::{AccessTree, AttrDef, AttrPath, EntityType, RESERVED};
 use serde_json::{Map, Value};
 
@@ -178,6 +181,30 @@ fn case_strategy() -> impl Strategy<Value = (EntityType, Value, Vec<AttrPath>)> 
     })
 }
 
+/// A type, a record, and two independent schemas on it: the enforced one
+/// and a shadow.
+fn shadow_case_strategy() -> impl Strategy<Value = (EntityType, Value, Vec<AttrPath>, Vec<AttrPath>)>
+{
+    entity_type_strategy().prop_flat_map(|t| {
+        let mut paths = Vec::new();
+        all_paths(&t.attr_defs, "", &mut paths);
+        let n = paths.len();
+        let schema = move || {
+            prop::sample::subsequence(paths.clone(), 0..=n).prop_map(|ps| {
+                ps.iter()
+                    .map(|p| AttrPath::parse(p).expect("generated paths are valid"))
+                    .collect::<Vec<_>>()
+            })
+        };
+        (
+            Just(t.clone()),
+            object_strategy(&t.attr_defs),
+            schema(),
+            schema(),
+        )
+    })
+}
+
 fn path_of(segments: &[&str]) -> AttrPath {
     AttrPath::parse(&segments.join(".")).expect("record keys form valid paths")
 }
@@ -299,5 +326,49 @@ proptest! {
         if removed == 0 {
             prop_assert_eq!(stripped, input);
         }
+    }
+
+    /// The shadow never changes the answer (the enforced filter's, chunk by
+    /// chunk), and counts exactly what the shadow schema as a filter would
+    /// remove; its named paths are as many attributes as that count.
+    #[test]
+    fn a_shadow_read_changes_nothing_and_counts_what_its_filter_removes(
+        (t, input, enforced, shadow) in shadow_case_strategy(),
+        chunk in 1usize..64,
+    ) {
+        let enforced = t.read_tree(&enforced).expect("schema paths come from the type");
+        let shadow = t.read_tree(&shadow).expect("schema paths come from the type");
+        let body = serde_json::to_vec(&serde_json::json!({"stat": "ok", "result": input})).unwrap();
+        let mut filter = StreamFilter::for_response(ResponseRecords::Result, &enforced, None, 64);
+        let mut watch = ShadowRead::new(ResponseRecords::Result, &shadow, None, 64, body.len());
+        let mut out = Vec::new();
+        for piece in body.chunks(chunk) {
+            filter.feed(piece, &mut out).unwrap();
+            watch.feed(piece);
+        }
+        filter.finish(&mut out).unwrap();
+        let alone = filter_response_bytes(&body, ResponseRecords::Result, &enforced, None, 64).unwrap();
+        prop_assert_eq!(&out, &alone.body);
+        let seen = watch.finish().expect("valid body");
+        let by_shadow = filter_response(&body, ResponseRecords::Result, &shadow, None, 64).unwrap();
+        prop_assert_eq!(seen.count, by_shadow.removed);
+        let (walked, paths) = read_paths(&body, ResponseRecords::Result, &shadow, None, 64).unwrap();
+        prop_assert_eq!(walked, by_shadow.removed);
+        prop_assert_eq!(seen.paths, Some(paths.clone()));
+        prop_assert_eq!(paths.is_empty(), by_shadow.removed == 0);
+    }
+
+    #[test]
+    fn a_shadow_write_counts_what_stripping_would_remove((t, mut input, _e, shadow) in shadow_case_strategy()) {
+        let tree = t.write_tree(&shadow).expect("schema paths come from the type");
+        if let Value::Object(m) = &mut input {
+            m.retain(|k, _| !RESERVED.contains(&k.as_str()));
+        }
+        let before = input.clone();
+        let seen = shadow_write(&input, &tree);
+        prop_assert_eq!(&input, &before);
+        let mut stripped = input.clone();
+        prop_assert_eq!(seen.count, strip_write(&mut stripped, &tree));
+        prop_assert_eq!(seen.paths.unwrap().is_empty(), seen.count == 0);
     }
 }

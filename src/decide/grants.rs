@@ -13,6 +13,10 @@ pub struct Grants<'s> {
     pub write: &'s AccessTree,
     /// The client has an explicit empty write schema: it may not write at all.
     pub read_only: bool,
+    /// Shadow schemas, evaluated next to `read` and `write` and never
+    /// enforced (`filter::shadow`).
+    pub shadow_read: Option<&'s AccessTree>,
+    pub shadow_write: Option<&'s AccessTree>,
 }
 
 pub fn grants<'s>(
@@ -36,5 +40,7 @@ pub fn grants<'s>(
         read,
         write,
         read_only,
+        shadow_read: schemas.and_then(|s| s.shadow_read.as_deref()),
+        shadow_write: schemas.and_then(|s| s.shadow_write.as_deref()),
     })
 }

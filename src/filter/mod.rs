@@ -6,3 +6,4 @@ pub mod json;
 pub mod reference;
 pub mod request;
 pub mod response;
+pub mod shadow;

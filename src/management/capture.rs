@@ -23,6 +23,7 @@ pub enum Endpoint {
     ClearWhitelist,
     SetAccessSchema,
     GetAccessSchema,
+    PromoteAccessSchema,
     List,
     Add,
     Delete,
@@ -42,6 +43,7 @@ impl Endpoint {
             "/clients/clear_whitelist" => Endpoint::ClearWhitelist,
             "/entityType.setAccessSchema" => Endpoint::SetAccessSchema,
             "/entityType.getAccessSchema" => Endpoint::GetAccessSchema,
+            "/entityType.promoteAccessSchema" => Endpoint::PromoteAccessSchema,
             "/clients/list" => Endpoint::List,
             "/clients/add" => Endpoint::Add,
             "/clients/delete" => Endpoint::Delete,
@@ -58,6 +60,7 @@ impl Endpoint {
             Endpoint::ClearWhitelist => "/clients/clear_whitelist",
             Endpoint::SetAccessSchema => "/entityType.setAccessSchema",
             Endpoint::GetAccessSchema => "/entityType.getAccessSchema",
+            Endpoint::PromoteAccessSchema => "/entityType.promoteAccessSchema",
             Endpoint::List => "/clients/list",
             Endpoint::Add => "/clients/add",
             Endpoint::Delete => "/clients/delete",
@@ -109,6 +112,14 @@ impl Endpoint {
                 "for_client_id",
                 "access_type",
             ],
+            Endpoint::PromoteAccessSchema => &[
+                "client_id",
+                "client_secret",
+                "type_name",
+                "for_client_id",
+                "access_type",
+                "dry_run",
+            ],
             Endpoint::List => &["client_id", "client_secret", "has_features"],
             Endpoint::Add => &[
                 "client_id",
@@ -141,12 +152,13 @@ impl Endpoint {
     }
 
     /// Every endpoint.
-    pub const ALL: [Endpoint; 10] = [
+    pub const ALL: [Endpoint; 11] = [
         Endpoint::SetFeatures,
         Endpoint::SetWhitelist,
         Endpoint::ClearWhitelist,
         Endpoint::SetAccessSchema,
         Endpoint::GetAccessSchema,
+        Endpoint::PromoteAccessSchema,
         Endpoint::List,
         Endpoint::Add,
         Endpoint::Delete,
@@ -309,6 +321,7 @@ pub fn apply(
             })
         }
         Endpoint::SetAccessSchema => set_access_schema(policy, snap, params),
+        Endpoint::PromoteAccessSchema => promote_access_schema(policy, snap, params),
         Endpoint::Add => {
             let description = params
                 .get("description")
@@ -409,12 +422,14 @@ fn entity_type<'s>(snap: &'s Snapshot, params: &Params) -> Result<&'s EntityType
         .ok_or_else(|| ApiError::unknown_entity_type(name))
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum AccessType {
     Read,
     Write,
     ReadWithToken,
     WriteWithToken,
+    ShadowRead,
+    ShadowWrite,
 }
 
 fn access_type(params: &Params) -> Result<AccessType, ApiError> {
@@ -424,9 +439,13 @@ fn access_type(params: &Params) -> Result<AccessType, ApiError> {
         Some("write") => Ok(AccessType::Write),
         Some("read_with_token") => Ok(AccessType::ReadWithToken),
         Some("write_with_token") => Ok(AccessType::WriteWithToken),
+        Some("shadow_read") => Ok(AccessType::ShadowRead),
+        Some("shadow_write") => Ok(AccessType::ShadowWrite),
         Some(other) => Err(ApiError::invalid_argument(
             "access_type",
-            format!("{other} is not one of read, write, read_with_token, write_with_token"),
+            format!(
+                "{other} is not one of read, write, read_with_token, write_with_token, shadow_read, shadow_write"
+            ),
         )),
     }
 }
@@ -437,6 +456,8 @@ fn slot(s: &mut AccessSchemasDef, t: AccessType) -> &mut Option<Vec<String>> {
         AccessType::Write => &mut s.write,
         AccessType::ReadWithToken => &mut s.read_with_token,
         AccessType::WriteWithToken => &mut s.write_with_token,
+        AccessType::ShadowRead => &mut s.shadow.read,
+        AccessType::ShadowWrite => &mut s.shadow.write,
     }
 }
 
@@ -503,6 +524,52 @@ fn set_access_schema(
     })
 }
 
+/// Makes a shadow schema the enforced one (`shadow_read` becomes `read`,
+/// `shadow_write` becomes `write`) and removes the shadow, in one change.
+fn promote_access_schema(
+    policy: &mut PolicyFile,
+    snap: &Snapshot,
+    params: &Params,
+) -> Result<Change, ApiError> {
+    let et = entity_type(snap, params)?;
+    let id = params
+        .get("for_client_id")
+        .ok_or_else(|| ApiError::missing_argument("for_client_id"))?
+        .to_string();
+    let (from, to) = match access_type(params)? {
+        AccessType::ShadowRead => (AccessType::ShadowRead, AccessType::Read),
+        AccessType::ShadowWrite => (AccessType::ShadowWrite, AccessType::Write),
+        _ => {
+            return Err(ApiError::invalid_argument(
+                "access_type",
+                "only shadow_read or shadow_write can be promoted",
+            ))
+        }
+    };
+    let Some(client) = policy.clients.get_mut(&id) else {
+        return Err(ApiError::invalid_argument(
+            "for_client_id",
+            "for_client_id isnot avalid id",
+        ));
+    };
+    let promoted = client
+        .access_schemas
+        .get_mut(&et.name)
+        .and_then(|schemas| {
+            let list = slot(schemas, from).take()?;
+            *slot(schemas, to) = Some(list.clone());
+            Some(list)
+        })
+        .ok_or_else(|| {
+            ApiError::invalid_argument("access_type", "the client has no such shadow schema")
+        })?;
+    let response = json!({"schema": schema_echo(et, Some(&promoted)), "notice": RESERVED_NOTICE, "stat": "ok"});
+    Ok(Change {
+        response,
+        target: id,
+    })
+}
+
 /// Answers the read-only endpoints from one snapshot.
 pub fn read(
     ep: Endpoint,
@@ -530,6 +597,11 @@ pub fn read(
                 .cloned()
                 .unwrap_or_default();
             let list = slot(&mut schemas, kind).clone();
+            let shadow = matches!(kind, AccessType::ShadowRead | AccessType::ShadowWrite);
+            if shadow && list.is_none() {
+                // No shadow is not a full-access shadow: nothing is evaluated.
+                return Ok(json!({"schema": null, "stat": "ok"}));
+            }
             Ok(json!({"schema": schema_echo(et, list.as_deref()), "stat": "ok"}))
         }
         Endpoint::List => {

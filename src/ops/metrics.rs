@@ -286,6 +286,12 @@ pub static LOG_LINES_DROPPED: LazyLock<Metric<IntCounter>> = LazyLock::new(|| {
     )
 });
 
+pub static SHADOW_REMOVED: LazyLock<Metric<IntCounterVec>> = counter_vec!(
+    "recordgate_shadow_removed_attributes_total",
+    "Attributes a client's shadow schema would have removed (direction: request, response); nothing was removed",
+    &["client", "direction"]
+);
+
 pub static CONNECTIONS_OPEN: LazyLock<Metric<IntGauge>> = LazyLock::new(|| {
     make(
         "recordgate_connections_open",
@@ -505,6 +511,7 @@ pub fn init() -> Result<(), String> {
     LazyLock::force(&DROPPED_PARAMETERS);
     LazyLock::force(&UPSTREAM_RESOLVE_FAILURES);
     LazyLock::force(&CONNECTIONS_OPEN);
+    LazyLock::force(&SHADOW_REMOVED);
     for limit in ["per_address", "total"] {
         CONNECTIONS_REFUSED.series(&[limit]);
     }

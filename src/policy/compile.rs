@@ -67,6 +67,11 @@ pub struct ClientSchemas {
     pub write: Option<Arc<AccessTree>>,
     pub read_with_token: Option<Arc<AccessTree>>,
     pub write_with_token: Option<Arc<AccessTree>>,
+    /// Evaluated next to the enforced read (or read-with-token) schema and
+    /// never enforced; `None`: no shadow.
+    pub shadow_read: Option<Arc<AccessTree>>,
+    /// The same for writes.
+    pub shadow_write: Option<Arc<AccessTree>>,
     /// `write: []`: the client may not write this entity type at all.
     pub read_only: bool,
 }
@@ -328,6 +333,7 @@ impl Hash for SchemasKey<'_> {
             s.write.hash(h);
             s.read_with_token.hash(h);
             s.write_with_token.hash(h);
+            s.shadow.hash(h);
         }
     }
 }
@@ -381,6 +387,8 @@ fn compile_schemas<'p>(
         write: one("write", &s.write, true),
         read_with_token: one("read_with_token", &s.read_with_token, false),
         write_with_token: one("write_with_token", &s.write_with_token, true),
+        shadow_read: one("shadow.read", &s.shadow.read, false),
+        shadow_write: one("shadow.write", &s.shadow.write, true),
         read_only: s.write.as_ref().is_some_and(|w| w.is_empty()),
     };
     if errors.is_empty() {

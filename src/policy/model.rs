@@ -112,4 +112,23 @@ pub struct AccessSchemasDef {
     pub read_with_token: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub write_with_token: Option<Vec<String>>,
+    /// Schemas evaluated next to the enforced ones without being enforced:
+    /// what they would remove is counted and logged.
+    #[serde(default, skip_serializing_if = "ShadowSchemasDef::is_empty")]
+    pub shadow: ShadowSchemasDef,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowSchemasDef {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write: Option<Vec<String>>,
+}
+
+impl ShadowSchemasDef {
+    pub fn is_empty(&self) -> bool {
+        self.read.is_none() && self.write.is_none()
+    }
 }

@@ -22,6 +22,7 @@ mod intake;
 mod relay;
 pub(crate) mod resolve;
 mod respond;
+mod shadow;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -152,6 +153,20 @@ impl Gateway {
         let dropped = request.params.retain_allowed(&route.params);
         if dropped > 0 {
             metrics::DROPPED_PARAMETERS.inc_by(&[ctx.route], dropped as u64);
+        }
+        // The write shadow sees the records as sent, before the enforced
+        // schema strips them.
+        if let Some(tree) = access.grants.shadow_write {
+            if let Some(removed) = crate::filter::shadow::write_records(
+                route,
+                tree,
+                access.attribute_name.as_ref(),
+                &request.params,
+                request.json.as_ref(),
+                limits.max_json_depth,
+            ) {
+                shadow::report(ctx, &permit.client.id, "request", &removed);
+            }
         }
         let removed = crate::filter::request::filter_write(
             route,

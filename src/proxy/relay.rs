@@ -19,6 +19,7 @@ use crate::decide::routes::Access;
 use crate::decide::{Permit, RoutePermit};
 use crate::errors::{ApiError, Counter};
 use crate::filter::response::{FilterFailure, StreamFilter};
+use crate::filter::shadow::ShadowRead;
 use crate::ops::metrics;
 use crate::proxy::ctx::Ctx;
 use crate::proxy::forward::{OpenResponse, Outgoing, Upstream, UpstreamError};
@@ -157,6 +158,15 @@ pub(crate) async fn relay(
     // Output never exceeds the input by more than a `null` per replaced
     // scalar; reserving the input size avoids regrowth.
     let mut out = Vec::with_capacity(reserve);
+    let mut shadow = permit.grants.shadow_read.map(|tree| {
+        ShadowRead::new(
+            route.response_records,
+            tree,
+            relative_to,
+            limits.max_json_depth,
+            reserve,
+        )
+    });
     let mut seen = 0usize;
     loop {
         match exchange.open.next_chunk().await {
@@ -176,9 +186,16 @@ pub(crate) async fn relay(
                     exchange.abandon(ctx).await;
                     return Err(unfilterable(e.failure()));
                 }
+                if let Some(shadow) = &mut shadow {
+                    shadow.feed(chunk);
+                }
                 if streams {
+                    if let Some(shadow) = &mut shadow {
+                        shadow.streaming();
+                    }
+                    let filters = (filter, shadow);
                     let end =
-                        stream(session, ctx, exchange, header, filter, out, seen, limits).await;
+                        stream(session, ctx, exchange, header, filters, out, seen, limits).await;
                     return Ok(Answer::Streamed(end));
                 }
             }
@@ -196,6 +213,7 @@ pub(crate) async fn relay(
     if removed > 0 {
         metrics::FILTERED_RESPONSE.inc_by(removed as u64);
     }
+    report_shadow(ctx, shadow);
     Ok(Answer::Reply(with_length(header, Bytes::from(out))?))
 }
 
@@ -209,7 +227,7 @@ async fn stream(
     ctx: &mut Ctx,
     mut exchange: Exchange<'_>,
     mut header: ResponseHeader,
-    mut filter: StreamFilter<'_>,
+    (mut filter, mut shadow): (StreamFilter<'_>, Option<ShadowRead<'_>>),
     mut out: Vec<u8>,
     seen: usize,
     limits: &Limits,
@@ -251,6 +269,9 @@ async fn stream(
                 if let Err(e) = filter.feed(chunk, &mut out) {
                     break (filter_failure("malformed"), e.to_string());
                 }
+                if let Some(shadow) = &mut shadow {
+                    shadow.feed(chunk);
+                }
             }
             Ok(None) => match filter.finish(&mut out) {
                 Ok(removed) => {
@@ -258,6 +279,7 @@ async fn stream(
                     if removed > 0 {
                         metrics::FILTERED_RESPONSE.inc_by(removed as u64);
                     }
+                    report_shadow(ctx, shadow);
                     return match write_body(session, ctx, Some(Bytes::from(out)), true).await {
                         Ok(()) => StreamEnd::Complete,
                         Err(e) => StreamEnd::Downstream(e),
@@ -271,6 +293,14 @@ async fn stream(
     exchange.abandon(ctx).await;
     tracing::warn!(request_id = %ctx.request_id, ?cut, detail, "streamed response cut: it could not be filtered to the end");
     StreamEnd::Cut { counter: cut }
+}
+
+/// The read shadow's outcome, once the response was filtered to its end.
+fn report_shadow(ctx: &Ctx, shadow: Option<ShadowRead<'_>>) {
+    if let Some(removed) = shadow.and_then(ShadowRead::finish) {
+        let client = ctx.client_id.as_deref().unwrap_or_default();
+        crate::proxy::shadow::report(ctx, client, "response", &removed);
+    }
 }
 
 fn filter_failure(kind: &'static str) -> Counter {
