@@ -108,6 +108,7 @@ fn with_clients(n: usize) -> PolicyFile {
                 tenant: None,
                 roles: Vec::new(),
                 on_write_violation: Default::default(),
+                enforcement: Default::default(),
                 access_schemas: schemas,
                 previous_secret: None,
             },

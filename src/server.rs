@@ -226,7 +226,12 @@ pub fn serve(settings: Settings, opts: ServeOptions) -> Result<(), String> {
     crate::ops::memory::release_freed();
     metrics::init()?;
     let snap = policy.load();
-    metrics::policy_activated(snap.version, snap.clients.len(), &snap.hash);
+    metrics::policy_activated(
+        snap.version,
+        snap.clients.len(),
+        &snap.hash,
+        snap.shadow_clients,
+    );
     drop(snap);
 
     let (gateway, book) = build_gateway(settings.clone(), policy.clone())?;
@@ -323,7 +328,12 @@ impl PolicyReloader {
             Ok(None) => false,
             Ok(Some(snap)) => {
                 metrics::POLICY_RELOADS.inc(&[source, "success"]);
-                metrics::policy_activated(snap.version, snap.clients.len(), &snap.hash);
+                metrics::policy_activated(
+                    snap.version,
+                    snap.clients.len(),
+                    &snap.hash,
+                    snap.shadow_clients,
+                );
                 tracing::info!(source, version = snap.version, hash = %snap.hash, "policy reloaded");
                 true
             }

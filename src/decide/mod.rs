@@ -65,6 +65,52 @@ pub fn authorize<'s>(
     Ok(Permit { client, ip, route })
 }
 
+/// A record-route call's verdict.
+pub enum Verdict<'s> {
+    /// The decision is enforced.
+    Enforced(Result<Permit<'s>, Refusal>),
+    /// The caller is in shadow mode (`enforcement: shadow`): `would_be` is
+    /// what was decided, reported and not enforced; the call passes as sent.
+    Observed {
+        pass: Pass<'s>,
+        would_be: Result<Permit<'s>, Refusal>,
+    },
+}
+
+/// The proof that a call may pass as sent: its (claimed) client is in
+/// shadow mode. Made only by [`decide_route`]; the forward stage sends a
+/// call as sent only with one.
+pub struct Pass<'s> {
+    pub client: &'s crate::policy::Client,
+}
+
+/// Decides a record-route call: [`authorize`], then whether the caller's
+/// client is in shadow mode. The client is the authenticated one, or the
+/// one a refused caller claimed to be: without the gateway, that caller's
+/// call would reach the upstream as it is, and so it does in shadow mode.
+pub fn decide_route<'s>(
+    snap: &'s Snapshot,
+    rules: &Rules,
+    facts: &Facts<'_>,
+    route: &'s routes::Route,
+) -> Verdict<'s> {
+    let decided = authorize(snap, rules, facts, Target::Route(route));
+    let client = match &decided {
+        Ok(permit) => Some(permit.client),
+        Err(refusal) => refusal
+            .client_id
+            .as_deref()
+            .and_then(|id| snap.clients.get(id)),
+    };
+    match client {
+        Some(client) if client.shadow_mode => Verdict::Observed {
+            pass: Pass { client },
+            would_be: decided,
+        },
+        _ => Verdict::Enforced(decided),
+    }
+}
+
 /// The one `Authorization` header, if any. Two credentials would let the
 /// gateway and a proxy in front of it (or the upstream) each believe a
 /// different one.

@@ -343,6 +343,7 @@ pub fn apply(
                     tenant: None,
                     roles: Vec::new(),
                     on_write_violation: Default::default(),
+                    enforcement: Default::default(),
                     access_schemas: Default::default(),
                     previous_secret: None,
                 },

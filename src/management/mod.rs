@@ -425,7 +425,12 @@ where
     match &result {
         Ok((_, snap)) => {
             metrics::POLICY_RELOADS.inc(&["api", "success"]);
-            metrics::policy_activated(snap.version, snap.clients.len(), &snap.hash);
+            metrics::policy_activated(
+                snap.version,
+                snap.clients.len(),
+                &snap.hash,
+                snap.shadow_clients,
+            );
         }
         Err(ChangeError::Refused(_)) => {}
         Err(_) => metrics::POLICY_RELOADS.inc(&["api", "failure"]),

@@ -138,8 +138,8 @@ macro_rules! counter_vec {
 
 pub static REQUESTS: LazyLock<Metric<IntCounterVec>> = counter_vec!(
     "recordgate_requests_total",
-    "Requests by route, decision (allowed or denial reason) and HTTP status.",
-    &["route", "decision", "status"]
+    "Requests by route, decision (allowed or denial reason), HTTP status, and whether the decision was only observed (shadow mode).",
+    &["route", "decision", "status", "shadow"]
 );
 
 pub static CLIENT_REQUESTS: LazyLock<Metric<IntCounterVec>> = counter_vec!(
@@ -242,6 +242,16 @@ pub static POLICY_VERSION: LazyLock<Metric<IntGauge>> = LazyLock::new(|| {
         IntGauge::new(
             "recordgate_policy_version",
             "Version of the active policy snapshot.",
+        ),
+    )
+});
+
+pub static POLICY_SHADOW_CLIENTS: LazyLock<Metric<IntGauge>> = LazyLock::new(|| {
+    make(
+        "recordgate_policy_shadow_clients",
+        IntGauge::new(
+            "recordgate_policy_shadow_clients",
+            "Clients in shadow mode (enforcement: shadow): decided and reported, not enforced",
         ),
     )
 });
@@ -352,7 +362,7 @@ pub static FILTERED_RESPONSE: LazyLock<Metric<IntCounter>> =
     LazyLock::new(|| FILTERED_ATTRIBUTES.series(&["response"]));
 
 /// A (route, decision, status) series of `recordgate_requests_total`.
-type RequestSeries = (&'static str, &'static str, u16, Metric<IntCounter>);
+type RequestSeries = (&'static str, &'static str, u16, bool, Metric<IntCounter>);
 
 /// The three duration histograms of one route: total, upstream, gateway.
 type RouteDurations = (&'static str, [Metric<Histogram>; 3]);
@@ -410,26 +420,27 @@ pub fn observe_durations(
 /// Counts one request in `recordgate_requests_total`. The handful of
 /// (route, decision, status) series a worker thread sees are kept per thread
 /// rather than looked up by label every time.
-pub fn count_request(route: &'static str, decision: &'static str, status: u16) {
+pub fn count_request(route: &'static str, decision: &'static str, status: u16, shadow: bool) {
     let hit = REQUEST_SERIES.with(|cache| {
         let cache = cache.borrow();
         cache
             .iter()
-            .find(|(r, d, s, _)| *s == status && r == &route && d == &decision)
+            .find(|(r, d, s, sh, _)| *s == status && *sh == shadow && r == &route && d == &decision)
             .map(|(.., c)| c.inc())
             .is_some()
     });
     if hit {
         return;
     }
-    let counter = REQUESTS.series(&[route, decision, &status.to_string()]);
+    let shadow_label = if shadow { "true" } else { "false" };
+    let counter = REQUESTS.series(&[route, decision, &status.to_string(), shadow_label]);
     counter.inc();
     REQUEST_SERIES.with(|cache| {
         let mut cache = cache.borrow_mut();
         // Bounded: routes, decisions and statuses are few, but an upstream
         // could vary its status; past this the lookup path is used.
         if cache.len() < 64 {
-            cache.push((route, decision, status, counter));
+            cache.push((route, decision, status, shadow, counter));
         }
     });
 }
@@ -440,7 +451,8 @@ pub fn count_request(route: &'static str, decision: &'static str, status: u16) {
 static POLICY_HASH: Mutex<Option<String>> = Mutex::new(None);
 
 /// Records that a policy snapshot became active.
-pub fn policy_activated(version: u64, clients: usize, hash: &str) {
+pub fn policy_activated(version: u64, clients: usize, hash: &str, shadow_clients: usize) {
+    POLICY_SHADOW_CLIENTS.set(shadow_clients as i64);
     {
         let mut shown = POLICY_HASH.lock().unwrap_or_else(|p| p.into_inner());
         if shown.as_deref() != Some(hash) {
@@ -512,6 +524,7 @@ pub fn init() -> Result<(), String> {
     LazyLock::force(&UPSTREAM_RESOLVE_FAILURES);
     LazyLock::force(&CONNECTIONS_OPEN);
     LazyLock::force(&SHADOW_REMOVED);
+    LazyLock::force(&POLICY_SHADOW_CLIENTS);
     for limit in ["per_address", "total"] {
         CONNECTIONS_REFUSED.series(&[limit]);
     }
@@ -553,8 +566,8 @@ mod tests {
     #[test]
     fn every_metric_registers() {
         super::init().expect("every metric is made and registered once");
-        super::policy_activated(1, 3, "aaaa");
-        super::policy_activated(2, 3, "bbbb");
+        super::policy_activated(1, 3, "aaaa", 0);
+        super::policy_activated(2, 3, "bbbb", 0);
         let names: Vec<String> = prometheus::gather()
             .iter()
             .map(|f| f.name().to_string())

@@ -91,6 +91,7 @@ impl ServeHttp for Admin {
                         "version": snap.version,
                         "hash": snap.hash,
                         "clients": snap.clients.len(),
+                        "shadow_clients": snap.shadow_clients,
                         "entity_types": snap.entity_types.len(),
                         "last_reload": self.policy.last_status(),
                     },

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use super::features::{Feature, FeatureSet};
-use super::model::{AccessSchemasDef, PolicyFile, WriteViolationMode};
+use super::model::{AccessSchemasDef, Enforcement, PolicyFile, WriteViolationMode};
 use crate::cidr::{parse_cidr, CidrSet};
 use crate::config::settings::ConfigError;
 use crate::schema::{AccessTree, AttrPath, EntityType};
@@ -24,6 +24,8 @@ pub struct Snapshot {
     pub entity_types: HashMap<String, CompiledEntityType>,
     /// The policy this snapshot was compiled from, for the management API.
     pub source: PolicyFile,
+    /// How many clients are in shadow mode (`enforcement: shadow`).
+    pub shadow_clients: usize,
 }
 
 pub struct CompiledEntityType {
@@ -40,6 +42,8 @@ pub struct Client {
     /// `None` allows every address.
     pub whitelist: Option<CidrSet>,
     pub on_write_violation: WriteViolationMode,
+    /// `enforcement: shadow`: decided and reported, never enforced.
+    pub shadow_mode: bool,
     pub tenant: Option<String>,
     pub roles: Vec<String>,
     /// Shared by every client with the same `access_schemas`.
@@ -142,12 +146,14 @@ fn compile_inner(
     if !errors.is_empty() {
         return Err(errors);
     }
+    let shadow_clients = clients.values().filter(|c| c.shadow_mode).count();
     Ok(Snapshot {
         version: ctx.version,
         hash,
         clients,
         entity_types,
         source: policy,
+        shadow_clients,
     })
 }
 
@@ -244,6 +250,14 @@ fn compile_parts(
                 Some(CidrSet::new(&nets))
             }
         };
+        // An owner changes the policy itself: there is no "as if the
+        // gateway were not there" for the management API.
+        if def.enforcement == Enforcement::Shadow && features.contains(Feature::Owner) {
+            err(
+                format!("{key}.enforcement"),
+                "shadow is not allowed for a client with the owner feature".into(),
+            );
+        }
         for (i, r) in def.roles.iter().enumerate() {
             if super::roles::role_by_name(r).is_none() {
                 err(
@@ -301,6 +315,7 @@ fn compile_parts(
                 features,
                 whitelist,
                 on_write_violation: def.on_write_violation,
+                shadow_mode: def.enforcement == Enforcement::Shadow,
                 tenant: def.tenant.clone(),
                 roles: def.roles.clone(),
                 schemas,

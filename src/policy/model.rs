@@ -72,6 +72,10 @@ pub struct ClientDef {
     pub roles: Vec<String>,
     #[serde(default, skip_serializing_if = "is_default")]
     pub on_write_violation: WriteViolationMode,
+    /// `shadow`: the client's calls are decided, logged and counted, but
+    /// forwarded and answered as if the gateway were not there.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub enforcement: Enforcement,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub access_schemas: BTreeMap<String, AccessSchemasDef>,
     /// The secret replaced by `/clients/reset_secret`, still accepted until
@@ -89,6 +93,17 @@ pub struct PreviousSecret {
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
     *v == T::default()
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Enforcement {
+    /// Decisions are enforced.
+    #[default]
+    Enforce,
+    /// Decisions are made and reported, never enforced: for putting the
+    /// gateway inline in front of an existing client.
+    Shadow,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -31,6 +31,9 @@ pub struct Ctx {
     pub(crate) bytes_out: u64,
     /// The upstream server the forward stage last tried, if it called one.
     pub(crate) upstream_addr: Option<SocketAddr>,
+    /// The caller is in shadow mode: `decision` is what would have been
+    /// decided, and the call went through as sent.
+    pub(crate) shadow: bool,
 }
 
 impl Ctx {
@@ -48,6 +51,7 @@ impl Ctx {
             bytes_in: 0,
             bytes_out: 0,
             upstream_addr: None,
+            shadow: false,
         }
     }
 

@@ -61,7 +61,26 @@ pub(crate) struct Outgoing {
     forwarded: ForwardedHeaders,
     request_id: HeaderValue,
     client_ip: HeaderValue,
+    /// A call passed as sent (shadow mode): the caller's own headers, its
+    /// credentials included, instead of the allow-list and the gateway's
+    /// identity.
+    as_sent: Option<http::HeaderMap>,
 }
+
+/// Hop-by-hop and framing headers: never copied from one connection to
+/// the next (RFC 9110 §7.6.1); the gateway frames what it sends itself.
+pub(crate) const HOP_BY_HOP: [HeaderName; 10] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::CONTENT_LENGTH,
+    header::EXPECT,
+];
 
 impl Outgoing {
     /// The upstream request for a decided and filtered call: the filtered
@@ -103,6 +122,37 @@ impl Outgoing {
             request_id: HeaderValue::from_str(request_id).map_err(internal)?,
             // From the String itself: `from_str` would copy it once more.
             client_ip: HeaderValue::try_from(permit.ip.to_string()).map_err(internal)?,
+            as_sent: None,
+        })
+    }
+
+    /// The upstream request for a call that passes as sent (shadow mode):
+    /// the caller's method, target, headers (its credentials included) and
+    /// body, with only hop-by-hop and framing headers left out.
+    pub(crate) fn as_sent(
+        method: &http::Method,
+        target: &[u8],
+        caller_headers: &http::HeaderMap,
+        body: Bytes,
+        request_id: &str,
+        peer: Option<std::net::IpAddr>,
+    ) -> Result<Outgoing, ApiError> {
+        let internal = |e: http::header::InvalidHeaderValue| ApiError::internal(e.to_string());
+        let mut headers = caller_headers.clone();
+        for name in HOP_BY_HOP.iter().chain([&header::HOST]) {
+            headers.remove(name);
+        }
+        let peer = peer.map(|ip| ip.to_string()).unwrap_or_default();
+        Ok(Outgoing {
+            method: method.clone(),
+            // Intake refused anything but visible ASCII in the target.
+            path: String::from_utf8_lossy(target).into_owned(),
+            body,
+            content_type: None,
+            forwarded: Default::default(),
+            request_id: HeaderValue::from_str(request_id).map_err(internal)?,
+            client_ip: HeaderValue::try_from(peer).map_err(internal)?,
+            as_sent: Some(headers),
         })
     }
 }
@@ -202,6 +252,22 @@ impl Upstream {
         self
     }
 
+    /// Sends a call that passes as sent (shadow mode) upstream.
+    pub(crate) async fn forward_as_sent(
+        &self,
+        _pass: &crate::decide::Pass<'_>,
+        outgoing: &Outgoing,
+        idempotent: bool,
+        tried: &mut Option<SocketAddr>,
+    ) -> Result<OpenResponse<'_>, UpstreamError> {
+        let build = || self.header_for(outgoing);
+        let first = build().map_err(|e| {
+            UpstreamError::Protocol(format!("could not build the upstream request: {e}"))
+        })?;
+        self.open(first, &build, outgoing.body.clone(), idempotent, tried)
+            .await
+    }
+
     /// Sends a decided call upstream. Only reads are retried on a stale
     /// pooled connection once a byte may have reached the server.
     pub(crate) async fn forward(
@@ -226,6 +292,20 @@ impl Upstream {
         // No case map: every name here is already in the lower case it is
         // sent in, and the map would cost an allocation per header.
         let mut r = RequestHeader::build_no_case(o.method.clone(), o.path.as_bytes(), Some(10))?;
+        if let Some(sent) = &o.as_sent {
+            for (name, value) in sent {
+                r.append_header(name.clone(), value.clone())?;
+            }
+            if let Some(host) = &self.host {
+                r.insert_header(header::HOST, host.clone())?;
+            }
+            if !o.body.is_empty() || o.method == http::Method::POST {
+                r.insert_header(header::CONTENT_LENGTH, HeaderValue::from(o.body.len()))?;
+            }
+            r.insert_header(X_REQUEST_ID, o.request_id.clone())?;
+            r.insert_header(X_FORWARDED_FOR, o.client_ip.clone())?;
+            return Ok(r);
+        }
         for (name, value) in REQUEST_HEADERS_FORWARDED.iter().zip(&o.forwarded) {
             if let Some(v) = value {
                 r.insert_header(name.clone(), v.clone())?;

@@ -35,8 +35,9 @@ pub(crate) struct Intake {
     pub(crate) params: Params,
     /// The JSON record of a route that takes one.
     pub(crate) json: Option<Value>,
-    /// The body as sent, for [`BodyUse::Document`].
-    pub(crate) document: Vec<u8>,
+    /// The body as sent: the Roles API's document, and what a client in
+    /// shadow mode has forwarded.
+    pub(crate) body: Vec<u8>,
 }
 
 /// The request line and header, before anything else: the header block
@@ -173,7 +174,7 @@ pub(crate) async fn read(
         return Ok(Intake {
             params,
             json: None,
-            document: body,
+            body,
         });
     }
     let media = content_type.split(';').next().unwrap_or("").trim();
@@ -203,11 +204,7 @@ pub(crate) async fn read(
         .filter_failure("request", "encoding"));
     };
     let params = Params::parse_limited(query.as_deref(), form, limits.max_parameters)?;
-    Ok(Intake {
-        params,
-        json,
-        document: Vec::new(),
-    })
+    Ok(Intake { params, json, body })
 }
 
 /// Reads the whole request body within `limits.max_request_body_bytes` and

@@ -19,6 +19,7 @@ pub mod ctx;
 pub mod forward;
 pub mod header_deadline;
 mod intake;
+mod observe;
 mod relay;
 pub(crate) mod resolve;
 mod respond;
@@ -35,7 +36,7 @@ use pingora::{Error, ErrorType, Result};
 use crate::config::settings::{ClientLabel, Settings};
 use crate::decide::authenticate::CREDENTIAL_PARAMS;
 use crate::decide::routes::{Route, RouteTable};
-use crate::decide::{self, Facts, Rules, Target};
+use crate::decide::{self, Facts, Rules};
 use crate::errors::{ApiError, Failure};
 use crate::management::{self, Call, Services};
 use crate::ops::{log_format, metrics};
@@ -128,7 +129,21 @@ impl Gateway {
             params: &request.params,
             now_secs: now_secs(),
         };
-        let permit = match decide::authorize(&snap, &self.rules, &facts, Target::Route(route)) {
+        let decided = match decide::decide_route(&snap, &self.rules, &facts, route) {
+            decide::Verdict::Enforced(decided) => decided,
+            decide::Verdict::Observed { pass, would_be } => {
+                let peer = peer_ip(session);
+                let observer = observe::Observer {
+                    upstream: &self.upstream,
+                    known_params: &self.known_params,
+                    limits,
+                };
+                let decided = (pass, would_be);
+                return observe::observe(observer, session, ctx, route, decided, request, peer)
+                    .await;
+            }
+        };
+        let permit = match decided {
             Ok(p) => p,
             Err(refusal) => {
                 ctx.client_id = refusal.client_id;
@@ -238,7 +253,7 @@ impl Gateway {
             peer: peer_ip(session),
             path: path.to_string(),
             params: request.params,
-            document: request.document,
+            document: request.body,
             request_id: ctx.request_id.clone(),
             now_secs: now_secs(),
         };
@@ -338,7 +353,7 @@ impl ProxyHttp for Gateway {
     async fn logging(&self, session: &mut Session, e: Option<&pingora::Error>, ctx: &mut Ctx) {
         let total = ctx.start.elapsed();
         let status = if ctx.status == 0 { 499 } else { ctx.status };
-        metrics::count_request(ctx.route, ctx.decision, status);
+        metrics::count_request(ctx.route, ctx.decision, status, ctx.shadow);
         if let Some(client) = ctx.client_id.as_deref() {
             if self.client_label_enabled() {
                 metrics::CLIENT_REQUESTS.inc(&[client, ctx.decision]);
@@ -370,6 +385,7 @@ impl ProxyHttp for Gateway {
             path = req.uri.path(),
             route = ctx.route,
             decision = ctx.decision,
+            shadow = ctx.shadow,
             status,
             bytes_in = ctx.bytes_in,
             bytes_out = ctx.bytes_out,

@@ -16,13 +16,13 @@ use pingora::prelude::Session;
 use crate::config::routes::ResponseRecords;
 use crate::config::settings::Limits;
 use crate::decide::routes::Access;
-use crate::decide::{Permit, RoutePermit};
+use crate::decide::{Pass, Permit, RoutePermit};
 use crate::errors::{ApiError, Counter};
 use crate::filter::response::{FilterFailure, StreamFilter};
 use crate::filter::shadow::ShadowRead;
 use crate::ops::metrics;
 use crate::proxy::ctx::Ctx;
-use crate::proxy::forward::{OpenResponse, Outgoing, Upstream, UpstreamError};
+use crate::proxy::forward::{OpenResponse, Outgoing, Upstream, UpstreamError, HOP_BY_HOP};
 use crate::proxy::respond::{with_length, write_body, Answer, Reply, StreamEnd, X_REQUEST_ID};
 
 /// An upstream exchange in progress: it records the upstream time, once,
@@ -48,6 +48,27 @@ impl<'u> Exchange<'u> {
         let sent_at = Instant::now();
         let forwarded = upstream
             .forward(permit, outgoing, idempotent, &mut ctx.upstream_addr)
+            .await;
+        match forwarded {
+            Ok(open) => Ok(Exchange { open, sent_at }),
+            Err(e) => {
+                ctx.upstream_time = sent_at.elapsed();
+                Err(e.answer())
+            }
+        }
+    }
+
+    /// Sends a call that passes as sent (shadow mode) upstream.
+    pub(crate) async fn begin_as_sent(
+        upstream: &'u Upstream,
+        pass: &Pass<'_>,
+        outgoing: &Outgoing,
+        idempotent: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Exchange<'u>, ApiError> {
+        let sent_at = Instant::now();
+        let forwarded = upstream
+            .forward_as_sent(pass, outgoing, idempotent, &mut ctx.upstream_addr)
             .await;
         match forwarded {
             Ok(open) => Ok(Exchange { open, sent_at }),
@@ -301,6 +322,79 @@ fn report_shadow(ctx: &Ctx, shadow: Option<ShadowRead<'_>>) {
         let client = ctx.client_id.as_deref().unwrap_or_default();
         crate::proxy::shadow::report(ctx, client, "response", &removed);
     }
+}
+
+/// Relays the upstream's answer as it gave it (shadow mode): every header
+/// but hop-by-hop and framing ones, and the body unchanged (read whole,
+/// within `limits.max_response_body_bytes`). When the call would have been
+/// permitted, the read schema it would have been filtered to is run over
+/// the body beside it, and what it would have removed is reported.
+pub(crate) async fn pass_through(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    mut exchange: Exchange<'_>,
+    would_be: Option<&RoutePermit<'_>>,
+    limits: &Limits,
+) -> Result<Answer, ApiError> {
+    let is_head = session.req_header().method == http::Method::HEAD;
+    let (mut header, bodiless, filterable) = {
+        let upstream = match exchange.open.header() {
+            Ok(h) => h,
+            Err(e) => {
+                exchange.abandon(ctx).await;
+                return Err(e.answer());
+            }
+        };
+        let status = upstream.status.as_u16();
+        let bodiless = is_head || status == 204 || status == 304 || (100..200).contains(&status);
+        let filterable =
+            would_be.is_some_and(|p| check_filterable(p.route.response_records, upstream).is_ok());
+        (upstream.clone(), bodiless, filterable)
+    };
+    for name in &HOP_BY_HOP {
+        header.remove_header(name);
+    }
+    if bodiless {
+        exchange.finish(ctx).await;
+        return Ok(Answer::Reply(Reply { header, body: None }));
+    }
+    let mut body = Vec::new();
+    let mut watch = would_be.filter(|_| filterable).map(|p| {
+        let relative_to = if p.route.access == Access::Read {
+            p.attribute_name.as_ref()
+        } else {
+            None
+        };
+        ShadowRead::new(
+            p.route.response_records,
+            p.grants.read,
+            relative_to,
+            limits.max_json_depth,
+            0,
+        )
+    });
+    loop {
+        match exchange.open.next_chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > limits.max_response_body_bytes {
+                    exchange.abandon(ctx).await;
+                    return Err(UpstreamError::TooLarge.answer());
+                }
+                body.extend_from_slice(chunk);
+                if let Some(watch) = &mut watch {
+                    watch.feed(chunk);
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                exchange.abandon(ctx).await;
+                return Err(e.answer());
+            }
+        }
+    }
+    exchange.finish(ctx).await;
+    report_shadow(ctx, watch);
+    Ok(Answer::Reply(with_length(header, Bytes::from(body))?))
 }
 
 fn filter_failure(kind: &'static str) -> Counter {
