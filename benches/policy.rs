@@ -110,6 +110,7 @@ fn with_clients(n: usize) -> PolicyFile {
                 on_write_violation: Default::default(),
                 access_schemas: schemas,
                 previous_secret: None,
+                tls_client_subject: None,
             },
         );
     }

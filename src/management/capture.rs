@@ -332,6 +332,7 @@ pub fn apply(
                     on_write_violation: Default::default(),
                     access_schemas: Default::default(),
                     previous_secret: None,
+                    tls_client_subject: None,
                 },
             );
             Ok(Change {

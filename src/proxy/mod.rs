@@ -126,6 +126,7 @@ impl Gateway {
             path: &path,
             params: &request.params,
             now_secs: now_secs(),
+            tls_client_subject: intake::tls_client_subject(session),
         };
         let permit = match decide::authorize(&snap, &self.rules, &facts, Target::Route(route)) {
             Ok(p) => p,
@@ -226,6 +227,7 @@ impl Gateway {
             document: request.document,
             request_id: ctx.request_id.clone(),
             now_secs: now_secs(),
+            tls_client_subject: intake::tls_client_subject(session).map(str::to_string),
         };
         let outcome = management::serve(&self.management, target, call).await;
         ctx.client_id = outcome.client_id;
@@ -247,6 +249,7 @@ impl Gateway {
                 &self.rules,
                 &s.req_header().headers,
                 peer_ip(s),
+                intake::tls_client_subject(s),
                 now_secs(),
             )
         }
