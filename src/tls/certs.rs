@@ -133,9 +133,7 @@ pub fn select<'c>(certs: &'c [Arc<LoadedCert>], sni: Option<&str>) -> Option<&'c
     let Some(name) = sni.map(|s| s.trim_end_matches('.').to_ascii_lowercase()) else {
         return first;
     };
-    let exact = certs
-        .iter()
-        .find(|c| c.dns_names.iter().any(|n| *n == name));
+    let exact = certs.iter().find(|c| c.dns_names.contains(&name));
     let wildcard = || {
         let (label, parent) = name.split_once('.')?;
         if label.is_empty() {
