@@ -669,8 +669,11 @@ fn a_certificate_renewed_by_rename_is_served_without_a_failed_request() {
     );
     assert_eq!(reloads(&t.gw, "success"), 1.0);
     assert_eq!(reloads(&t.gw, "failure"), 0.0);
+    let text = t.gw.scrape();
+    assert!(text.contains("# TYPE recordgate_tls_reloads_total counter"));
+    assert!(text.contains("# TYPE recordgate_tls_certificate_expiry_timestamp_seconds gauge"));
     let expiry = metric(
-        &t.gw.scrape(),
+        &text,
         "recordgate_tls_certificate_expiry_timestamp_seconds",
         &[("listener", "public")],
     );
