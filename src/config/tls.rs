@@ -132,7 +132,7 @@ impl TlsListen {
         if self.min_version > self.max_version {
             errors.push((
                 key("min_version"),
-                "must not be above tls_listen max_version".into(),
+                "must not be above max_version".into(),
             ));
         }
         if self.ciphers.trim().is_empty() {
