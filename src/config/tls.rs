@@ -130,10 +130,7 @@ impl TlsListen {
             ));
         }
         if self.min_version > self.max_version {
-            errors.push((
-                key("min_version"),
-                "must not be above max_version".into(),
-            ));
+            errors.push((key("min_version"), "must not be above max_version".into()));
         }
         if self.ciphers.trim().is_empty() {
             errors.push((key("ciphers"), "must not be empty".into()));
