@@ -150,10 +150,31 @@ pub fn preflight(settings: &Settings) -> Preflight {
     if let Err(e) = parts(settings) {
         out.errors.push(e);
     }
-    if let Err(errors) = tls_listeners(settings) {
-        out.errors.extend(errors);
+    match tls_listeners(settings) {
+        Ok(listeners) => out.warnings.extend(expiring_soon(&listeners)),
+        Err(errors) => out.errors.extend(errors),
     }
     check_listens(settings, &mut out);
+    out
+}
+
+/// Certificates that are valid but close to expiry (the alert's 14 days):
+/// not a reason to refuse a start, but worth a line from `check`.
+fn expiring_soon(listeners: &[Arc<TlsListener>]) -> Vec<String> {
+    const SOON_SECS: i64 = 14 * 86_400;
+    let now = crate::proxy::now_secs();
+    let mut out = Vec::new();
+    for (i, l) in listeners.iter().enumerate() {
+        for (j, c) in l.certs.load().iter().enumerate() {
+            let left = c.not_after_unix - now;
+            if left < SOON_SECS {
+                out.push(format!(
+                    "tls_listen[{i}].certificates[{j}].cert: expires in {} hours",
+                    left / 3600
+                ));
+            }
+        }
+    }
     out
 }
 

@@ -834,6 +834,26 @@ fn check_names_the_setting_of_each_tls_problem() {
     assert!(!ok && err.contains("tls_listen[0].min_version"), "{err}");
     let (ok, err) = check_tls(&files, json!({"ciphers": "NO-SUCH-CIPHER"}));
     assert!(!ok && err.contains("tls_listen[0].ciphers"), "{err}");
+    // Close to expiry: still valid, so a warning, not an error.
+    let soon = ca.issue(
+        "api.test",
+        &["api.test"],
+        6,
+        (now() - 86_400, now() + 86_400 * 2),
+        false,
+    );
+    let (ok, err) = check_tls(
+        &[
+            ("server.crt", soon.cert_pem()),
+            ("server.key", soon.key_pem()),
+        ],
+        json!({}),
+    );
+    assert!(
+        ok && err.contains("warning")
+            && err.contains("tls_listen[0].certificates[0].cert: expires in 4"),
+        "{err}"
+    );
     let (ok, err) = check_tls(&files, json!({"client_ca": "missing.pem"}));
     assert!(
         !ok && err.contains("tls_listen[0].client_ca: cannot read"),
