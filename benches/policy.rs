@@ -111,6 +111,7 @@ fn with_clients(n: usize) -> PolicyFile {
                 enforcement: Default::default(),
                 access_schemas: schemas,
                 previous_secret: None,
+                tls_client_subject: None,
             },
         );
     }

@@ -4,7 +4,7 @@
 # checks the decision each one shows, stops the demo, and checks that the
 # checkout is still clean. CI runs it on a clean clone (.ci/run).
 #
-# Uses the demo's fixed ports (8080, 8090, 9091); every wait is bounded and
+# Uses the demo's fixed ports (8080, 8443, 8090, 9091); every wait is bounded and
 # only the processes this script started are stopped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -69,6 +69,9 @@ call "owner sees the whole record" 200 "'riskScore' in b['result']['internal']" 
 call "partner sees only its attributes" 200 \
   "'givenName' in b['result'] and 'email' not in b['result'] and 'internal' not in b['result']" \
   "${partner[@]}" localhost:8080/entity -d type_name=user -d id=1
+call "the same call over TLS, trusting the demo's own certificate" 200 \
+  "'givenName' in b['result'] and 'email' not in b['result'] and 'internal' not in b['result']" \
+  "${partner[@]}" --cacert target/demo-state/tls/demo.crt https://localhost:8443/entity -d type_name=user -d id=1
 call "partner's find is cut per record" 200 \
   "len(b['results']) == 3 and all('email' not in r for r in b['results'])" \
   "${partner[@]}" localhost:8080/entity.find -d type_name=user -d max_results=3

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian machine lacks to build recordgate:
-# cmake (zlib-ng, built by Pingora), pkg-config and libssl-dev (upstream TLS).
+# cmake (zlib-ng, built by Pingora), pkg-config and libssl-dev (TLS), and the
+# openssl command (the demo's self-signed certificate).
 set -euo pipefail
 need=()
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"

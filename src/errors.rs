@@ -10,6 +10,8 @@ use serde_json::{json, Map, Value};
 pub enum DenyReason {
     Credentials,
     Ip,
+    /// The client certificate does not name the caller (`tls_client_subject`).
+    ClientCertificate,
     Feature,
     Schema,
     Oracle,
@@ -26,6 +28,7 @@ impl DenyReason {
         match self {
             DenyReason::Credentials => "credentials",
             DenyReason::Ip => "ip",
+            DenyReason::ClientCertificate => "client_certificate",
             DenyReason::Feature => "feature",
             DenyReason::Schema => "schema",
             DenyReason::Oracle => "oracle",
@@ -179,6 +182,18 @@ impl ApiError {
             403,
             "client_permission_error",
             DenyReason::Ip,
+            "the provided client does not have authorization for this action".into(),
+        )
+    }
+
+    /// The same text as the allow-list refusal: which factor failed is for
+    /// the operator (the `decision` label, the access log), not the caller.
+    pub fn client_certificate_denied() -> Self {
+        ApiError::new(
+            403,
+            403,
+            "client_permission_error",
+            DenyReason::ClientCertificate,
             "the provided client does not have authorization for this action".into(),
         )
     }

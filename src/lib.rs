@@ -24,3 +24,4 @@ pub mod policy;
 pub(crate) mod proxy;
 pub mod schema;
 pub mod server;
+pub mod tls;

@@ -22,6 +22,8 @@ use crate::policy::PolicyStore;
 use crate::proxy::forward::Upstream;
 use crate::proxy::resolve::{system_lookup, AddressBook, Resolver};
 use crate::proxy::Gateway;
+use crate::tls::reload::CertReloader;
+use crate::tls::TlsListener;
 
 pub struct ServeOptions {
     pub upgrade: bool,
@@ -148,8 +150,50 @@ pub fn preflight(settings: &Settings) -> Preflight {
     if let Err(e) = parts(settings) {
         out.errors.push(e);
     }
+    match tls_listeners(settings) {
+        Ok(listeners) => out.warnings.extend(expiring_soon(&listeners)),
+        Err(errors) => out.errors.extend(errors),
+    }
     check_listens(settings, &mut out);
     out
+}
+
+/// Certificates that are valid but close to expiry (the alert's 14 days):
+/// not a reason to refuse a start, but worth a line from `check`.
+fn expiring_soon(listeners: &[Arc<TlsListener>]) -> Vec<String> {
+    const SOON_SECS: i64 = 14 * 86_400;
+    let now = crate::proxy::now_secs();
+    let mut out = Vec::new();
+    for (i, l) in listeners.iter().enumerate() {
+        for (j, c) in l.certs.load().iter().enumerate() {
+            let left = c.not_after_unix - now;
+            if left < SOON_SECS {
+                out.push(format!(
+                    "tls_listen[{i}].certificates[{j}].cert: expires in {} hours",
+                    left / 3600
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Every TLS listener with its certificates read and checked, or every
+/// problem found, each naming its setting key.
+fn tls_listeners(settings: &Settings) -> Result<Vec<Arc<TlsListener>>, Vec<String>> {
+    let mut listeners = Vec::new();
+    let mut errors = Vec::new();
+    for (i, t) in settings.tls_listen.iter().enumerate() {
+        match crate::tls::load_listener(i, t) {
+            Ok(l) => listeners.push(Arc::new(l)),
+            Err(e) => errors.extend(e),
+        }
+    }
+    if errors.is_empty() {
+        Ok(listeners)
+    } else {
+        Err(errors)
+    }
 }
 
 /// Binds each listening address alone, then every pair together, with std
@@ -166,6 +210,11 @@ fn check_listens(settings: &Settings, out: &mut Preflight) {
     for (i, a) in settings.listen.iter().enumerate() {
         if let Ok(addr) = a.parse() {
             keyed.push((format!("listen[{i}]"), addr));
+        }
+    }
+    for (i, t) in settings.tls_listen.iter().enumerate() {
+        if let Ok(addr) = t.address.parse() {
+            keyed.push((format!("tls_listen[{i}].address"), addr));
         }
     }
     if let Some(addr) = settings
@@ -235,6 +284,7 @@ pub fn serve(settings: Settings, opts: ServeOptions) -> Result<(), String> {
     drop(snap);
 
     let (gateway, book) = build_gateway(settings.clone(), policy.clone())?;
+    let tls = tls_listeners(&settings).map_err(|e| e.join("\n"))?;
 
     let mut conf = ServerConf {
         threads: settings.server.threads,
@@ -272,6 +322,14 @@ pub fn serve(settings: Settings, opts: ServeOptions) -> Result<(), String> {
     for addr in &settings.listen {
         proxy.add_tcp(addr);
     }
+    for (i, l) in tls.iter().enumerate() {
+        let tls_settings = l
+            .tls_settings()
+            .map_err(|e| format!("tls_listen[{i}].{e}"))?;
+        proxy.add_tls_with_settings(&l.settings.address, None, tls_settings);
+        metrics::tls_listener(l.label());
+        l.export_expiry();
+    }
     server.add_service(proxy);
 
     if let Some(listen) = &settings.metrics.listen {
@@ -301,8 +359,18 @@ pub fn serve(settings: Settings, opts: ServeOptions) -> Result<(), String> {
         "policy reload",
         PolicyReloader { policy },
     ));
+    if !tls.is_empty() {
+        server.add_service(background_service(
+            "TLS certificate reload",
+            CertReloader { listeners: tls },
+        ));
+    }
 
-    tracing::info!(listen = ?settings.listen, "recordgate started");
+    tracing::info!(
+        listen = ?settings.listen,
+        tls_listen = ?settings.tls_listen.iter().map(|t| &t.address).collect::<Vec<_>>(),
+        "recordgate started"
+    );
     // `run` returns once shutdown is complete (unlike `run_forever`, which
     // exits the process), so the caller can flush the log before exiting.
     server.run(pingora::server::RunArgs::default());

@@ -123,6 +123,7 @@ fn allocations_per_request_stay_what_the_request_needs() {
         path: "/entity",
         params: &params,
         now_secs: 0,
+        tls_client_subject: None,
     };
     let (auth_allocs, client) =
         count(|| authenticate(&snap, &rules, &facts, Some(authorization.as_bytes())).is_ok());

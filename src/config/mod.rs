@@ -3,3 +3,4 @@
 pub mod routes;
 pub mod secrets;
 pub mod settings;
+pub mod tls;

@@ -12,6 +12,9 @@ use crate::config::routes::RouteDef;
 pub struct Settings {
     /// Addresses the gateway listens on (`127.0.0.1:8080`, `[::1]:8080`).
     pub listen: Vec<String>,
+    /// TLS listeners, beside the plain ones (`config::tls`).
+    #[serde(default)]
+    pub tls_listen: Vec<crate::config::tls::TlsListen>,
     pub upstream: UpstreamSettings,
     /// Path of the policy file, relative to the settings file.
     pub policy: PathBuf,
@@ -349,6 +352,9 @@ impl Settings {
             if let Some(c) = s.upstream.ca_file.as_mut().filter(|c| c.is_relative()) {
                 *c = dir.join(&*c);
             }
+            for t in &mut s.tls_listen {
+                t.resolve_paths(dir);
+            }
         }
         let errors = s.validate(path);
         if errors.is_empty() {
@@ -392,8 +398,24 @@ impl Settings {
                 );
             }
         }
-        if self.listen.is_empty() {
-            err("listen".into(), "at least one address is required".into());
+        // A TLS-only gateway is fine: one address of either kind.
+        if self.listen.is_empty() && self.tls_listen.is_empty() {
+            err(
+                "listen".into(),
+                "at least one address (listen or tls_listen) is required".into(),
+            );
+        }
+        let mut labels = std::collections::BTreeSet::new();
+        for (i, t) in self.tls_listen.iter().enumerate() {
+            for (key, message) in t.validate(i) {
+                err(key, message);
+            }
+            if !labels.insert(t.label()) {
+                err(
+                    format!("tls_listen[{i}].name"),
+                    format!("{:?} names two TLS listeners", t.label()),
+                );
+            }
         }
         for (i, a) in self.listen.iter().enumerate() {
             if a.parse::<std::net::SocketAddr>().is_err() {

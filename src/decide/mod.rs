@@ -8,11 +8,13 @@
 //! Pure functions over the snapshot; the proxy stages only carry bytes in and
 //! out. Each step has its own file: credentials ([`authenticate`],
 //! [`credentials`]), client address and allow-list ([`client_address`]),
+//! the client certificate as a second factor ([`client_certificate`]),
 //! routes and features ([`routes`]), grants ([`grants`]) and probe refusal
 //! ([`probes`]).
 
 pub mod authenticate;
 pub mod client_address;
+pub mod client_certificate;
 pub mod credentials;
 pub mod grants;
 pub mod permit;
@@ -39,6 +41,7 @@ pub fn authorize<'s>(
     let ip = client_address::resolve(facts.headers, facts.peer, &rules.trusted_proxies)
         .map_err(refused)?;
     client_address::check_allow_list(client, ip).map_err(refused)?;
+    client_certificate::check(client, facts.tls_client_subject).map_err(refused)?;
     let route = match target {
         Target::Route(route) => {
             routes::check_feature(client, route).map_err(refused)?;
@@ -138,6 +141,7 @@ pub fn admit_body(
     rules: &Rules,
     headers: &http::HeaderMap,
     peer: Option<std::net::IpAddr>,
+    tls_client_subject: Option<&str>,
     now_secs: i64,
 ) -> Result<(), ApiError> {
     let Some(header) = one_authorization(headers)? else {
@@ -145,5 +149,6 @@ pub fn admit_body(
     };
     let client = authenticate::header_client(snap, header, now_secs)?;
     let ip = client_address::resolve(headers, peer, &rules.trusted_proxies)?;
-    client_address::check_allow_list(client, ip)
+    client_address::check_allow_list(client, ip)?;
+    client_certificate::check(client, tls_client_subject)
 }

@@ -25,6 +25,10 @@ pub struct Facts<'r> {
     pub path: &'r str,
     pub params: &'r Params,
     pub now_secs: i64,
+    /// The subject commonName of the client certificate the connection's
+    /// TLS handshake verified (mutual TLS); `None` on a plain connection or
+    /// a TLS one without a client certificate.
+    pub tls_client_subject: Option<&'r str>,
 }
 
 /// What the decision needs from the settings, fixed at start.

@@ -346,6 +346,7 @@ pub fn apply(
                     enforcement: Default::default(),
                     access_schemas: Default::default(),
                     previous_secret: None,
+                    tls_client_subject: None,
                 },
             );
             Ok(Change {

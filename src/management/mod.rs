@@ -85,6 +85,8 @@ pub(crate) struct Call {
     pub(crate) document: Vec<u8>,
     pub(crate) request_id: String,
     pub(crate) now_secs: i64,
+    /// The verified client certificate's subject commonName (mutual TLS).
+    pub(crate) tls_client_subject: Option<String>,
 }
 
 impl Call {
@@ -116,6 +118,7 @@ impl Call {
             path: &self.path,
             params: &self.params,
             now_secs: self.now_secs,
+            tls_client_subject: self.tls_client_subject.as_deref(),
         }
     }
 }

@@ -190,6 +190,32 @@ pub static POLICY_RELOADS: LazyLock<Metric<IntCounterVec>> = counter_vec!(
     &["source", "result"]
 );
 
+pub static TLS_RELOADS: LazyLock<Metric<IntCounterVec>> = counter_vec!(
+    "recordgate_tls_reloads_total",
+    "TLS certificate reloads by listener and result (success, failure: the old certificate stays).",
+    &["listener", "result"]
+);
+
+pub static TLS_CERTIFICATE_EXPIRY: LazyLock<Metric<IntGaugeVec>> = LazyLock::new(|| {
+    make(
+        "recordgate_tls_certificate_expiry_timestamp_seconds",
+        IntGaugeVec::new(
+            Opts::new(
+                "recordgate_tls_certificate_expiry_timestamp_seconds",
+                "Unix time at which a TLS listener's certificate in service expires (notAfter).",
+            ),
+            &["listener", "certificate"],
+        ),
+    )
+});
+
+/// Makes the TLS series of `listener` start at 0.
+pub fn tls_listener(listener: &str) {
+    for result in ["success", "failure"] {
+        TLS_RELOADS.series(&[listener, result]);
+    }
+}
+
 /// Buckets of the duration histograms: 100 µs to 10 s.
 const DURATION_BUCKETS: [f64; 16] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -528,6 +554,8 @@ pub fn init() -> Result<(), String> {
     for limit in ["per_address", "total"] {
         CONNECTIONS_REFUSED.series(&[limit]);
     }
+    LazyLock::force(&TLS_RELOADS);
+    LazyLock::force(&TLS_CERTIFICATE_EXPIRY);
     // Series that exist from the start at 0, so `increase()` and alerts see
     // the first failure rather than a series appearing at 1.
     for source in ["file", "api", "signal"] {

@@ -48,6 +48,9 @@ pub struct Client {
     pub roles: Vec<String>,
     /// Shared by every client with the same `access_schemas`.
     pub schemas: Arc<HashMap<String, ClientSchemas>>,
+    /// The client certificate subject commonName it must present
+    /// (`decide::client_certificate`).
+    pub tls_client_subject: Option<String>,
 }
 
 impl Client {
@@ -258,6 +261,16 @@ fn compile_parts(
                 "shadow is not allowed for a client with the owner feature".into(),
             );
         }
+        if def
+            .tls_client_subject
+            .as_deref()
+            .is_some_and(|s| s.trim().is_empty() || s.trim() != s)
+        {
+            err(
+                format!("{key}.tls_client_subject"),
+                "must be a commonName without leading or trailing spaces".into(),
+            );
+        }
         for (i, r) in def.roles.iter().enumerate() {
             if super::roles::role_by_name(r).is_none() {
                 err(
@@ -319,6 +332,7 @@ fn compile_parts(
                 tenant: def.tenant.clone(),
                 roles: def.roles.clone(),
                 schemas,
+                tls_client_subject: def.tls_client_subject.clone(),
             },
         );
     }

@@ -82,6 +82,11 @@ pub struct ClientDef {
     /// `expires_at` (unix seconds) so callers can roll over.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_secret: Option<PreviousSecret>,
+    /// A second factor next to the secret: the client must call over a
+    /// mutual-TLS listener (`tls_listen[].client_ca`) presenting a verified
+    /// certificate whose subject commonName is exactly this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_client_subject: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -335,6 +335,20 @@ fn utf8_charset(content_type: &str) -> bool {
         })
 }
 
+/// The subject commonName of the client certificate this connection's TLS
+/// handshake verified, as the TLS listener recorded it
+/// (`tls::ClientCertificate`); `None` on a plain connection or without a
+/// client certificate.
+pub(crate) fn tls_client_subject(session: &Session) -> Option<&str> {
+    session
+        .digest()?
+        .ssl_digest
+        .as_ref()?
+        .extension
+        .get::<crate::tls::ClientCertificate>()
+        .map(|c| c.subject_common_name.as_str())
+}
+
 pub(crate) fn header_str<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
     req.headers.get(name).and_then(|v| v.to_str().ok())
 }

@@ -128,6 +128,7 @@ impl Gateway {
             path: &path,
             params: &request.params,
             now_secs: now_secs(),
+            tls_client_subject: intake::tls_client_subject(session),
         };
         let decided = match decide::decide_route(&snap, &self.rules, &facts, route) {
             decide::Verdict::Enforced(decided) => decided,
@@ -256,6 +257,7 @@ impl Gateway {
             document: request.body,
             request_id: ctx.request_id.clone(),
             now_secs: now_secs(),
+            tls_client_subject: intake::tls_client_subject(session).map(str::to_string),
         };
         let outcome = management::serve(&self.management, target, call).await;
         ctx.client_id = outcome.client_id;
@@ -277,6 +279,7 @@ impl Gateway {
                 &self.rules,
                 &s.req_header().headers,
                 peer_ip(s),
+                intake::tls_client_subject(s),
                 now_secs(),
             )
         }
