@@ -8,6 +8,13 @@
 //! header as read from its first hook. A connection still without a complete
 //! header at the deadline is dropped. The wait covers the idle time of a
 //! keep-alive connection between requests too, so it also bounds that.
+//!
+//! Over HTTP/2 this runs per stream, once the `h2` layer has the whole
+//! header block, so it never fires there; HTTP/2's own waits are bounded in
+//! `downstream.rs` (the preface and handshake within this same deadline,
+//! `http2.idle_timeout_ms` for a connection with nothing in progress, and
+//! `http2.max_header_list_bytes` with the `h2` crate's CONTINUATION limit
+//! for a header block).
 
 use std::cell::Cell;
 use std::sync::Arc;

@@ -16,6 +16,7 @@
 //! be filtered; both would break "decide first, fail closed".
 
 pub mod ctx;
+pub mod downstream;
 pub mod forward;
 pub mod header_deadline;
 mod intake;
