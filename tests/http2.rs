@@ -568,3 +568,52 @@ fn a_paced_rapid_reset_flood_is_closed_by_the_lifetime_budget() {
     );
     get_h2(&gw, "reader", "/entity?type_name=user&id=7").assert_ok();
 }
+
+#[test]
+fn streams_the_client_reset_still_count_until_the_gateway_is_done_with_them() {
+    // Each call takes the upstream a second; the arrival times show when
+    // the gateway started each one.
+    let arrivals = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = arrivals.clone();
+    let up = TestUpstream::start(move |r| {
+        seen.lock().unwrap().push(Instant::now());
+        capture_handler(r).delay(Duration::from_secs(1))
+    });
+    let gw = GatewayBuilder::new(&up)
+        .setting(
+            "http2",
+            json!({"h2c": true, "max_concurrent_streams": 2,
+                   "max_pending_reset_streams": 1000, "max_reset_streams": 1000}),
+        )
+        .start();
+    let mut s = h2c_connect(&gw);
+    let fields = get_fields(&gw, "reader");
+    s.write_all(&[headers_frame(1, &fields), headers_frame(3, &fields)].concat())
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while up.count() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(up.count(), 2);
+    // The client resets both: for the `h2` layer they are closed, and two
+    // more may open at once; the gateway's work on the first two goes on.
+    let mut next = Vec::new();
+    for id in [1u32, 3] {
+        next.extend(frame(RST_STREAM, 0, id, &8u32.to_be_bytes()));
+    }
+    next.extend(headers_frame(5, &fields));
+    next.extend(headers_frame(7, &fields));
+    s.write_all(&next).unwrap();
+    let got = outcomes(&mut s, &[5, 7]);
+    assert!(
+        got.contains(&(5, Ok(()))) && got.contains(&(7, Ok(()))),
+        "{got:?}"
+    );
+    let arrivals = arrivals.lock().unwrap();
+    assert_eq!(arrivals.len(), 4);
+    // Streams 5 and 7 were started only once the work on 1 and 3 was over.
+    assert!(
+        arrivals[2].duration_since(arrivals[0]) >= Duration::from_millis(900),
+        "a third request was worked on while two were in progress"
+    );
+}
