@@ -617,3 +617,31 @@ fn streams_the_client_reset_still_count_until_the_gateway_is_done_with_them() {
         "a third request was worked on while two were in progress"
     );
 }
+
+#[test]
+fn at_shutdown_an_h2_connection_gets_goaway_and_its_request_in_flight_is_answered() {
+    let up = TestUpstream::start(|r| capture_handler(r).delay(Duration::from_millis(500)));
+    let mut gw = h2c_gateway(&up)
+        .server_setting("grace_period_secs", json!(2))
+        .start();
+    let mut s = h2c_connect(&gw);
+    s.write_all(&headers_frame(1, &get_fields(&gw, "reader")))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while up.count() < 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    gw.signal("TERM");
+    let (mut goaway, mut answered) = (false, false);
+    while let Some((kind, flags, stream, _)) = read_frame(&mut s) {
+        match kind {
+            SETTINGS if flags & 1 == 0 => s.write_all(&frame(SETTINGS, 1, 0, &[])).unwrap(),
+            GOAWAY => goaway = true,
+            HEADERS | DATA if stream == 1 && flags & END_STREAM != 0 => answered = true,
+            _ => {}
+        }
+    }
+    let _ = gw.wait_exit(Duration::from_secs(6));
+    assert!(goaway, "no GOAWAY at shutdown");
+    assert!(answered, "the request in flight was not answered");
+}
