@@ -59,10 +59,26 @@ fn a_read_over_h2c_is_filtered_like_over_http_1_1() {
     assert!(r.header("transfer-encoding").is_none());
     assert!(r.header("connection").is_none());
     assert_eq!(up.count(), 1);
+    // The allow-list sees the HTTP/2 peer's address.
+    get_h2(&gw, "local", "/entity?type_name=user&id=7").assert_ok();
+    get_h2(&gw, "offsite", "/entity?type_name=user&id=7").assert_error(
+        403,
+        403,
+        "client_permission_error",
+    );
+    // A HEAD ends its stream with no body.
+    let r = send_h2(
+        h2_client()
+            .head(gw.url("/entity?type_name=user&id=7"))
+            .header("authorization", basic("reader", "reader-secret")),
+    );
+    assert_eq!(r.status, 200);
+    assert!(r.body.is_empty());
+    assert_eq!(up.count(), 3);
     // HTTP/1.1 on the same listener still works: the preface decides.
     gw.get_as("reader", "/entity?type_name=user&id=7")
         .assert_ok();
-    assert_eq!(up.count(), 2);
+    assert_eq!(up.count(), 4);
 }
 
 #[test]
