@@ -442,6 +442,7 @@ fn malformed_requests_past_the_budget_close_the_connection() {
     let up = TestUpstream::capture_like();
     let gw = GatewayBuilder::new(&up)
         .setting("http2", json!({"h2c": true, "max_malformed_streams": 3}))
+        .metrics(json!({}))
         .start();
     let mut s = h2c_connect(&gw);
     let mut burst = Vec::new();
@@ -467,6 +468,15 @@ fn malformed_requests_past_the_budget_close_the_connection() {
         }
     }
     assert_eq!(goaway, Some(ENHANCE_YOUR_CALM));
+    let scraped = gw.scrape();
+    assert_eq!(
+        metric(
+            &scraped,
+            "recordgate_http2_goaways_total",
+            &[("reason", "malformed")]
+        ),
+        1.0
+    );
     up.assert_untouched();
 }
 
@@ -546,13 +556,22 @@ fn flood(gw: &Gateway, pairs: u32, batch_size: u32, pause: Duration) -> (u32, Op
 #[test]
 fn a_rapid_reset_flood_gets_goaway_and_other_clients_are_still_served() {
     let up = TestUpstream::capture_like();
-    let gw = h2c_gateway(&up).start();
+    let gw = h2c_gateway(&up).metrics(json!({})).start();
     let (sent, goaway) = flood(&gw, 10_000, 100, Duration::ZERO);
     assert_eq!(
         goaway,
         Some(ENHANCE_YOUR_CALM),
         "no GOAWAY after {sent} pairs"
     );
+    let scraped = gw.scrape();
+    let goaways = |reason| {
+        metric(
+            &scraped,
+            "recordgate_http2_goaways_total",
+            &[("reason", reason)],
+        )
+    };
+    assert_eq!(goaways("h2") + goaways("resets"), 1.0, "{scraped}");
     // Streams served are bounded by the reset budgets, not by the flood.
     assert!(up.count() < 1_000, "{} reached the upstream", up.count());
     // Another client, on both protocols, is answered.
@@ -571,6 +590,7 @@ fn a_paced_rapid_reset_flood_is_closed_by_the_lifetime_budget() {
             "http2",
             json!({"h2c": true, "max_pending_reset_streams": 10000, "max_reset_streams": 50}),
         )
+        .metrics(json!({}))
         .start();
     let (sent, goaway) = flood(&gw, 2_000, 10, Duration::from_millis(2));
     assert_eq!(
@@ -581,6 +601,15 @@ fn a_paced_rapid_reset_flood_is_closed_by_the_lifetime_budget() {
     assert!(
         gw.stderr().contains("too many streams reset by the client"),
         "closed by another bound"
+    );
+    let scraped = gw.scrape();
+    assert_eq!(
+        metric(
+            &scraped,
+            "recordgate_http2_goaways_total",
+            &[("reason", "resets")]
+        ),
+        1.0
     );
     get_h2(&gw, "reader", "/entity?type_name=user&id=7").assert_ok();
 }

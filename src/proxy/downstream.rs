@@ -176,14 +176,20 @@ where
             };
             match accepted {
                 Err(e) => {
-                    // Clients often close without GOAWAY: not an error here.
-                    tracing::debug!(error = %e, "HTTP/2 connection ended");
+                    if calmed_by_h2(&e) {
+                        metrics::HTTP2_GOAWAYS.inc(&["h2"]);
+                        tracing::warn!(error = %e, "the HTTP/2 layer closed a connection for abuse");
+                    } else {
+                        // Clients often close without GOAWAY: not an error here.
+                        tracing::debug!(error = %e, "HTTP/2 connection ended");
+                    }
                     return;
                 }
                 Ok(None) => return,
                 Ok(Some(H2Accept::Rejected)) => {
                     malformed += 1;
                     if malformed >= self.http2.max_malformed_streams {
+                        metrics::HTTP2_GOAWAYS.inc(&["malformed"]);
                         tracing::warn!(
                             malformed,
                             "closing an HTTP/2 connection: too many malformed requests"
@@ -197,6 +203,7 @@ where
                         // Never started: no work, but counted.
                         reset += 1;
                         if reset > self.http2.max_reset_streams {
+                            metrics::HTTP2_GOAWAYS.inc(&["resets"]);
                             tracing::warn!(
                                 reset,
                                 "closing an HTTP/2 connection: too many streams reset by the client"
@@ -247,6 +254,15 @@ async fn idle_for(slots: &Semaphore, done: &Notify, max: usize, idle: Duration) 
         }
         done.notified().await;
     }
+}
+
+/// Whether the `h2` layer itself ended the connection with GOAWAY
+/// ENHANCE_YOUR_CALM (one of its abuse bounds), as opposed to the client
+/// closing or a plain protocol error.
+fn calmed_by_h2(e: &pingora::Error) -> bool {
+    e.root_cause().downcast_ref::<h2::Error>().is_some_and(|h| {
+        h.is_go_away() && h.is_library() && h.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM)
+    })
 }
 
 /// GOAWAY ENHANCE_YOUR_CALM, sent within [`GOAWAY_FLUSH`], then the
