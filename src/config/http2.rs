@@ -48,7 +48,8 @@ pub struct Http2Settings {
     pub max_local_error_resets: usize,
     /// Malformed requests (refused before the gateway sees them: bad
     /// `:path`, conflicting `Content-Length`, missing or conflicting
-    /// authority) on one connection; past this the connection is closed.
+    /// authority) on one connection; at this many the connection is closed
+    /// with GOAWAY ENHANCE_YOUR_CALM.
     pub max_malformed_streams: usize,
     /// A connection with no stream in progress for this long is closed.
     pub idle_timeout_ms: u64,
