@@ -687,3 +687,35 @@ fn at_shutdown_an_h2_connection_gets_goaway_and_its_request_in_flight_is_answere
     assert!(goaway, "no GOAWAY at shutdown");
     assert!(answered, "the request in flight was not answered");
 }
+
+#[test]
+fn with_h2c_on_the_http_1_1_header_deadline_still_counts_from_the_first_byte() {
+    // Telling HTTP/2 from HTTP/1.1 waits for the preface's 24 bytes; that
+    // wait is part of the header deadline, not added to it.
+    let up = TestUpstream::capture_like();
+    let gw = GatewayBuilder::new(&up)
+        .setting("http2", json!({"h2c": true}))
+        .setting(
+            "timeouts",
+            json!({"downstream_header_ms": 2000, "upstream_connect_ms": 1000}),
+        )
+        .start();
+    let request = b"GET /entity?type_name=user&id=7 HTTP/1.1\r\nHost: a\r\n\r\n";
+    let mut s = gw.connect();
+    // The first 24 bytes over 1.6 s, the rest by 2.8 s: past the deadline
+    // from the first byte, within it from the end of the peek.
+    for (i, b) in request.iter().enumerate() {
+        if s.write_all(&[*b]).is_err() {
+            break;
+        }
+        let pause = if i < 24 { 67 } else { 41 };
+        std::thread::sleep(Duration::from_millis(pause));
+    }
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    assert!(
+        !contains(&answer, "HTTP/1.1"),
+        "answered after the deadline: {}",
+        String::from_utf8_lossy(&answer)
+    );
+}

@@ -23,7 +23,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora::apps::{HttpServerApp, ServerApp};
@@ -35,6 +35,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::http2::Http2Settings;
 use crate::ops::metrics;
+use crate::proxy::header_deadline;
 
 /// RFC 9113 §3.4.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -71,6 +72,7 @@ where
         mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let since = Instant::now();
         let h2 = if stream.get_ssl_digest().is_some() {
             matches!(stream.selected_alpn_proto(), Some(ALPN::H2))
         } else if self.http2.h2c {
@@ -96,8 +98,10 @@ where
         if !h2 {
             // HTTP/1.1 (the peeked bytes are read again): Pingora's loop.
             // The inner app has no `h2c` option of its own, so nothing here
-            // is HTTP/2.
-            return self.inner.process_new(stream, shutdown).await;
+            // is HTTP/2. The time the peek took counts against the first
+            // request's header deadline.
+            return header_deadline::waiting_since(since, self.inner.process_new(stream, shutdown))
+                .await;
         }
         self.serve_h2(stream, shutdown).await;
         None
