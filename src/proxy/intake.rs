@@ -45,6 +45,11 @@ pub(crate) struct Intake {
 /// more than any API client needs and a cheap way to make the gateway buffer
 /// and scan), an origin-form target of visible ASCII, one valid `Host`
 /// (RFC 9112 §3.2), and only the codings the gateway implements.
+///
+/// The same checks hold for an HTTP/2 stream (its pseudo-header fields
+/// become the method, target and authority). There `set_keepalive(None)`
+/// does nothing: a refusal ends its own stream, and the connection's
+/// framing is the `h2` layer's, which resets a malformed stream itself.
 pub(crate) fn check_head(session: &mut Session, max: usize) -> Result<(), ApiError> {
     if header_block_len(session.req_header()) > max {
         session.set_keepalive(None);
