@@ -303,10 +303,15 @@ pub fn serve(settings: Settings, opts: ServeOptions) -> Result<(), String> {
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let app = crate::proxy::header_deadline::HeaderDeadline::new(
-        pingora::proxy::http_proxy(&server.configuration, gateway),
-        Duration::from_millis(settings.timeouts.downstream_header_ms),
-        Duration::from_millis(settings.timeouts.downstream_read_ms),
+    let header = Duration::from_millis(settings.timeouts.downstream_header_ms);
+    let app = crate::proxy::downstream::Downstream::new(
+        crate::proxy::header_deadline::HeaderDeadline::new(
+            pingora::proxy::http_proxy(&server.configuration, gateway),
+            header,
+            Duration::from_millis(settings.timeouts.downstream_read_ms),
+        ),
+        settings.http2.clone(),
+        header,
     );
     let caps = Arc::new(crate::connection::caps::Caps::new(
         settings.limits.max_connections_per_address,

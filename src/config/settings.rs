@@ -25,6 +25,9 @@ pub struct Settings {
     pub limits: Limits,
     #[serde(default)]
     pub timeouts: Timeouts,
+    /// HTTP/2 downstream: h2c and the per-connection bounds.
+    #[serde(default)]
+    pub http2: crate::config::http2::Http2Settings,
     #[serde(default)]
     pub auth: AuthSettings,
     #[serde(default)]
@@ -545,6 +548,9 @@ impl Settings {
             if ms == 0 {
                 err(format!("timeouts.{key}"), "must be > 0".into());
             }
+        }
+        for (key, message) in self.http2.problems() {
+            err(key, message);
         }
         if self.server.threads == 0 {
             err("server.threads".into(), "must be > 0".into());

@@ -178,6 +178,12 @@ pub static CLIENT_TIMEOUTS: LazyLock<Metric<IntCounterVec>> = counter_vec!(
     &["phase"]
 );
 
+pub static HTTP2_GOAWAYS: LazyLock<Metric<IntCounterVec>> = counter_vec!(
+    "recordgate_http2_goaways_total",
+    "HTTP/2 connections closed for abuse with GOAWAY ENHANCE_YOUR_CALM, by bound: resets (http2.max_reset_streams), malformed (http2.max_malformed_streams), h2 (the h2 layer's: http2.max_pending_reset_streams, max_local_error_resets, CONTINUATION floods).",
+    &["reason"]
+);
+
 pub static BYTES: LazyLock<Metric<IntCounterVec>> = counter_vec!(
     "recordgate_body_bytes_total",
     "Body bytes by direction (in from clients, out to clients).",
@@ -580,6 +586,9 @@ pub fn init() -> Result<(), String> {
     }
     for route in ROUTE_LABELS {
         DROPPED_PARAMETERS.series(&[route]);
+    }
+    for reason in ["resets", "malformed", "h2"] {
+        HTTP2_GOAWAYS.series(&[reason]);
     }
     let failures = FAILURES.lock().unwrap_or_else(|p| p.into_inner());
     if failures.is_empty() {

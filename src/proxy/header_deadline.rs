@@ -8,10 +8,17 @@
 //! header as read from its first hook. A connection still without a complete
 //! header at the deadline is dropped. The wait covers the idle time of a
 //! keep-alive connection between requests too, so it also bounds that.
+//!
+//! Over HTTP/2 this runs per stream, once the `h2` layer has the whole
+//! header block, so it never fires there; HTTP/2's own waits are bounded in
+//! `downstream.rs` (the preface and handshake within this same deadline,
+//! `http2.idle_timeout_ms` for a connection with nothing in progress, and
+//! `http2.max_header_list_bytes` with the `h2` crate's CONTINUATION limit
+//! for a header block).
 
 use std::cell::Cell;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
@@ -22,6 +29,19 @@ use crate::ops::metrics;
 
 tokio::task_local! {
     static HEADER_READ: Cell<bool>;
+    /// When the connection began waiting for its first request, if before
+    /// this wrapper saw it (`downstream.rs` first reads the h2c preface's
+    /// length to tell HTTP/2 from HTTP/1.1): that wait counts too.
+    static WAITING_SINCE: Cell<Option<Instant>>;
+}
+
+/// Runs `connection` (one connection's requests) with its first request's
+/// header deadline counted from `since` rather than from when this wrapper
+/// first sees it.
+pub async fn waiting_since<F: std::future::Future>(since: Instant, connection: F) -> F::Output {
+    WAITING_SINCE
+        .scope(Cell::new(Some(since)), connection)
+        .await
 }
 
 /// Called by the gateway once a request header is in: from here on, the
@@ -58,7 +78,12 @@ where
     ) -> Option<ReusedHttpStream> {
         crate::connection::tap::begin_request(&session);
         session.set_read_timeout(Some(self.per_read));
-        let header = self.header;
+        let since = WAITING_SINCE
+            .try_with(Cell::take)
+            .ok()
+            .flatten()
+            .unwrap_or_else(Instant::now);
+        let header = self.header.saturating_sub(since.elapsed());
         let request = self.inner.process_new_http(session, shutdown);
         HEADER_READ
             .scope(Cell::new(false), async move {

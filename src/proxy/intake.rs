@@ -45,6 +45,11 @@ pub(crate) struct Intake {
 /// more than any API client needs and a cheap way to make the gateway buffer
 /// and scan), an origin-form target of visible ASCII, one valid `Host`
 /// (RFC 9112 §3.2), and only the codings the gateway implements.
+///
+/// The same checks hold for an HTTP/2 stream (its pseudo-header fields
+/// become the method, target and authority). There `set_keepalive(None)`
+/// does nothing: a refusal ends its own stream, and the connection's
+/// framing is the `h2` layer's, which resets a malformed stream itself.
 pub(crate) fn check_head(session: &mut Session, max: usize) -> Result<(), ApiError> {
     if header_block_len(session.req_header()) > max {
         session.set_keepalive(None);
@@ -71,7 +76,18 @@ pub(crate) fn check_head(session: &mut Session, max: usize) -> Result<(), ApiErr
     let req = session.req_header();
     let mut hosts = req.headers.get_all(http::header::HOST).iter();
     match (hosts.next(), hosts.next()) {
-        // HTTP/1.0 may omit it (and HTTP/2 carries `:authority` instead).
+        // HTTP/2 carries `:authority` in its place (RFC 9113 §8.3.1): it is
+        // checked as the Host would be. Pingora has already refused an
+        // HTTP/2 request with neither, or with a Host that disagrees.
+        (None, _) if req.version == http::Version::HTTP_2 => {
+            if !req.uri.authority().is_some_and(|a| valid_host(a.as_str())) {
+                return Err(ApiError::invalid_argument(
+                    ":authority",
+                    "the :authority is not a host[:port]",
+                ));
+            }
+        }
+        // HTTP/1.0 may omit it.
         (None, _) if req.version != http::Version::HTTP_11 => {}
         (None, _) => {
             return Err(ApiError::invalid_argument(
@@ -86,12 +102,7 @@ pub(crate) fn check_head(session: &mut Session, max: usize) -> Result<(), ApiErr
             ));
         }
         (Some(host), None) => {
-            let valid = host
-                .to_str()
-                .ok()
-                .filter(|h| !h.is_empty() && !h.contains('@'))
-                .is_some_and(|h| h.parse::<http::uri::Authority>().is_ok());
-            if !valid {
+            if !host.to_str().is_ok_and(valid_host) {
                 return Err(ApiError::invalid_argument(
                     "Host",
                     "the Host header is not a host[:port]",
@@ -100,7 +111,10 @@ pub(crate) fn check_head(session: &mut Session, max: usize) -> Result<(), ApiErr
         }
     }
     // Transfer codings: chunked alone (RFC 9112 §6.1: anything else is
-    // 501). The connection closes: its framing cannot be trusted.
+    // 501). The connection closes: its framing cannot be trusted. Over
+    // HTTP/2 the `h2` crate has already refused the stream (RFC 9113
+    // §8.2.2: Transfer-Encoding, Connection and a TE other than
+    // `trailers` make a request malformed), so this is HTTP/1.1's.
     let mut codings = req.headers.get_all(http::header::TRANSFER_ENCODING).iter();
     if let Some(first) = codings.next() {
         let only_chunked = codings.next().is_none()
@@ -232,6 +246,10 @@ async fn read_body(
     // (RFC 9110 §10.1.1), and only a caller that may call is asked: a
     // refused one is answered without its body, on a connection that then
     // closes (the body it may still send cannot be told from a request).
+    // HTTP/2 has no interim response to send here (Pingora drops 1xx on
+    // h2); its flow-control window (`http2.stream_window_bytes`) bounds
+    // what a client sends unasked, and a client that waits for a 100
+    // sends after its own short wait.
     if session.req_header().version == http::Version::HTTP_11
         && header_str(session.req_header(), "expect")
             .is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"))
@@ -256,6 +274,8 @@ async fn read_body(
         })?;
         session.set_keepalive(keepalive);
     }
+    // Over HTTP/2 Pingora has no per-read time-out (the one set above
+    // applies to HTTP/1.1 only): this total one bounds both.
     let total = Duration::from_millis(settings.timeouts.downstream_body_ms);
     match tokio::time::timeout(total, read_limited(session, limit, ctx)).await {
         Ok(read) => read,
@@ -310,6 +330,11 @@ async fn read_limited(
         }
     }
     Ok(body)
+}
+
+/// A `Host` (or `:authority`): host and optional port, no user info.
+fn valid_host(h: &str) -> bool {
+    !h.is_empty() && !h.contains('@') && h.parse::<http::uri::Authority>().is_ok()
 }
 
 /// Size of the request line and header block as sent, give or take the

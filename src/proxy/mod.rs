@@ -10,12 +10,18 @@
 //! | relay | `relay.rs` | the read schema on the response, buffered or streamed |
 //! | respond | `respond.rs` | the one exit: answer or failure, labels, counters |
 //!
+//! Before the stages, `downstream.rs` takes each connection: HTTP/1.1 goes
+//! to Pingora's loop, HTTP/2 (h2c or ALPN `h2`) to the gateway's own accept
+//! loop with its per-connection bounds; either way each request, or stream,
+//! comes through the same stages.
+//!
 //! Every request is answered from `request_filter`. Pingora's own forwarding
 //! path is not used because it sends the upstream request header before the
 //! body can be checked, and the client response header before the body can
 //! be filtered; both would break "decide first, fail closed".
 
 pub mod ctx;
+pub mod downstream;
 pub mod forward;
 pub mod header_deadline;
 mod intake;
