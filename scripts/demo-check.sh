@@ -72,6 +72,9 @@ call "partner sees only its attributes" 200 \
 call "the same call over TLS, trusting the demo's own certificate" 200 \
   "'givenName' in b['result'] and 'email' not in b['result'] and 'internal' not in b['result']" \
   "${partner[@]}" --cacert target/demo-state/tls/demo.crt https://localhost:8443/entity -d type_name=user -d id=1
+call "the same call over HTTP/2 (ALPN h2) and TLS" 200 \
+  "'givenName' in b['result'] and 'email' not in b['result']" \
+  --http2 "${partner[@]}" --cacert target/demo-state/tls/demo.crt https://localhost:8443/entity -d type_name=user -d id=1
 call "partner's find is cut per record" 200 \
   "len(b['results']) == 3 and all('email' not in r for r in b['results'])" \
   "${partner[@]}" localhost:8080/entity.find -d type_name=user -d max_results=3

@@ -32,6 +32,7 @@ cat >>"$state/demo.yaml" <<'EOF'
 tls_listen:
   - address: "127.0.0.1:8443"
     name: demo
+    http2: true              # ALPN h2, then http/1.1
     certificates:
       - cert: tls/demo.crt   # relative to this file: target/demo-state/tls/
         key: tls/demo.key
