@@ -48,7 +48,7 @@ NGINX_WORKER=$(pgrep -P "$NGINX_PID" | head -1)
 
 AUTH="Basic $(printf 'partner-readonly:partner-secret' | base64)"
 BODY='type_name=user&id=7'
-printf '%s' "$BODY" > "$WORK/body"
+printf "%s" "$BODY" > "$WORK/post-body"
 cpu_ticks() { awk '{print $14+$15}' /proc/"$1"/stat; }
 TICK=$(getconf CLK_TCK)
 
@@ -66,7 +66,7 @@ measure() {
       fails=$(( $(sed -E 's/.*errors=([0-9]+).*/\1/' <<<"$line") + $(sed -E 's/.*non2xx=([0-9]+).*/\1/' <<<"$line") ))
       ;;
     h2)
-      out=$(taskset -c $GEN_CPU h2load -c4 -m16 -D "$DURATION" -d "$WORK/body" \
+      out=$(taskset -c $GEN_CPU h2load -c4 -m16 -D "$DURATION" -d "$WORK/post-body" \
         -H "authorization: $AUTH" -H "content-type: application/x-www-form-urlencoded" \
         "https://localhost:$port/entity" 2>&1)
       rps=$(grep -oE 'finished in [0-9.]+s, [0-9.]+ req/s' <<<"$out" | awk '{print $4}')
