@@ -473,8 +473,8 @@ fn metrics_expose_every_documented_name_with_its_type_and_exact_counts() {
     }
     assert_eq!(
         e.sum("recordgate_upstream_duration_seconds_count", &[]),
-        6.0,
-        "six allowed calls reached the upstream"
+        7.0,
+        "seven allowed calls reached the upstream (and no rate-limited one)"
     );
     assert_eq!(
         e.sum(
@@ -491,7 +491,7 @@ fn metrics_expose_every_documented_name_with_its_type_and_exact_counts() {
     assert!(info[0].labels["hash"].len() >= 8, "{info:?}");
     assert!(e.sum("process_resident_memory_bytes", &[]) > 0.0);
     assert!(e.sum("process_start_time_seconds", &[]) > 0.0);
-    assert_eq!(up.count(), 6);
+    assert_eq!(up.count(), 7);
 
     // Filtering, bytes, failures, policy, build info.
     assert!(
