@@ -158,10 +158,12 @@ fn over_two_seconds_a_tight_loop_gets_the_burst_plus_the_rate() {
             s => panic!("unexpected {s}: {}", r.text()),
         }
     }
-    // 5 at once, then one every 200 ms: 14 or 15 in 2 s; a loaded machine
-    // may shift a refill across the window's edges by one either way.
+    // 5 at once, then one every 200 ms: 14 (refills at 0.2 s .. 1.8 s) or
+    // 15 (the one at 2.0 s, when the first call started late) in 2 s. A
+    // loaded machine may miss one refill at the end of the window, or run
+    // the window a little long: 13..=16.
     assert!(
-        (5 + 10 - 2..=5 + 10 + 2).contains(&ok),
+        (5 + 10 - 2..=5 + 10 + 1).contains(&ok),
         "{ok} calls admitted ({limited} refused)"
     );
     assert!(limited > 0, "the loop never reached the limit");
