@@ -176,6 +176,58 @@ fn over_two_seconds_a_tight_loop_gets_the_burst_plus_the_rate() {
 }
 
 #[test]
+fn with_capture_compat_status_the_refusal_is_200_and_still_says_when_to_retry() {
+    let up = TestUpstream::capture_like();
+    let gw = GatewayBuilder::new(&up)
+        .policy(&clients(SLOW))
+        .setting("capture_compat_status", json!(true))
+        .start();
+    gw.get_as("slow", READ).assert_ok();
+    gw.get_as("slow", READ).assert_ok();
+    let r = gw.get_as("slow", READ);
+    let v = r.json();
+    assert_eq!(r.status, 200, "{v}");
+    assert_eq!(v["stat"], "error");
+    assert_eq!(v["code"], 510);
+    assert_eq!(v["error"], "api_limit_error");
+    assert_eq!(r.header("retry-after"), Some("5"));
+    assert_eq!(up.count(), 2);
+}
+
+#[test]
+fn a_shadow_mode_client_over_its_limit_is_forwarded_and_counted_as_shadow() {
+    let up = TestUpstream::capture_like();
+    let policy = clients(SLOW).replace(
+        "  free:\n    secret: free-secret\n",
+        "  free:\n    secret: free-secret\n    enforcement: shadow\n    rate_limit: {requests_per_second: 0.2, burst: 1}\n",
+    );
+    let gw = GatewayBuilder::new(&up)
+        .policy(&policy)
+        .metrics(json!({"client_label": "on"}))
+        .start();
+    for _ in 0..3 {
+        let r = gw.get_as("free", READ);
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(r.header("retry-after").is_none());
+    }
+    assert_eq!(up.count(), 3, "shadow mode forwards every call");
+    let m = gw.scrape();
+    assert_eq!(
+        metric(
+            &m,
+            "recordgate_requests_total",
+            &[("decision", "rate_limited"), ("shadow", "true")]
+        ),
+        2.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "recordgate_rate_limited_total", &[("client", "free")]),
+        0.0
+    );
+}
+
+#[test]
 fn a_client_without_a_limit_is_not_limited() {
     let (up, gw) = start(&clients(SLOW));
     for _ in 0..60 {

@@ -366,7 +366,9 @@ impl ProxyHttp for Gateway {
         if let Some(client) = ctx.client_id.as_deref() {
             if self.client_label_enabled() {
                 metrics::CLIENT_REQUESTS.inc(&[client, ctx.decision]);
-                if ctx.decision == DenyReason::RateLimited.label() {
+                // A shadow-mode client's would-be refusal was not answered
+                // 429: it shows under `shadow="true"` only.
+                if ctx.decision == DenyReason::RateLimited.label() && !ctx.shadow {
                     metrics::RATE_LIMITED.inc(&[client]);
                 }
             }
