@@ -1,5 +1,6 @@
 //! Per-request policy costs and per-change compile costs:
-//! allow-list lookups (1, 100, 10,000 CIDRs), signature verification, and
+//! allow-list lookups (1, 100, 10,000 CIDRs), signature verification, the
+//! rate limiter (admit, refuse), and
 //! compiling + swapping a policy of 1,000 and 100,000 clients.
 // A test (or bench) that cannot set up fails loudly; the no-panic rule is for the gateway.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -10,12 +11,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion};
 use ipnet::{IpNet, Ipv4Net};
 use recordgate::cidr::CidrSet;
 use recordgate::decide::credentials;
 use recordgate::policy::compile::{compile, CompileContext};
 use recordgate::policy::model::{AccessSchemasDef, ClientDef, PolicyFile, SecretSource};
+use recordgate::rate::{now_ns, Bucket, RateLimit, RateLimitDef};
 
 // The allocator the gateway binary runs with (src/main.rs), so compile times
 // are the ones a deployment sees.
@@ -77,6 +79,35 @@ fn signature(c: &mut Criterion) {
     });
 }
 
+/// One call's limiter cost, clock read included: admitted (a fresh bucket
+/// each time: one compare-and-swap) and refused (a used-up bucket: no
+/// write).
+fn rate_limit(c: &mut Criterion) {
+    let limit = |rps: f64, burst: u32| {
+        RateLimit::new(&RateLimitDef {
+            requests_per_second: rps,
+            burst,
+        })
+        .unwrap()
+    };
+    let mut g = c.benchmark_group("rate_limit");
+    let open = limit(1_000.0, 100);
+    g.bench_function("admit", |b| {
+        b.iter_batched_ref(
+            Bucket::default,
+            |bucket| open.admit(bucket, now_ns()).is_ok(),
+            BatchSize::SmallInput,
+        )
+    });
+    let shut = limit(0.001, 1);
+    let used = Bucket::default();
+    let _ = shut.admit(&used, now_ns());
+    g.bench_function("refuse", |b| {
+        b.iter(|| shut.admit(black_box(&used), now_ns()).is_err())
+    });
+    g.finish();
+}
+
 fn demo_policy() -> PolicyFile {
     let text = include_str!("../config/policy.yaml");
     recordgate::config::settings::from_yaml(Path::new("policy.yaml"), text).unwrap_or_default()
@@ -112,6 +143,7 @@ fn with_clients(n: usize) -> PolicyFile {
                 access_schemas: schemas,
                 previous_secret: None,
                 tls_client_subject: None,
+                rate_limit: None,
             },
         );
     }
@@ -142,5 +174,5 @@ fn compile_and_swap(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, allowlist, signature, compile_and_swap);
+criterion_group!(benches, allowlist, signature, rate_limit, compile_and_swap);
 criterion_main!(benches);

@@ -3,6 +3,8 @@
 //! its HTTP status, its code, its decision label and the failure counters it
 //! is recorded under; the proxy's respond stage renders and counts it once.
 
+use std::num::NonZeroU32;
+
 use serde_json::{json, Map, Value};
 
 /// Why a request was refused; the label of the `decision` metric.
@@ -19,6 +21,8 @@ pub enum DenyReason {
     BadRequest,
     Route,
     Upstream,
+    /// The client's rate limit was used up (429).
+    RateLimited,
     /// The gateway itself failed (a change that could not be saved).
     Internal,
 }
@@ -36,6 +40,7 @@ impl DenyReason {
             DenyReason::BadRequest => "bad_request",
             DenyReason::Route => "route",
             DenyReason::Upstream => "upstream",
+            DenyReason::RateLimited => "rate_limited",
             DenyReason::Internal => "internal",
         }
     }
@@ -68,6 +73,9 @@ pub struct ApiError {
     pub reason: DenyReason,
     /// Counted by the respond stage when the error is answered.
     pub counter: Option<Counter>,
+    /// Sent as `Retry-After` (seconds) by the respond stage. Four bytes:
+    /// every decision step returns this type, so it stays small.
+    pub retry_after_secs: Option<NonZeroU32>,
 }
 
 impl ApiError {
@@ -86,6 +94,7 @@ impl ApiError {
             argument_name: None,
             reason,
             counter: None,
+            retry_after_secs: None,
         }
     }
 
@@ -348,6 +357,25 @@ impl ApiError {
         )
     }
 
+    /// The client's rate limit is used up. Capture's own code for "too many
+    /// calls" is 510 `api_limit_error`: clients written for Capture already
+    /// know it; the HTTP status is 429 with `Retry-After`.
+    pub fn rate_limited(limit: &crate::rate::RateLimit, retry_after_secs: NonZeroU32) -> Self {
+        let mut e = ApiError::new(
+            429,
+            510,
+            "api_limit_error",
+            DenyReason::RateLimited,
+            format!(
+                "this client's rate limit ({} calls per second, burst {}) is used up; retry after {retry_after_secs} s",
+                limit.requests_per_second(),
+                limit.burst()
+            ),
+        );
+        e.retry_after_secs = Some(retry_after_secs);
+        e
+    }
+
     pub fn internal(description: impl Into<String>) -> Self {
         ApiError::new(
             500,
@@ -392,6 +420,8 @@ pub struct RoleError {
     pub resolution: String,
     /// The `decision` label it is counted under.
     pub decision: DenyReason,
+    /// Sent as `Retry-After` (seconds).
+    pub retry_after_secs: Option<NonZeroU32>,
 }
 
 impl RoleError {
@@ -408,6 +438,7 @@ impl RoleError {
             reason: reason.into(),
             resolution: resolution.into(),
             decision,
+            retry_after_secs: None,
         }
     }
 
@@ -439,9 +470,16 @@ impl RoleError {
                 e.description,
                 "Send the whole request in time.",
             ),
+            429 => RoleError::new(
+                429,
+                "Too many requests.",
+                e.description,
+                "Retry after the number of seconds in Retry-After.",
+            ),
             _ => RoleError::bad_request(e.description),
         };
         out.decision = e.reason;
+        out.retry_after_secs = e.retry_after_secs;
         out
     }
 
@@ -498,6 +536,13 @@ impl Failure {
         match self {
             Failure::Capture(e) => e.reason,
             Failure::Connect(e) => e.decision,
+        }
+    }
+
+    pub fn retry_after_secs(&self) -> Option<NonZeroU32> {
+        match self {
+            Failure::Capture(e) => e.retry_after_secs,
+            Failure::Connect(e) => e.retry_after_secs,
         }
     }
 }

@@ -3,7 +3,7 @@
 //! A request flows one way through the stages of [`proxy`]: intake (limits,
 //! codings, body, parameters) -> decide (one [`decide::authorize`] for record
 //! routes and the management API: credentials, client address and allow-list,
-//! route and features, grants, probe refusal) -> request filter
+//! route and features, grants, probe refusal, rate limit) -> request filter
 //! ([`filter::request`]) -> forward (the upstream call) -> relay (the response
 //! filter, [`filter::response`], buffered or streamed) -> respond (one exit that
 //! renders errors and records the outcome).
@@ -22,6 +22,7 @@ pub mod ops;
 pub mod params;
 pub mod policy;
 pub(crate) mod proxy;
+pub mod rate;
 pub mod schema;
 pub mod server;
 pub mod tls;

@@ -85,9 +85,17 @@ fn parts(settings: &Settings) -> Result<Parts, String> {
                 .map_err(|_| format!("upstream.servers: {server:?} is not a valid Host"))?,
         ),
     };
+    let rate_limit_default = match &settings.rate_limit_default {
+        None => None,
+        Some(def) => Some(
+            crate::rate::RateLimit::new(def)
+                .map_err(|e| format!("rate_limit_default.{}: {}", e.field, e.message))?,
+        ),
+    };
     let rules = Arc::new(Rules {
         trusted_proxies: trusted_proxies(settings)?,
         max_skew_secs: settings.auth.signature_max_skew_secs,
+        rate_limit_default,
     });
     Ok(Parts {
         routes,

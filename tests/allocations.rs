@@ -113,6 +113,7 @@ fn allocations_per_request_stay_what_the_request_needs() {
     let rules = Rules {
         trusted_proxies: CidrSet::new(&[]),
         max_skew_secs: 300,
+        rate_limit_default: None,
     };
     let headers = http::HeaderMap::new();
     let (params_allocs, params) =

@@ -328,6 +328,13 @@ fn mixed_calls(gw: &Gateway) -> BTreeMap<&'static str, usize> {
     );
     assert_eq!(r.status, 413, "{}", r.text());
     note("limit");
+    // rate_limited: a client with a burst of 1 and one call per 1000 s
+    let count = "/entity.count?type_name=user";
+    gw.get_as("limited", count).assert_ok();
+    note("allowed");
+    gw.get_as("limited", count)
+        .assert_error(429, 510, "api_limit_error");
+    note("rate_limited");
     expected
 }
 
@@ -345,7 +352,16 @@ fn metrics_gateway(up: &TestUpstream, metrics: Value) -> Gateway {
 #[test]
 fn metrics_expose_every_documented_name_with_its_type_and_exact_counts() {
     let up = TestUpstream::capture_like();
-    let gw = metrics_gateway(&up, json!({"client_label": "on"}));
+    // The default clients and one with a rate limit (for `rate_limited`).
+    let policy = format!(
+        "{}  limited:\n    secret: limited-secret\n    features: [direct_read_access]\n    rate_limit: {{requests_per_second: 0.001, burst: 1}}\n",
+        default_policy()
+    );
+    let gw = GatewayBuilder::new(&up)
+        .policy(&policy)
+        .metrics(json!({"client_label": "on"}))
+        .setting("limits", json!({"max_request_body_bytes": 4096}))
+        .start();
     let expected = mixed_calls(&gw);
     let total: usize = expected.values().sum();
 
@@ -412,6 +428,10 @@ fn metrics_expose_every_documented_name_with_its_type_and_exact_counts() {
         1.0
     );
 
+    assert_eq!(
+        e.sum("recordgate_rate_limited_total", &[("client", "limited")]),
+        1.0
+    );
     // Per-client counter (client_label: on): authenticated callers only.
     assert_eq!(
         e.sum(
@@ -453,8 +473,8 @@ fn metrics_expose_every_documented_name_with_its_type_and_exact_counts() {
     }
     assert_eq!(
         e.sum("recordgate_upstream_duration_seconds_count", &[]),
-        6.0,
-        "six allowed calls reached the upstream"
+        7.0,
+        "seven allowed calls reached the upstream (and no rate-limited one)"
     );
     assert_eq!(
         e.sum(
@@ -471,7 +491,7 @@ fn metrics_expose_every_documented_name_with_its_type_and_exact_counts() {
     assert!(info[0].labels["hash"].len() >= 8, "{info:?}");
     assert!(e.sum("process_resident_memory_bytes", &[]) > 0.0);
     assert!(e.sum("process_start_time_seconds", &[]) > 0.0);
-    assert_eq!(up.count(), 6);
+    assert_eq!(up.count(), 7);
 
     // Filtering, bytes, failures, policy, build info.
     assert!(
@@ -507,7 +527,7 @@ fn metrics_expose_every_documented_name_with_its_type_and_exact_counts() {
     }
     assert_eq!(e.sum("recordgate_upstream_errors_total", &[]), 0.0);
     assert_eq!(e.sum("recordgate_policy_version", &[]), 1.0);
-    assert_eq!(e.sum("recordgate_policy_clients", &[]), 9.0);
+    assert_eq!(e.sum("recordgate_policy_clients", &[]), 10.0);
     let loaded = e.sum(
         "recordgate_policy_last_reload_success_timestamp_seconds",
         &[],

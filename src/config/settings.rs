@@ -48,6 +48,10 @@ pub struct Settings {
     /// Upstream response headers passed on to clients beyond the defaults.
     #[serde(default)]
     pub response_headers: ResponseHeaders,
+    /// The rate limit of every client whose policy entry has no
+    /// `rate_limit` of its own; absent: such clients are not limited.
+    #[serde(default)]
+    pub rate_limit_default: Option<crate::rate::RateLimitDef>,
 }
 
 /// Which upstream response headers reach clients. By default only
@@ -551,6 +555,11 @@ impl Settings {
         }
         for (key, message) in self.http2.problems() {
             err(key, message);
+        }
+        if let Some(def) = &self.rate_limit_default {
+            if let Err(e) = crate::rate::RateLimit::new(def) {
+                err(format!("rate_limit_default.{}", e.field), e.message);
+            }
         }
         if self.server.threads == 0 {
             err("server.threads".into(), "must be > 0".into());

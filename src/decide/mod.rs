@@ -9,8 +9,8 @@
 //! out. Each step has its own file: credentials ([`authenticate`],
 //! [`credentials`]), client address and allow-list ([`client_address`]),
 //! the client certificate as a second factor ([`client_certificate`]),
-//! routes and features ([`routes`]), grants ([`grants`]) and probe refusal
-//! ([`probes`]).
+//! routes and features ([`routes`]), grants ([`grants`]), probe refusal
+//! ([`probes`]) and the client's rate limit ([`rate`]).
 
 pub mod authenticate;
 pub mod client_address;
@@ -19,6 +19,7 @@ pub mod credentials;
 pub mod grants;
 pub mod permit;
 pub mod probes;
+pub mod rate;
 pub mod routes;
 
 use crate::errors::{ApiError, DenyReason};
@@ -65,6 +66,8 @@ pub fn authorize<'s>(
         }
         Target::Roles => None,
     };
+    // Last: a call refused for any other reason uses no budget.
+    rate::check(client, rules.rate_limit_default.as_ref()).map_err(refused)?;
     Ok(Permit { client, ip, route })
 }
 

@@ -9,6 +9,7 @@ use crate::cidr::CidrSet;
 use crate::errors::ApiError;
 use crate::params::Params;
 use crate::policy::{Client, FeatureSet};
+use crate::rate::RateLimit;
 use crate::schema::AttrPath;
 
 use super::grants::Grants;
@@ -36,6 +37,9 @@ pub struct Rules {
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: CidrSet,
     pub max_skew_secs: u64,
+    /// The limit of clients without their own (`rate_limit_default`);
+    /// `None`: they are not limited.
+    pub rate_limit_default: Option<RateLimit>,
 }
 
 /// What is being called.

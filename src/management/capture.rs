@@ -347,6 +347,7 @@ pub fn apply(
                     access_schemas: Default::default(),
                     previous_secret: None,
                     tls_client_subject: None,
+                    rate_limit: None,
                 },
             );
             Ok(Change {

@@ -148,6 +148,12 @@ pub static CLIENT_REQUESTS: LazyLock<Metric<IntCounterVec>> = counter_vec!(
     &["client", "decision"]
 );
 
+pub static RATE_LIMITED: LazyLock<Metric<IntCounterVec>> = counter_vec!(
+    "recordgate_rate_limited_total",
+    "Calls refused with 429 because the client's rate limit was used up, by API client; only when the per-client label is enabled.",
+    &["client"]
+);
+
 pub static FILTERED_ATTRIBUTES: LazyLock<Metric<IntCounterVec>> = counter_vec!(
     "recordgate_filtered_attributes_total",
     "Attributes removed by the access-schema filter, by direction (request, response).",
@@ -542,6 +548,7 @@ pub fn init() -> Result<(), String> {
     BUILD_INFO.set(&[env!("CARGO_PKG_VERSION")], 1);
     LazyLock::force(&REQUESTS);
     LazyLock::force(&FILTERED_ATTRIBUTES);
+    LazyLock::force(&RATE_LIMITED);
     LazyLock::force(&FILTER_FAILURES);
     LazyLock::force(&UPSTREAM_ERRORS);
     LazyLock::force(&BYTES);

@@ -13,6 +13,7 @@ use super::features::{Feature, FeatureSet};
 use super::model::{AccessSchemasDef, Enforcement, PolicyFile, WriteViolationMode};
 use crate::cidr::{parse_cidr, CidrSet};
 use crate::config::settings::ConfigError;
+use crate::rate::{Bucket, RateLimit};
 use crate::schema::{AccessTree, AttrPath, EntityType};
 
 pub struct Snapshot {
@@ -51,6 +52,12 @@ pub struct Client {
     /// The client certificate subject commonName it must present
     /// (`decide::client_certificate`).
     pub tls_client_subject: Option<String>,
+    /// The client's own limit; `None`: the settings' default applies.
+    pub rate_limit: Option<RateLimit>,
+    /// The client's bucket: live state, not policy. The store hands the
+    /// previous version's bucket on ([`Snapshot::keep_rate_buckets`]), so a
+    /// reload neither refills nor resets what a client has used.
+    pub rate_bucket: Arc<Bucket>,
 }
 
 impl Client {
@@ -63,6 +70,20 @@ impl Client {
         match &self.previous_secret {
             Some((s, expires)) if now_secs < *expires => Some(s),
             _ => None,
+        }
+    }
+}
+
+impl Snapshot {
+    /// Gives each client the bucket it had in `previous` (matched by id), so
+    /// a new policy version carries on the limits' state; a new client
+    /// starts with a full bucket. Called by the store before the swap: calls
+    /// still deciding on `previous` share the same buckets meanwhile.
+    pub fn keep_rate_buckets(&mut self, previous: &Snapshot) {
+        for (id, client) in &mut self.clients {
+            if let Some(old) = previous.clients.get(id) {
+                client.rate_bucket = old.rate_bucket.clone();
+            }
         }
     }
 }
@@ -279,6 +300,16 @@ fn compile_parts(
                 );
             }
         }
+        let rate_limit = def
+            .rate_limit
+            .as_ref()
+            .and_then(|d| match RateLimit::new(d) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    err(format!("{key}.rate_limit.{}", e.field), e.message);
+                    None
+                }
+            });
         let shared_key = SchemasKey(&def.access_schemas);
         let schemas = match shared.get(&shared_key) {
             Some(map) => map.clone(),
@@ -333,6 +364,8 @@ fn compile_parts(
                 roles: def.roles.clone(),
                 schemas,
                 tls_client_subject: def.tls_client_subject.clone(),
+                rate_limit,
+                rate_bucket: Arc::default(),
             },
         );
     }

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use crate::config::secrets::{SecretRef, SecretSource};
+pub use crate::rate::RateLimitDef;
 use crate::schema::AttrDef;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -87,6 +88,10 @@ pub struct ClientDef {
     /// certificate whose subject commonName is exactly this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_client_subject: Option<String>,
+    /// This client's calls per second and burst; absent: the settings'
+    /// `rate_limit_default`, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitDef>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -231,7 +231,8 @@ impl PolicyStore {
             },
             hash,
         ) {
-            Ok(snap) => {
+            Ok(mut snap) => {
+                snap.keep_rate_buckets(&self.current.load());
                 let snap = Arc::new(snap);
                 self.current.store(snap.clone());
                 self.record(source, &[]);
@@ -269,7 +270,7 @@ impl PolicyStore {
         let yaml = serde_yaml::to_string(&next)
             .map_err(|e| ChangeError::Persist(std::io::Error::other(e)))?;
         let version = self.next_version.fetch_add(1, Ordering::SeqCst);
-        let snap = compile(
+        let mut snap = compile(
             next,
             &CompileContext {
                 file: &self.path,
@@ -277,6 +278,7 @@ impl PolicyStore {
             },
         )
         .map_err(ChangeError::Invalid)?;
+        snap.keep_rate_buckets(&current);
         let text =
             format!("# Written by recordgate's management API; edits are picked up live.\n{yaml}");
         if let Err(e) = write_atomically(&self.path, text.as_bytes()) {

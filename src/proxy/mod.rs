@@ -43,7 +43,7 @@ use crate::config::settings::{ClientLabel, Settings};
 use crate::decide::authenticate::CREDENTIAL_PARAMS;
 use crate::decide::routes::{Route, RouteTable};
 use crate::decide::{self, Facts, Rules};
-use crate::errors::{ApiError, Failure};
+use crate::errors::{ApiError, DenyReason, Failure};
 use crate::management::{self, Call, Services};
 use crate::ops::{log_format, metrics};
 use crate::params::{check_names, ParamNames};
@@ -366,6 +366,11 @@ impl ProxyHttp for Gateway {
         if let Some(client) = ctx.client_id.as_deref() {
             if self.client_label_enabled() {
                 metrics::CLIENT_REQUESTS.inc(&[client, ctx.decision]);
+                // A shadow-mode client's would-be refusal was not answered
+                // 429: it shows under `shadow="true"` only.
+                if ctx.decision == DenyReason::RateLimited.label() && !ctx.shadow {
+                    metrics::RATE_LIMITED.inc(&[client]);
+                }
             }
         }
         let gateway = ctx.gateway_time(total);

@@ -92,7 +92,7 @@ pub(crate) async fn respond(
                 Failure::Connect(e) => (e.status, e.body(&ctx.request_id), false),
             };
             ctx.status = status;
-            let mut header = ResponseHeader::build(status, Some(5))?;
+            let mut header = ResponseHeader::build(status, Some(6))?;
             header.insert_header(header::CONTENT_TYPE, "application/json")?;
             header.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
             header.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
@@ -101,6 +101,9 @@ pub(crate) async fn respond(
             }
             if www_authenticate {
                 header.insert_header(header::WWW_AUTHENTICATE, "Basic realm=\"recordgate\"")?;
+            }
+            if let Some(secs) = failure.retry_after_secs() {
+                header.insert_header(header::RETRY_AFTER, secs.to_string())?;
             }
             let head = session.req_header().method == http::Method::HEAD;
             let body = (!head).then(|| Bytes::from(body));
