@@ -260,12 +260,7 @@ impl Upstream {
         idempotent: bool,
         tried: &mut Option<SocketAddr>,
     ) -> Result<OpenResponse<'_>, UpstreamError> {
-        let build = || self.header_for(outgoing);
-        let first = build().map_err(|e| {
-            UpstreamError::Protocol(format!("could not build the upstream request: {e}"))
-        })?;
-        self.open(first, &build, outgoing.body.clone(), idempotent, tried)
-            .await
+        self.send(outgoing, idempotent, tried).await
     }
 
     /// Sends a decided call upstream. Only reads are retried on a stale
@@ -273,6 +268,17 @@ impl Upstream {
     pub(crate) async fn forward(
         &self,
         _permit: &Permit<'_>,
+        outgoing: &Outgoing,
+        idempotent: bool,
+        tried: &mut Option<SocketAddr>,
+    ) -> Result<OpenResponse<'_>, UpstreamError> {
+        self.send(outgoing, idempotent, tried).await
+    }
+
+    /// The one sending path behind `forward` and `forward_as_sent`, which
+    /// only differ in the proof they take.
+    async fn send(
+        &self,
         outgoing: &Outgoing,
         idempotent: bool,
         tried: &mut Option<SocketAddr>,

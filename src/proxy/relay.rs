@@ -49,6 +49,14 @@ impl<'u> Exchange<'u> {
         let forwarded = upstream
             .forward(permit, outgoing, idempotent, &mut ctx.upstream_addr)
             .await;
+        Self::started(forwarded, sent_at, ctx)
+    }
+
+    fn started(
+        forwarded: Result<OpenResponse<'u>, UpstreamError>,
+        sent_at: Instant,
+        ctx: &mut Ctx,
+    ) -> Result<Exchange<'u>, ApiError> {
         match forwarded {
             Ok(open) => Ok(Exchange { open, sent_at }),
             Err(e) => {
@@ -70,13 +78,7 @@ impl<'u> Exchange<'u> {
         let forwarded = upstream
             .forward_as_sent(pass, outgoing, idempotent, &mut ctx.upstream_addr)
             .await;
-        match forwarded {
-            Ok(open) => Ok(Exchange { open, sent_at }),
-            Err(e) => {
-                ctx.upstream_time = sent_at.elapsed();
-                Err(e.answer())
-            }
-        }
+        Self::started(forwarded, sent_at, ctx)
     }
 
     /// The body was read to its end: the connection goes back to the pool.
