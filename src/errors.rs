@@ -217,6 +217,30 @@ impl ApiError {
         )
     }
 
+    /// A user token the gateway does not honour: unknown, expired, or
+    /// revoked with its client. One answer for all (Capture's 414).
+    pub fn token_expired() -> Self {
+        ApiError::new(
+            401,
+            414,
+            "access_token_expired",
+            DenyReason::Credentials,
+            "the access token is not valid: unknown, expired or revoked".into(),
+        )
+        .with_argument("access_token")
+    }
+
+    /// A user token on an endpoint that only clients may call.
+    pub fn token_not_accepted(endpoint: &str) -> Self {
+        ApiError::new(
+            403,
+            403,
+            "client_permission_error",
+            DenyReason::Feature,
+            format!("{endpoint} cannot be called with a user access token"),
+        )
+    }
+
     pub fn not_readable(argument: &str, path: &str) -> Self {
         ApiError::new(
             403,

@@ -26,3 +26,4 @@ pub mod rate;
 pub mod schema;
 pub mod server;
 pub mod tls;
+pub mod tokens;

@@ -13,7 +13,7 @@ use pingora::services::background::{background_service, BackgroundService};
 
 use crate::cidr::{parse_cidr, CidrSet};
 use crate::config::settings::Settings;
-use crate::decide::routes::RouteTable;
+use crate::decide::routes::{Issuer, RouteTable};
 use crate::decide::Rules;
 use crate::management::{self, Services};
 use crate::ops::metrics;
@@ -49,7 +49,10 @@ fn trusted_proxies(settings: &Settings) -> Result<CidrSet, String> {
     Ok(CidrSet::new(&nets))
 }
 
-fn parts(settings: &Settings) -> Result<Parts, String> {
+fn parts(
+    settings: &Settings,
+    tokens: Option<Arc<crate::tokens::TokenStore>>,
+) -> Result<Parts, String> {
     let routes = match &settings.routes {
         Some(defs) => RouteTable::from_defs(defs)?,
         None => RouteTable::builtin(),
@@ -96,6 +99,7 @@ fn parts(settings: &Settings) -> Result<Parts, String> {
         trusted_proxies: trusted_proxies(settings)?,
         max_skew_secs: settings.auth.signature_max_skew_secs,
         rate_limit_default,
+        tokens,
     });
     Ok(Parts {
         routes,
@@ -112,8 +116,13 @@ fn parts(settings: &Settings) -> Result<Parts, String> {
 pub(crate) fn build_gateway(
     settings: Arc<Settings>,
     policy: Arc<PolicyStore>,
+    tokens: Option<Arc<crate::tokens::TokenStore>>,
 ) -> Result<(Gateway, Arc<AddressBook>), String> {
-    let p = parts(&settings)?;
+    let issuers = match tokens {
+        Some(_) => Issuer::ALL.iter().map(|i| (i.route(), *i)).collect(),
+        None => Vec::new(),
+    };
+    let p = parts(&settings, tokens)?;
     let known_params = ParamNames::union([&p.routes.known_params(), &management::known_params()]);
     let management = Services {
         known_params: Arc::new(known_params.clone()),
@@ -130,6 +139,7 @@ pub(crate) fn build_gateway(
             policy,
             known_params,
             routes: p.routes,
+            issuers,
             upstream,
             rules: p.rules,
             settings,
@@ -155,8 +165,13 @@ pub struct Preflight {
 /// moment and released. The policy file is not touched.
 pub fn preflight(settings: &Settings) -> Preflight {
     let mut out = Preflight::default();
-    if let Err(e) = parts(settings) {
+    if let Err(e) = parts(settings, None) {
         out.errors.push(e);
+    }
+    if let Some(t) = &settings.tokens {
+        if let Err(e) = crate::tokens::keyed(t, &settings.policy) {
+            out.errors.push(e);
+        }
     }
     match tls_listeners(settings) {
         Ok(listeners) => out.warnings.extend(expiring_soon(&listeners)),
@@ -291,7 +306,14 @@ pub fn serve(settings: Settings, opts: ServeOptions) -> Result<(), String> {
     );
     drop(snap);
 
-    let (gateway, book) = build_gateway(settings.clone(), policy.clone())?;
+    let tokens = match &settings.tokens {
+        Some(t) => Some(Arc::new(crate::tokens::TokenStore::open(
+            t,
+            &settings.policy,
+        )?)),
+        None => None,
+    };
+    let (gateway, book) = build_gateway(settings.clone(), policy.clone(), tokens.clone())?;
     let tls = tls_listeners(&settings).map_err(|e| e.join("\n"))?;
 
     let mut conf = ServerConf {
@@ -372,6 +394,12 @@ pub fn serve(settings: Settings, opts: ServeOptions) -> Result<(), String> {
         "policy reload",
         PolicyReloader { policy },
     ));
+    if let Some(store) = tokens {
+        server.add_service(background_service(
+            "token binding sweep",
+            crate::tokens::Sweeper(store),
+        ));
+    }
     if !tls.is_empty() {
         server.add_service(background_service(
             "TLS certificate reload",

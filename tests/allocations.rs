@@ -114,6 +114,7 @@ fn allocations_per_request_stay_what_the_request_needs() {
         trusted_proxies: CidrSet::new(&[]),
         max_skew_secs: 300,
         rate_limit_default: None,
+        tokens: None,
     };
     let headers = http::HeaderMap::new();
     let (params_allocs, params) =

@@ -32,10 +32,11 @@ impl DemoUpstream {
     }
 
     fn cached(&self, path: &str, query: &str, body: &[u8], params: &Params) -> Vec<u8> {
+        // A token call's answer depends on the token: never cached.
         let read = matches!(
             path.trim_matches('/'),
             "entity" | "entity.find" | "entity.count"
-        );
+        ) && params.get("access_token").is_none();
         let mut cache = self
             .read_cache
             .lock()
@@ -115,8 +116,25 @@ impl DemoUpstream {
         content_type: Option<&str>,
         body: &[u8],
     ) -> Vec<u8> {
+        self.respond_with(path, query, content_type, None, body)
+    }
+
+    /// [`respond`](Self::respond) with the request's `Authorization`: a
+    /// user token (`OAuth <token>`) is taken as the `access_token`
+    /// parameter.
+    pub fn respond_with(
+        &self,
+        path: &str,
+        query: &str,
+        content_type: Option<&str>,
+        authorization: Option<&str>,
+        body: &[u8],
+    ) -> Vec<u8> {
         let mut params = Params::new();
         params.extend_urlencoded(query.as_bytes());
+        if let Some(token) = authorization.and_then(|a| a.strip_prefix("OAuth ")) {
+            params.insert("access_token", token.trim());
+        }
         if !body.is_empty() {
             if !is_form(content_type) {
                 return encode(
@@ -145,6 +163,10 @@ impl ServeHttp for DemoUpstream {
             .get_header(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
+        let authorization = session
+            .get_header(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let mut body = Vec::new();
         loop {
             match session.read_request_body().await {
@@ -171,7 +193,13 @@ impl ServeHttp for DemoUpstream {
                 }
             }
         }
-        bytes_response(self.respond(&path, &query, content_type.as_deref(), &body))
+        bytes_response(self.respond_with(
+            &path,
+            &query,
+            content_type.as_deref(),
+            authorization.as_deref(),
+            &body,
+        ))
     }
 }
 

@@ -265,6 +265,17 @@ impl Params {
             .map(String::as_str)
             .filter(|v| !v.trim().is_empty())
     }
+
+    /// The same call addressed to one user's record: its selector replaced
+    /// by the user's uuid, the token itself removed.
+    fn for_user(&self, uuid: &str) -> Params {
+        let mut p = self.clone();
+        for k in ["id", "uuid", "key_attribute", "key_value", "access_token"] {
+            p.map.remove(k);
+        }
+        p.map.insert("uuid".into(), uuid.to_string());
+        p
+    }
 }
 
 impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Params {
@@ -601,11 +612,13 @@ mod generate;
 mod http_adapter;
 mod query;
 mod store;
+mod tokens;
 mod writes;
 use generate::*;
 pub use http_adapter::{serve, service, DemoUpstream};
 use query::*;
 pub use store::Store;
+use tokens::Tokens;
 use writes::*;
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ pub struct Store {
     pub(crate) next_id: i64,
     pub(crate) next_element_id: i64,
     pub(crate) rng: Lcg,
+    pub(crate) tokens: Tokens,
 }
 
 impl Store {
@@ -26,6 +27,7 @@ impl Store {
             next_id: 1,
             next_element_id: 1,
             rng: Lcg::seeded(0x5EED_0000_DE30_0001),
+            tokens: Tokens::new(),
         };
         for _ in 0..records {
             let id = store.next_id;
@@ -55,7 +57,42 @@ impl Store {
     /// `stat: ok` with the endpoint's payload or a `stat: error` object.
     pub fn handle(&mut self, endpoint: &str, params: &Params) -> Value {
         let name = endpoint.trim_start_matches('/').trim_end_matches('/');
+        let with_token;
+        let params = match params.get("access_token") {
+            Some(token) if matches!(name, "entity" | "entity.update" | "entity.delete") => {
+                match self.tokens.user(token) {
+                    Ok(uuid) => {
+                        // A token reaches only its own user's record.
+                        with_token = params.for_user(uuid);
+                        &with_token
+                    }
+                    Err(e) => return e.to_json(),
+                }
+            }
+            Some(_) => {
+                return ApiError::new(
+                    403,
+                    "client_permission_error",
+                    format!("/{name} cannot be called with an access token"),
+                    None,
+                )
+                .to_json()
+            }
+            None => params,
+        };
         let result = match name {
+            "access/getAuthorizationCode" => {
+                self.select_uuid(params).map(|u| self.tokens.code_for(&u))
+            }
+            "access/getAccessToken" => self.select_uuid(params).map(|u| self.tokens.access_for(&u)),
+            "oauth/token" => self.tokens.exchange(params).map(|(uuid, mut answer)| {
+                if let (Some(id), Value::Object(m)) = (self.by_uuid.get(&uuid), &mut answer) {
+                    if let Some(record) = self.records.get(id) {
+                        m.insert("capture_user".into(), record.clone());
+                    }
+                }
+                answer
+            }),
             "entity" => self.entity(params),
             "entity.find" => self.find(params),
             "entity.count" => self.count(params),
@@ -67,12 +104,25 @@ impl Store {
                 "invalid_argument",
                 format!(
                     "unknown endpoint /{name}; the demo upstream serves /entity, /entity.find, \
-                     /entity.count, /entity.create, /entity.update and /entity.delete"
+                     /entity.count, /entity.create, /entity.update, /entity.delete and the token \
+                     endpoints /oauth/token, /access/getAccessToken, /access/getAuthorizationCode"
                 ),
                 None,
             )),
         };
         result.unwrap_or_else(|e| e.to_json())
+    }
+
+    /// The uuid of the record a selector names.
+    fn select_uuid(&self, params: &Params) -> ApiResult<String> {
+        check_type_name(params)?;
+        let id = self.select(params)?;
+        Ok(self
+            .record(id)?
+            .get("uuid")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string())
     }
 
     fn select(&self, params: &Params) -> ApiResult<i64> {

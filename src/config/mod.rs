@@ -5,3 +5,4 @@ pub mod routes;
 pub mod secrets;
 pub mod settings;
 pub mod tls;
+pub mod tokens;

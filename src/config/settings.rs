@@ -52,6 +52,9 @@ pub struct Settings {
     /// `rate_limit` of its own; absent: such clients are not limited.
     #[serde(default)]
     pub rate_limit_default: Option<crate::rate::RateLimitDef>,
+    /// End-user access tokens (`config::tokens`); absent: not taken.
+    #[serde(default)]
+    pub tokens: Option<crate::config::tokens::TokenSettings>,
 }
 
 /// Which upstream response headers reach clients. By default only
@@ -362,6 +365,9 @@ impl Settings {
             for t in &mut s.tls_listen {
                 t.resolve_paths(dir);
             }
+            if let Some(t) = s.tokens.as_mut() {
+                t.resolve_paths(dir);
+            }
         }
         let errors = s.validate(path);
         if errors.is_empty() {
@@ -555,6 +561,11 @@ impl Settings {
         }
         for (key, message) in self.http2.problems() {
             err(key, message);
+        }
+        if let Some(t) = &self.tokens {
+            for (key, message) in t.problems() {
+                err(format!("tokens.{key}"), message);
+            }
         }
         if let Some(def) = &self.rate_limit_default {
             if let Err(e) = crate::rate::RateLimit::new(def) {

@@ -19,6 +19,27 @@ pub struct Grants<'s> {
     pub shadow_write: Option<&'s AccessTree>,
 }
 
+/// The grants of a call authorized by a user token: the client's
+/// `read_with_token` / `write_with_token` schemas, each falling back to the
+/// client's `read` / `write` schema where it has none.
+pub fn token_grants<'s>(
+    snap: &'s Snapshot,
+    client: &'s Client,
+    params: &Params,
+) -> Result<Grants<'s>, ApiError> {
+    let mut g = grants(snap, client, params)?;
+    if let Some(s) = client.schemas.get(g.entity_type) {
+        if let Some(read) = s.read_with_token.as_deref() {
+            g.read = read;
+        }
+        if let Some(write) = s.write_with_token.as_deref() {
+            g.write = write;
+        }
+        g.read_only = s.read_only_with_token;
+    }
+    Ok(g)
+}
+
 pub fn grants<'s>(
     snap: &'s Snapshot,
     client: &'s Client,

@@ -21,10 +21,11 @@ pub mod permit;
 pub mod probes;
 pub mod rate;
 pub mod routes;
+pub mod token;
 
 use crate::errors::{ApiError, DenyReason};
 use crate::policy::Snapshot;
-pub use permit::{Facts, Permit, Refusal, RoutePermit, Rules, Target};
+pub use permit::{Facts, Permit, Refusal, RoutePermit, Rules, Target, TokenUse};
 
 /// Decides one call against one snapshot.
 pub fn authorize<'s>(
@@ -34,7 +35,24 @@ pub fn authorize<'s>(
     target: Target<'s>,
 ) -> Result<Permit<'s>, Refusal> {
     let authorization = one_authorization(facts.headers)?;
-    let client = authenticate::authenticate(snap, rules, facts, authorization)?;
+    let (client, token) = match token::presented(authorization, facts.params)? {
+        Some(presented) => {
+            let store = rules
+                .tokens
+                .as_deref()
+                .ok_or_else(ApiError::unsupported_auth_method)?;
+            let caller = token::authenticate(snap, store, presented.token, facts.now_secs)?;
+            let used = TokenUse {
+                in_header: presented.in_header,
+                uuid: caller.uuid,
+            };
+            (caller.client, Some(used))
+        }
+        None => (
+            authenticate::authenticate(snap, rules, facts, authorization)?,
+            None,
+        ),
+    };
     let refused = |error: ApiError| Refusal {
         client_id: Some(client.id.clone()),
         error: Box::new(error),
@@ -43,10 +61,17 @@ pub fn authorize<'s>(
         .map_err(refused)?;
     client_address::check_allow_list(client, ip).map_err(refused)?;
     client_certificate::check(client, facts.tls_client_subject).map_err(refused)?;
+    let mut issuance = None;
     let route = match target {
         Target::Route(route) => {
-            routes::check_feature(client, route).map_err(refused)?;
-            let grants = grants::grants(snap, client, facts.params).map_err(refused)?;
+            let grants = if token.is_some() {
+                token::check_use(client, route).map_err(refused)?;
+                grants::token_grants(snap, client, facts.params)
+            } else {
+                routes::check_feature(client, route).map_err(refused)?;
+                grants::grants(snap, client, facts.params)
+            }
+            .map_err(refused)?;
             let attribute_name =
                 probes::refuse_probes(route, &grants, facts.params).map_err(refused)?;
             Some(RoutePermit {
@@ -54,6 +79,16 @@ pub fn authorize<'s>(
                 grants,
                 attribute_name,
             })
+        }
+        // Only record routes take user tokens.
+        Target::Management { endpoint, .. } if token.is_some() => {
+            return Err(refused(ApiError::token_not_accepted(endpoint)))
+        }
+        Target::Roles if token.is_some() => {
+            return Err(refused(ApiError::token_not_accepted("the Roles API")))
+        }
+        Target::Issue { route, .. } if token.is_some() => {
+            return Err(refused(ApiError::token_not_accepted(&route.path)))
         }
         Target::Management {
             endpoint,
@@ -65,10 +100,28 @@ pub fn authorize<'s>(
             None
         }
         Target::Roles => None,
+        Target::Issue { route, issuer } => {
+            routes::check_feature(client, route).map_err(refused)?;
+            let store = rules
+                .tokens
+                .as_deref()
+                .ok_or_else(|| refused(ApiError::unknown_endpoint(&route.path)))?;
+            issuance = Some(
+                token::issuance(snap, store, client, issuer, facts.params, facts.now_secs)
+                    .map_err(refused)?,
+            );
+            None
+        }
     };
     // Last: a call refused for any other reason uses no budget.
     rate::check(client, rules.rate_limit_default.as_ref()).map_err(refused)?;
-    Ok(Permit { client, ip, route })
+    Ok(Permit {
+        client,
+        ip,
+        route,
+        token,
+        issuance,
+    })
 }
 
 /// A record-route call's verdict.
@@ -150,7 +203,10 @@ pub fn admit_body(
     let Some(header) = one_authorization(headers)? else {
         return Ok(());
     };
-    let client = authenticate::header_client(snap, header, now_secs)?;
+    let client = match (token::oauth_token(header), rules.tokens.as_deref()) {
+        (Some(t), Some(store)) => token::authenticate(snap, store, t, now_secs)?.client,
+        _ => authenticate::header_client(snap, header, now_secs)?,
+    };
     let ip = client_address::resolve(headers, peer, &rules.trusted_proxies)?;
     client_address::check_allow_list(client, ip)?;
     client_certificate::check(client, tls_client_subject)

@@ -13,7 +13,8 @@ use crate::rate::RateLimit;
 use crate::schema::AttrPath;
 
 use super::grants::Grants;
-use super::routes::Route;
+use super::routes::{Issuer, Route};
+use super::token::Issuance;
 
 /// The request's facts, as the intake stage read them.
 pub struct Facts<'r> {
@@ -40,6 +41,9 @@ pub struct Rules {
     /// The limit of clients without their own (`rate_limit_default`);
     /// `None`: they are not limited.
     pub rate_limit_default: Option<RateLimit>,
+    /// The bindings of user tokens (`tokens:`); `None`: tokens are not
+    /// taken.
+    pub tokens: Option<std::sync::Arc<crate::tokens::TokenStore>>,
 }
 
 /// What is being called.
@@ -55,6 +59,9 @@ pub enum Target<'t> {
     /// The CONNECT Roles API, whose tenant roles are checked per operation
     /// against the same snapshot (`management::roles`).
     Roles,
+    /// A token endpoint, forwarded; the tokens its answer carries are
+    /// bound to the client the permit names.
+    Issue { route: &'t Route, issuer: Issuer },
 }
 
 /// The proof that a call was decided: the caller, the address the allow-list
@@ -63,6 +70,18 @@ pub struct Permit<'s> {
     pub client: &'s Client,
     pub ip: IpAddr,
     pub route: Option<RoutePermit<'s>>,
+    /// The call was made with a user token of `client`'s.
+    pub token: Option<TokenUse>,
+    /// A token endpoint call: for whom its tokens are bound.
+    pub issuance: Option<Issuance<'s>>,
+}
+
+/// How a token call presented its token, and whose record it reaches.
+pub struct TokenUse {
+    /// In `Authorization: OAuth` (forwarded there); else as the
+    /// `access_token` parameter (forwarded as one).
+    pub in_header: bool,
+    pub uuid: Option<std::sync::Arc<str>>,
 }
 
 /// What a record-route call may touch.

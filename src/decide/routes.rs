@@ -19,6 +19,111 @@ pub struct Route {
     /// The parameters the route forwards.
     pub params: ParamNames,
     pub unknown_params: UnknownParams,
+    /// A user access token may call it (capture-api-notes §1.3).
+    pub takes_token: bool,
+    /// With a token, the token's client needs any one of these.
+    pub token_features: FeatureSet,
+}
+
+/// The record routes a user token may call: Capture's own list.
+const TOKEN_ROUTES: [&str; 4] = [
+    "/entity",
+    "/entity.update",
+    "/entity.replace",
+    "/entity.delete",
+];
+
+/// The record selector a token call never forwards: a token reaches only
+/// its own user's record, which the issuer finds from the token.
+pub const TOKEN_STRIPPED: [&str; 4] = ["id", "uuid", "key_attribute", "key_value"];
+
+/// Features that let a client's users call with a token: the sign-in
+/// client's own, and direct access (direct read access for reads).
+fn token_features(access: Access) -> FeatureSet {
+    match access {
+        Access::Read => FeatureSet::of(&[
+            Feature::LoginClient,
+            Feature::DirectReadAccess,
+            Feature::DirectAccess,
+            Feature::Owner,
+        ]),
+        Access::Write => {
+            FeatureSet::of(&[Feature::LoginClient, Feature::DirectAccess, Feature::Owner])
+        }
+    }
+}
+
+/// The token endpoints (only when `tokens:` is set): forwarded, and their
+/// answers read for the tokens they issue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Issuer {
+    /// `/oauth/token`: a code or a refresh token exchanged by the client
+    /// itself; its credentials go on to the issuer.
+    OAuthToken,
+    /// `/access/getAccessToken`: a token for a user's record, issued by a
+    /// trusted client for itself or (owner, access_issuer) another.
+    GetAccessToken,
+    /// `/access/getAuthorizationCode`: a code for the OAuth exchange; no
+    /// token is issued, so nothing is bound.
+    GetAuthorizationCode,
+}
+
+impl Issuer {
+    pub const ALL: [Issuer; 3] = [
+        Issuer::OAuthToken,
+        Issuer::GetAccessToken,
+        Issuer::GetAuthorizationCode,
+    ];
+
+    pub fn path(self) -> &'static str {
+        match self {
+            Issuer::OAuthToken => "/oauth/token",
+            Issuer::GetAccessToken => "/access/getAccessToken",
+            Issuer::GetAuthorizationCode => "/access/getAuthorizationCode",
+        }
+    }
+
+    pub fn of(path: &str) -> Option<Issuer> {
+        Issuer::ALL.into_iter().find(|i| i.path() == path)
+    }
+
+    /// The endpoint as a route: what it forwards and who may call it
+    /// (capture-api-notes §2.3, §4).
+    pub fn route(self) -> Route {
+        let mut params: Vec<&str> = match self {
+            Issuer::OAuthToken => vec!["grant_type", "code", "redirect_uri", "refresh_token"],
+            Issuer::GetAccessToken => vec!["type_name", "for_client_id"],
+            Issuer::GetAuthorizationCode => vec!["type_name", "for_client_id", "redirect_uri"],
+        };
+        if self != Issuer::OAuthToken {
+            params.extend(["id", "uuid", "key_attribute", "key_value"]);
+        }
+        params.extend(CREDENTIALS);
+        let needs_any = match self {
+            // Any client its users sign in with.
+            Issuer::OAuthToken => FeatureSet::of(&[
+                Feature::LoginClient,
+                Feature::DirectReadAccess,
+                Feature::DirectAccess,
+                Feature::AccessIssuer,
+                Feature::Owner,
+            ]),
+            Issuer::GetAccessToken | Issuer::GetAuthorizationCode => {
+                FeatureSet::of(&[Feature::Owner, Feature::AccessIssuer, Feature::DirectAccess])
+            }
+        };
+        Route {
+            path: self.path().to_string(),
+            access: Access::Write,
+            needs_any,
+            request_records: RequestRecords::None,
+            response_records: ResponseRecords::None,
+            params: ParamNames::new(params),
+            unknown_params: UnknownParams::Refuse,
+            takes_token: false,
+            token_features: FeatureSet::empty(),
+        }
+    }
 }
 
 pub struct RouteTable {
@@ -49,7 +154,7 @@ fn builtin_params(path: &str) -> Option<Vec<&'static str>> {
     match path {
         "/entity" => {
             p.extend(SELECTOR);
-            p.extend(["attribute_name", "attributes"]);
+            p.extend(["attribute_name", "attributes", "access_token"]);
         }
         "/entity.find" => p.extend([
             "filter",
@@ -65,11 +170,17 @@ fn builtin_params(path: &str) -> Option<Vec<&'static str>> {
         "/entity.bulkCreate" => p.push("all_attributes"),
         "/entity.update" | "/entity.replace" => {
             p.extend(SELECTOR);
-            p.extend(["attributes", "attribute_name", "value", "include_record"]);
+            p.extend([
+                "attributes",
+                "attribute_name",
+                "value",
+                "include_record",
+                "access_token",
+            ]);
         }
         "/entity.delete" => {
             p.extend(SELECTOR);
-            p.push("attribute_name");
+            p.extend(["attribute_name", "access_token"]);
         }
         _ => return None,
     }
@@ -169,7 +280,15 @@ impl RouteTable {
                             "routes[{i}].params: {bad:?} is not a parameter name (ASCII, not empty)"
                         ));
                     }
-                    ParamNames::new(list.iter().map(String::as_str).chain(CREDENTIALS))
+                    let token = TOKEN_ROUTES
+                        .contains(&d.path.as_str())
+                        .then_some("access_token");
+                    ParamNames::new(
+                        list.iter()
+                            .map(String::as_str)
+                            .chain(CREDENTIALS)
+                            .chain(token),
+                    )
                 }
                 None => default_params(&d.path, d.access),
             };
@@ -181,6 +300,8 @@ impl RouteTable {
                 response_records: d.response_records,
                 params,
                 unknown_params: d.unknown_params,
+                takes_token: TOKEN_ROUTES.contains(&d.path.as_str()),
+                token_features: token_features(d.access),
             });
         }
         Ok(RouteTable { routes })
@@ -191,8 +312,8 @@ impl RouteTable {
     }
 
     /// Every parameter name some route forwards, and every name the
-    /// built-in routes take (the names the gateway checks stay known when
-    /// settings replace the table).
+    /// built-in routes and the token endpoints take (the names the gateway
+    /// checks stay known when settings replace the table).
     pub fn known_params(&self) -> ParamNames {
         let builtin = ParamNames::new(
             builtin()
@@ -200,7 +321,14 @@ impl RouteTable {
                 .filter_map(|d| builtin_params(&d.path))
                 .flatten(),
         );
-        ParamNames::union(self.routes.iter().map(|r| &r.params).chain([&builtin]))
+        let issuers: Vec<Route> = Issuer::ALL.iter().map(|i| i.route()).collect();
+        ParamNames::union(
+            self.routes
+                .iter()
+                .chain(&issuers)
+                .map(|r| &r.params)
+                .chain([&builtin]),
+        )
     }
 }
 

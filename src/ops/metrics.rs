@@ -340,6 +340,34 @@ pub static SHADOW_REMOVED: LazyLock<Metric<IntCounterVec>> = counter_vec!(
     &["client", "direction"]
 );
 
+pub static TOKEN_BINDINGS: LazyLock<Metric<IntGauge>> = LazyLock::new(|| {
+    make(
+        "recordgate_token_bindings",
+        IntGauge::new(
+            "recordgate_token_bindings",
+            "End-user tokens the gateway knows (by keyed hash): whom each belongs to, until it expires",
+        ),
+    )
+});
+
+pub static TOKENS_BOUND: LazyLock<Metric<IntCounterVec>> = counter_vec!(
+    "recordgate_tokens_bound_total",
+    "Tokens issued through the gateway and bound to their client (kind: access, refresh)",
+    &["kind"]
+);
+
+pub static TOKEN_BINDINGS_REMOVED: LazyLock<Metric<IntCounterVec>> = counter_vec!(
+    "recordgate_token_bindings_removed_total",
+    "Token bindings dropped (reason: expired, capacity: the oldest past tokens.max_bindings)",
+    &["reason"]
+);
+
+pub static TOKEN_REFUSALS: LazyLock<Metric<IntCounterVec>> = counter_vec!(
+    "recordgate_token_refusals_total",
+    "Calls with a user token refused (reason: unknown, expired, revoked, not_allowed)",
+    &["reason"]
+);
+
 pub static CONNECTIONS_OPEN: LazyLock<Metric<IntGauge>> = LazyLock::new(|| {
     make(
         "recordgate_connections_open",
@@ -564,6 +592,16 @@ pub fn init() -> Result<(), String> {
     LazyLock::force(&CONNECTIONS_OPEN);
     LazyLock::force(&SHADOW_REMOVED);
     LazyLock::force(&POLICY_SHADOW_CLIENTS);
+    LazyLock::force(&TOKEN_BINDINGS);
+    for kind in ["access", "refresh"] {
+        TOKENS_BOUND.series(&[kind]);
+    }
+    for reason in ["expired", "capacity"] {
+        TOKEN_BINDINGS_REMOVED.series(&[reason]);
+    }
+    for reason in ["unknown", "expired", "revoked", "not_allowed"] {
+        TOKEN_REFUSALS.series(&[reason]);
+    }
     for limit in ["per_address", "total"] {
         CONNECTIONS_REFUSED.series(&[limit]);
     }

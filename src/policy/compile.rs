@@ -102,6 +102,9 @@ pub struct ClientSchemas {
     pub shadow_write: Option<Arc<AccessTree>>,
     /// `write: []`: the client may not write this entity type at all.
     pub read_only: bool,
+    /// The same with a user token: `write_with_token: []`, or no
+    /// `write_with_token` and `write: []`.
+    pub read_only_with_token: bool,
 }
 
 /// Where secret references (`file:`) are resolved from.
@@ -452,6 +455,11 @@ fn compile_schemas<'p>(
         shadow_read: one("shadow.read", &s.shadow.read, false),
         shadow_write: one("shadow.write", &s.shadow.write, true),
         read_only: s.write.as_ref().is_some_and(|w| w.is_empty()),
+        read_only_with_token: s
+            .write_with_token
+            .as_ref()
+            .or(s.write.as_ref())
+            .is_some_and(|w| w.is_empty()),
     };
     if errors.is_empty() {
         Ok(out)

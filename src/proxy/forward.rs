@@ -65,6 +65,19 @@ pub(crate) struct Outgoing {
     /// credentials included, instead of the allow-list and the gateway's
     /// identity.
     as_sent: Option<http::HeaderMap>,
+    /// Whose credential the upstream sees.
+    credential: Credential,
+}
+
+/// The credential presented upstream.
+pub(crate) enum Credential {
+    /// The gateway's own (`upstream.credentials`), if configured.
+    Gateway,
+    /// The caller's, because the issuer must see it: a user token (which
+    /// the upstream resolves to its user's record) or a client's
+    /// credentials at `/oauth/token`. `None`: it travels as a parameter,
+    /// so no `Authorization` is sent.
+    Caller(Option<HeaderValue>),
 }
 
 /// Hop-by-hop and framing headers: never copied from one connection to
@@ -123,7 +136,23 @@ impl Outgoing {
             // From the String itself: `from_str` would copy it once more.
             client_ip: HeaderValue::try_from(permit.ip.to_string()).map_err(internal)?,
             as_sent: None,
+            // A token call forwards the token as it came.
+            credential: match &permit.token {
+                Some(t) => Credential::Caller(
+                    t.in_header
+                        .then(|| caller_authorization(caller_headers))
+                        .flatten(),
+                ),
+                None => Credential::Gateway,
+            },
         })
+    }
+
+    /// The same request with the caller's own credential presented
+    /// upstream (`/oauth/token`).
+    pub(crate) fn with_caller_credential(mut self, caller_headers: &http::HeaderMap) -> Outgoing {
+        self.credential = Credential::Caller(caller_authorization(caller_headers));
+        self
     }
 
     /// The upstream request for a call that passes as sent (shadow mode):
@@ -153,8 +182,19 @@ impl Outgoing {
             request_id: HeaderValue::from_str(request_id).map_err(internal)?,
             client_ip: HeaderValue::try_from(peer).map_err(internal)?,
             as_sent: Some(headers),
+            credential: Credential::Gateway,
         })
     }
+}
+
+/// The caller's `Authorization`, marked sensitive so that it is never
+/// indexed or logged by `http`.
+fn caller_authorization(headers: &http::HeaderMap) -> Option<HeaderValue> {
+    headers.get(header::AUTHORIZATION).map(|v| {
+        let mut v = v.clone();
+        v.set_sensitive(true);
+        v
+    })
 }
 
 fn with_query(path: &str, encoded: &str) -> String {
@@ -331,7 +371,11 @@ impl Upstream {
         if !o.body.is_empty() || o.method == http::Method::POST {
             r.insert_header(header::CONTENT_LENGTH, HeaderValue::from(o.body.len()))?;
         }
-        if let Some(a) = &self.authorization {
+        let authorization = match &o.credential {
+            Credential::Gateway => self.authorization.as_ref(),
+            Credential::Caller(own) => own.as_ref(),
+        };
+        if let Some(a) = authorization {
             r.insert_header(header::AUTHORIZATION, a.clone())?;
         }
         r.insert_header(X_REQUEST_ID, o.request_id.clone())?;

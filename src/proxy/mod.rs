@@ -25,6 +25,7 @@ pub mod downstream;
 pub mod forward;
 pub mod header_deadline;
 mod intake;
+mod issue;
 mod observe;
 mod relay;
 pub(crate) mod resolve;
@@ -41,8 +42,8 @@ use pingora::{Error, ErrorType, Result};
 
 use crate::config::settings::{ClientLabel, Settings};
 use crate::decide::authenticate::CREDENTIAL_PARAMS;
-use crate::decide::routes::{Route, RouteTable};
-use crate::decide::{self, Facts, Rules};
+use crate::decide::routes::{Issuer, Route, RouteTable, TOKEN_STRIPPED};
+use crate::decide::{self, Facts, Rules, Target};
 use crate::errors::{ApiError, DenyReason, Failure};
 use crate::management::{self, Call, Services};
 use crate::ops::{log_format, metrics};
@@ -57,6 +58,8 @@ use respond::{Answer, X_REQUEST_ID};
 pub struct Gateway {
     pub(crate) policy: Arc<PolicyStore>,
     pub(crate) routes: RouteTable,
+    /// The token endpoints, when `tokens:` is set.
+    pub(crate) issuers: Vec<(Route, Issuer)>,
     pub(crate) upstream: Upstream,
     pub(crate) rules: Arc<Rules>,
     pub(crate) settings: Arc<Settings>,
@@ -98,6 +101,10 @@ impl Gateway {
         if let Some(target) = management::classify(&path) {
             ctx.route = "management";
             return self.manage(session, ctx, target, &path).await;
+        }
+        if let Some((route, issuer)) = self.issuers.iter().find(|(r, _)| r.path == path) {
+            ctx.route = issuer.path();
+            return self.issue(session, ctx, route, *issuer).await;
         }
         let route = self
             .routes
@@ -172,7 +179,15 @@ impl Gateway {
             &self.known_params,
             route.unknown_params,
         )?;
-        let dropped = request.params.retain_allowed(&route.params);
+        let mut dropped = request.params.retain_allowed(&route.params);
+        // A token reaches only its own user's record: the issuer finds it
+        // from the token, never from a selector.
+        if permit.token.is_some() {
+            dropped += TOKEN_STRIPPED
+                .iter()
+                .filter(|p| request.params.remove(p).is_some())
+                .count();
+        }
         if dropped > 0 {
             metrics::DROPPED_PARAMETERS.inc_by(&[ctx.route], dropped as u64);
         }
@@ -227,6 +242,54 @@ impl Gateway {
             &self.settings.response_headers.allow,
         )
         .await?)
+    }
+
+    /// A token endpoint: the same intake and decision, then the issuance
+    /// stage forwards it and binds the tokens its answer carries.
+    async fn issue(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        route: &Route,
+        issuer: Issuer,
+    ) -> Result<Answer, Failure> {
+        let method = &session.req_header().method;
+        if method != http::Method::POST && method != http::Method::GET {
+            return Err(ApiError::method_not_allowed(method.as_str()).into());
+        }
+        let Some(store) = self.rules.tokens.clone() else {
+            return Err(ApiError::unknown_endpoint(issuer.path()).into());
+        };
+        let snap = self.policy.load();
+        let admit = self.admission(&snap);
+        let body_use = BodyUse::Route(route.request_records);
+        let request = intake::read(session, &self.settings, body_use, admit, ctx).await?;
+        let facts = Facts {
+            headers: &session.req_header().headers,
+            peer: peer_ip(session),
+            path: issuer.path(),
+            params: &request.params,
+            now_secs: now_secs(),
+            tls_client_subject: intake::tls_client_subject(session),
+        };
+        let permit =
+            match decide::authorize(&snap, &self.rules, &facts, Target::Issue { route, issuer }) {
+                Ok(p) => p,
+                Err(refusal) => {
+                    ctx.client_id = refusal.client_id;
+                    return Err(Failure::Capture(*refusal.error));
+                }
+            };
+        ctx.client_id = Some(permit.client.id.clone());
+        ctx.client_ip = Some(permit.ip);
+        let issuing = issue::Issuing {
+            upstream: &self.upstream,
+            store,
+            known_params: &self.known_params,
+            limits: &self.settings.limits,
+            allow: &self.settings.response_headers.allow,
+        };
+        issue::issue(issuing, session, ctx, route, permit, request).await
     }
 
     /// The management API: the same intake and decision, answered here.

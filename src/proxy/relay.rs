@@ -399,6 +399,47 @@ pub(crate) async fn pass_through(
     Ok(Answer::Reply(with_length(header, Bytes::from(body))?))
 }
 
+/// Reads a token endpoint's answer whole, within
+/// `limits.max_response_body_bytes`: it must be uncoded JSON, since the
+/// tokens in it are read (and bound) before any of it is passed on. The
+/// header is the client's (the same allow-list as record routes).
+pub(crate) async fn read_answer(
+    mut exchange: Exchange<'_>,
+    ctx: &mut Ctx,
+    limits: &Limits,
+    allow: &[String],
+) -> Result<(ResponseHeader, Bytes), ApiError> {
+    let header = {
+        let upstream = match exchange.open.header() {
+            Ok(h) => h,
+            Err(e) => {
+                exchange.abandon(ctx).await;
+                return Err(e.answer());
+            }
+        };
+        // Token answers are JSON objects, as if they were one record.
+        check_filterable(ResponseRecords::Result, upstream)
+            .and_then(|()| client_header(upstream, allow))
+    };
+    let header = match header {
+        Ok(h) => h,
+        Err(e) => {
+            exchange.abandon(ctx).await;
+            return Err(e);
+        }
+    };
+    match read_unfiltered(&mut exchange.open, 0, limits.max_response_body_bytes).await {
+        Ok(body) => {
+            exchange.finish(ctx).await;
+            Ok((header, body.freeze()))
+        }
+        Err(e) => {
+            exchange.abandon(ctx).await;
+            Err(e.answer())
+        }
+    }
+}
+
 fn filter_failure(kind: &'static str) -> Counter {
     Counter::FilterFailure {
         direction: "response",
