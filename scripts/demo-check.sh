@@ -109,7 +109,27 @@ call "the next call sees the new schema" 200 \
   "${partner[@]}" localhost:8080/entity -d type_name=user -d id=1
 call "the CONNECT Roles API answers" 200 "isinstance(b, (list, dict))" \
   "${owner[@]}" localhost:8080/api/v1/Tenants/demo-tenant/Clients/partner-readonly/Roles
-call "the operator listener shows the policy" 200 "b['policy']['clients'] == 5" \
+# A mobile sign-in: the owner gets a code for the app's user, the app
+# exchanges it for a token, the user's calls carry the token.
+field() { python3 -c "import json,sys; print(json.load(sys.stdin).get('$1',''))"; }
+code=$(curl -s "${owner[@]}" localhost:8080/access/getAuthorizationCode -d type_name=user -d id=1 \
+  -d for_client_id=mobile-app -d redirect_uri=https://app.example/cb | field authorizationCode)
+[ -n "$code" ] || fail "no authorization code"
+answer=$(curl -s -u mobile-app:mobile-secret localhost:8080/oauth/token -d grant_type=authorization_code \
+  -d code="$code" -d redirect_uri=https://app.example/cb)
+BODY="$answer" python3 -c "
+import json, os, sys
+b = json.loads(os.environ['BODY'])
+sys.exit(0 if 'access_token' in b and 'capture_user' not in b else 1)" \
+  || fail "the code exchange: $(echo "$answer" | head -c 200)"
+echo "ok: the app exchanges the code for a token; the answer carries no user record"
+token=$(field access_token <<<"$answer")
+call "the user's token reads only the user's record, cut to read_with_token" 200 \
+  "'givenName' in b['result'] and 'internal' not in b['result'] and 'birthday' not in b['result']" \
+  -H "Authorization: OAuth $token" localhost:8080/entity -d type_name=user
+call "an unknown token is refused" 401 "b['code'] == 414" \
+  -H "Authorization: OAuth not-a-token" localhost:8080/entity -d type_name=user
+call "the operator listener shows the policy" 200 "b['policy']['clients'] == 6" \
   localhost:9091/status
 curl -s localhost:9091/metrics | grep -q '^recordgate_requests_total{.*decision="schema"\|^recordgate_requests_total{.*decision="oracle"' \
   || fail "no denial in /metrics"

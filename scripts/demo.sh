@@ -38,6 +38,17 @@ tls_listen:
         key: tls/demo.key
 EOF
 
+# End-user tokens: the key their bindings are hashed with, made at each
+# start (never committed); the bindings start empty, like the sample API's
+# own tokens.
+openssl rand -hex 32 >"$state/token-hash.key"
+chmod 600 "$state/token-hash.key"
+rm -f "$state/policy.tokens.jsonl"
+cat >>"$state/demo.yaml" <<'EOF'
+tokens:
+  hash_key: {file: token-hash.key}   # relative to the policy: target/demo-state/
+EOF
+
 target/release/recordgate-demo --listen 127.0.0.1:8090 --records 300 &
 demo_pid=$!
 gw_pid=""

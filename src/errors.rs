@@ -400,6 +400,22 @@ impl ApiError {
         e
     }
 
+    /// The shared policy store cannot take a change now (etcd away).
+    pub fn store_unavailable(why: &str) -> Self {
+        ApiError::new(503, 500, "unexpected_error", DenyReason::Internal, why.to_string())
+    }
+
+    /// Other replicas' changes kept winning the race: nothing changed.
+    pub fn changed_concurrently() -> Self {
+        ApiError::new(
+            409,
+            500,
+            "unexpected_error",
+            DenyReason::Internal,
+            "the policy was changed concurrently through another replica; nothing was changed, retry".into(),
+        )
+    }
+
     pub fn internal(description: impl Into<String>) -> Self {
         ApiError::new(
             500,

@@ -286,13 +286,18 @@ fn check_listens(settings: &Settings, out: &mut Preflight) {
 
 pub fn serve(settings: Settings, opts: ServeOptions) -> Result<(), String> {
     let settings = Arc::new(settings);
-    let policy = Arc::new(PolicyStore::open(&settings.policy).map_err(|errors| {
-        errors
-            .iter()
-            .map(|e| e.to_string())
-            .collect::<Vec<_>>()
-            .join("\n")
-    })?);
+    let policy = match (&settings.policy_store.kind, &settings.policy_store.etcd) {
+        (crate::config::store::StoreKind::Etcd, Some(etcd)) => {
+            PolicyStore::open_etcd(etcd, &settings.policy)?
+        }
+        _ => Arc::new(PolicyStore::open(&settings.policy).map_err(|errors| {
+            errors
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        })?),
+    };
     // The pages freed while the policy was parsed and compiled go back to
     // the OS now, not when requests start to flow.
     crate::ops::memory::release_freed();
@@ -314,6 +319,19 @@ pub fn serve(settings: Settings, opts: ServeOptions) -> Result<(), String> {
         None => None,
     };
     let (gateway, book) = build_gateway(settings.clone(), policy.clone(), tokens.clone())?;
+    policy.set_fleet_audit(gateway.management.audit.clone());
+    policy.set_reload_hook(Box::new(|source, snap| match snap {
+        Some(snap) => {
+            metrics::POLICY_RELOADS.inc(&[source, "success"]);
+            metrics::policy_activated(
+                snap.version,
+                snap.clients.len(),
+                &snap.hash,
+                snap.shadow_clients,
+            );
+        }
+        None => metrics::POLICY_RELOADS.inc(&[source, "failure"]),
+    }));
     let tls = tls_listeners(&settings).map_err(|e| e.join("\n"))?;
 
     let mut conf = ServerConf {

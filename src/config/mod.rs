@@ -4,5 +4,6 @@ pub mod http2;
 pub mod routes;
 pub mod secrets;
 pub mod settings;
+pub mod store;
 pub mod tls;
 pub mod tokens;

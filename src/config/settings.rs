@@ -52,6 +52,9 @@ pub struct Settings {
     /// `rate_limit` of its own; absent: such clients are not limited.
     #[serde(default)]
     pub rate_limit_default: Option<crate::rate::RateLimitDef>,
+    /// Where the policy is kept: the file (default) or etcd (`config::store`).
+    #[serde(default)]
+    pub policy_store: crate::config::store::PolicyStoreSettings,
     /// End-user access tokens (`config::tokens`); absent: not taken.
     #[serde(default)]
     pub tokens: Option<crate::config::tokens::TokenSettings>,
@@ -368,6 +371,7 @@ impl Settings {
             if let Some(t) = s.tokens.as_mut() {
                 t.resolve_paths(dir);
             }
+            s.policy_store.resolve_paths(dir);
         }
         let errors = s.validate(path);
         if errors.is_empty() {
@@ -561,6 +565,9 @@ impl Settings {
         }
         for (key, message) in self.http2.problems() {
             err(key, message);
+        }
+        for (key, message) in self.policy_store.problems() {
+            err(format!("policy_store.{key}"), message);
         }
         if let Some(t) = &self.tokens {
             for (key, message) in t.problems() {

@@ -199,7 +199,7 @@ async fn capture_call(services: &Services, ep: Endpoint, call: Call) -> Outcome 
         let caller_id = permit.client.id.clone();
         let change = call
             .check_names(&known)
-            .and(dry_run_valid)
+            .and(dry_run_valid.clone())
             .and_then(|()| {
                 capture::apply(
                     ep,
@@ -230,6 +230,7 @@ async fn capture_call(services: &Services, ep: Endpoint, call: Call) -> Outcome 
         Outcome::refused,
         |message| ApiError::invalid_argument("policy", message).into(),
         || ApiError::internal("the change could not be saved; the policy is unchanged").into(),
+        Failure::from,
     )
 }
 
@@ -296,7 +297,7 @@ async fn roles_call(services: &Services, tenant: String, client: String, call: C
         let caller_id = permit.client.id.clone();
         let refused = |e: RoleError| RolesRefusal(Some(caller_id.clone()), e);
         call.check_names(&known)
-            .and(dry_run_valid)
+            .and(dry_run_valid.clone())
             .map_err(|e| refused(RoleError::from_decision(e)))?;
         let rp = RolesPath {
             tenant: &tenant,
@@ -339,6 +340,14 @@ async fn roles_call(services: &Services, tenant: String, client: String, call: C
             )
             .into()
         },
+        |e| {
+            let error = if e.http_status == 409 {
+                "Conflict."
+            } else {
+                "Service unavailable."
+            };
+            RoleError::new(e.http_status, error, e.description, "Retry later.").into()
+        },
     )
 }
 
@@ -350,6 +359,7 @@ fn answer<E>(
     refused: impl FnOnce(E) -> Outcome,
     invalid: impl FnOnce(String) -> Failure,
     unsaved: impl FnOnce() -> Failure,
+    unavailable: impl FnOnce(ApiError) -> Failure,
 ) -> Outcome {
     match committed {
         Ok(c) => Outcome {
@@ -376,6 +386,19 @@ fn answer<E>(
                 client_ip: None,
             }
         }
+        Err(ChangeError::Unavailable(why)) => {
+            tracing::error!(reason = %why, "policy change not made: the policy store is unavailable");
+            Outcome {
+                result: Err(unavailable(ApiError::store_unavailable(&why))),
+                client_id: None,
+                client_ip: None,
+            }
+        }
+        Err(ChangeError::Conflict) => Outcome {
+            result: Err(unavailable(ApiError::changed_concurrently())),
+            client_id: None,
+            client_ip: None,
+        },
     }
 }
 
@@ -395,7 +418,7 @@ async fn write<R, E>(
     services: &Services,
     request_id: &str,
     endpoint: &'static str,
-    change: impl FnOnce(&mut PolicyFile, &Snapshot) -> Result<Committed<R>, E> + Send + 'static,
+    change: impl FnMut(&mut PolicyFile, &Snapshot) -> Result<Committed<R>, E> + Send + 'static,
 ) -> Result<Committed<R>, ChangeError<E>>
 where
     R: Send + 'static,
@@ -405,7 +428,7 @@ where
     let audit = services.audit.clone();
     let request_id = request_id.to_string();
     let task = tokio::task::spawn_blocking(move || {
-        store.apply(change, |before, after, c: &Committed<R>| {
+        let entry = |before: &PolicyFile, after: &PolicyFile, c: &Committed<R>| {
             let entry = AuditEntry {
                 ts: chrono::Utc::now().to_rfc3339(),
                 request_id: &request_id,
@@ -416,10 +439,14 @@ where
                 before: redacted_client(before.clients.get(&c.target)),
                 after: redacted_client(after.clients.get(&c.target)),
             };
-            if let Err(e) = audit.append(&entry) {
+            serde_json::to_string(&entry).unwrap_or_default()
+        };
+        let logged = |line: &str| {
+            if let Err(e) = audit.append_line(line.as_bytes()) {
                 tracing::error!(error = %e, path = %audit.path().display(), "audit log append failed");
             }
-        })
+        };
+        store.apply(&request_id, change, entry, logged)
     });
     let result = match task.await {
         Ok(r) => r,

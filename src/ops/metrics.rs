@@ -609,7 +609,7 @@ pub fn init() -> Result<(), String> {
     LazyLock::force(&TLS_CERTIFICATE_EXPIRY);
     // Series that exist from the start at 0, so `increase()` and alerts see
     // the first failure rather than a series appearing at 1.
-    for source in ["file", "api", "signal"] {
+    for source in ["file", "api", "signal", "etcd"] {
         for result in ["success", "failure"] {
             POLICY_RELOADS.series(&[source, result]);
         }

@@ -51,7 +51,14 @@ impl AuditLog {
     }
 
     pub fn append(&self, entry: &AuditEntry<'_>) -> std::io::Result<()> {
-        let mut line = serde_json::to_vec(entry).map_err(std::io::Error::other)?;
+        let line = serde_json::to_vec(entry).map_err(std::io::Error::other)?;
+        self.append_line(&line)
+    }
+
+    /// Appends one entry already serialised (another replica's, from etcd).
+    pub fn append_line(&self, entry: &[u8]) -> std::io::Result<()> {
+        let mut line = Vec::with_capacity(entry.len() + 1);
+        line.extend_from_slice(entry);
         line.push(b'\n');
         let mut f = OpenOptions::new()
             .create(true)

@@ -2,6 +2,7 @@
 
 pub(crate) mod audit;
 pub mod compile;
+pub mod etcd;
 pub(crate) mod features;
 pub mod model;
 pub(crate) mod persist;

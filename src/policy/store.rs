@@ -17,7 +17,7 @@ use crate::config::settings::{from_yaml, ConfigError};
 
 /// Identity of the policy file's current contents, to notice edits cheaply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-struct FileStamp {
+pub(super) struct FileStamp {
     modified: Option<SystemTime>,
     len: u64,
     inode: u64,
@@ -49,16 +49,42 @@ pub enum ChangeError<E> {
     Invalid(Vec<ConfigError>),
     /// The new policy could not be made durable; nothing changed.
     Persist(std::io::Error),
+    /// The shared store (etcd) cannot take the change now; why, said to
+    /// the caller (503).
+    Unavailable(String),
+    /// Other replicas' changes kept winning the race (409, retry).
+    Conflict,
+}
+
+/// Where the policy is kept.
+pub(crate) enum Backend {
+    /// The policy file, polled for edits.
+    File,
+    /// etcd, shared by the fleet and watched; the file is this replica's
+    /// last-good cache.
+    Etcd(Arc<super::etcd::Etcd>),
 }
 
 pub struct PolicyStore {
-    current: ArcSwap<Snapshot>,
-    path: PathBuf,
-    next_version: AtomicU64,
+    pub(super) current: ArcSwap<Snapshot>,
+    pub(super) path: PathBuf,
+    pub(super) next_version: AtomicU64,
     /// Serializes every change; holds the stamp of the file we last loaded or wrote.
-    writer: Mutex<Option<FileStamp>>,
-    last: Mutex<ReloadStatus>,
+    pub(super) writer: Mutex<Option<FileStamp>>,
+    pub(super) last: Mutex<ReloadStatus>,
+    pub(crate) backend: Backend,
+    /// The audit keys this replica committed to etcd, so its watch does
+    /// not log them a second time.
+    pub(super) written_here: Mutex<std::collections::VecDeque<String>>,
+    /// Audit entries of other replicas' changes, from the watch.
+    pub(super) fleet_audit: std::sync::OnceLock<Arc<super::audit::AuditLog>>,
+    /// Told of each reload the store makes by itself (the etcd watch):
+    /// the source, and the new snapshot or `None` for a refused one. The
+    /// server counts them in its metrics.
+    pub(super) on_reload: std::sync::OnceLock<ReloadHook>,
 }
+
+pub type ReloadHook = Box<dyn Fn(&str, Option<&Snapshot>) + Send + Sync>;
 
 fn read_policy(path: &Path) -> Result<PolicyFile, Vec<ConfigError>> {
     let text = std::fs::read_to_string(path).map_err(|e| {
@@ -102,14 +128,14 @@ pub fn load_policy_file(path: &Path, version: u64) -> Result<Snapshot, Vec<Confi
     )
 }
 
-fn now_unix() -> u64 {
+pub(super) fn now_unix() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or_default()
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock cannot leave the policy torn (the swap is
     // the last step), so a poisoned lock is safe to keep using.
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -130,7 +156,16 @@ impl PolicyStore {
                 at_unix: now_unix(),
                 errors: Vec::new(),
             }),
+            backend: Backend::File,
+            written_here: Mutex::new(std::collections::VecDeque::new()),
+            fleet_audit: std::sync::OnceLock::new(),
+            on_reload: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Sets what is told of the reloads the store makes by itself.
+    pub fn set_reload_hook(&self, hook: ReloadHook) {
+        let _ = self.on_reload.set(hook);
     }
 
     pub fn load(&self) -> Arc<Snapshot> {
@@ -150,7 +185,7 @@ impl PolicyStore {
         lock(&self.last).clone()
     }
 
-    fn record(&self, source: &str, errors: &[ConfigError]) {
+    pub(super) fn record(&self, source: &str, errors: &[ConfigError]) {
         *lock(&self.last) = ReloadStatus {
             source: source.into(),
             result: if errors.is_empty() {
@@ -170,6 +205,10 @@ impl PolicyStore {
         &self,
         source: &str,
     ) -> Result<Option<Arc<Snapshot>>, Vec<ConfigError>> {
+        // With etcd the file is only a cache: the watch brings changes.
+        if let Backend::Etcd(_) = self.backend {
+            return Ok(None);
+        }
         let mut seen = lock(&self.writer);
         let now = stamp(&self.path);
         // A missing file (`None`) that was already missing at the last poll
@@ -182,6 +221,9 @@ impl PolicyStore {
 
     /// Re-reads the file unconditionally (SIGHUP).
     pub fn reload(&self, source: &str) -> Result<Option<Arc<Snapshot>>, Vec<ConfigError>> {
+        if let Backend::Etcd(etcd) = &self.backend {
+            return self.reload_from_etcd(etcd, source);
+        }
         let mut seen = lock(&self.writer);
         let now = stamp(&self.path);
         self.reload_locked(&mut seen, now, source)
@@ -248,11 +290,22 @@ impl PolicyStore {
     /// Applies one change: new policy from the current source, compiled
     /// (validated), written durably, then swapped in. `after_persist` runs
     /// under the same lock once the change is on disk (the audit log).
+    ///
+    /// `audit` makes the change's audit line; with etcd it commits with the
+    /// change. `after_persist` gets it once the change is durable, under
+    /// the same lock (the local audit log). With etcd a change that lost a
+    /// race is run again on the newer policy, so `change` may run more than
+    /// once.
     pub fn apply<R, E>(
         &self,
-        change: impl FnOnce(&mut PolicyFile, &Snapshot) -> Result<R, E>,
-        after_persist: impl FnOnce(&PolicyFile, &PolicyFile, &R),
+        request_id: &str,
+        mut change: impl FnMut(&mut PolicyFile, &Snapshot) -> Result<R, E>,
+        audit: impl Fn(&PolicyFile, &PolicyFile, &R) -> String,
+        after_persist: impl FnOnce(&str),
     ) -> Result<(R, Arc<Snapshot>), ChangeError<E>> {
+        if let Backend::Etcd(etcd) = &self.backend {
+            return self.apply_etcd(etcd, request_id, change, audit, after_persist);
+        }
         let mut seen = lock(&self.writer);
         // An operator's edit not yet picked up by the poller must not be
         // overwritten: load it first, and refuse the change if it is invalid.
@@ -294,7 +347,7 @@ impl PolicyStore {
             return Err(ChangeError::Persist(e));
         }
         *seen = stamp(&self.path);
-        after_persist(before, &snap.source, &out);
+        after_persist(&audit(before, &snap.source, &out));
         let snap = Arc::new(snap);
         self.current.store(snap.clone());
         self.record("api", &[]);

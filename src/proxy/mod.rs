@@ -253,8 +253,10 @@ impl Gateway {
         route: &Route,
         issuer: Issuer,
     ) -> Result<Answer, Failure> {
+        // POST only: a code or a refresh token in a URL ends up in the
+        // logs of whatever sits between the caller and the gateway.
         let method = &session.req_header().method;
-        if method != http::Method::POST && method != http::Method::GET {
+        if method != http::Method::POST {
             return Err(ApiError::method_not_allowed(method.as_str()).into());
         }
         let Some(store) = self.rules.tokens.clone() else {

@@ -1,0 +1,248 @@
+//! How a policy is laid out in etcd, under the prefix `P`:
+//!
+//! | key | value |
+//! |---|---|
+//! | `P` `clients/` id | the client's entry (JSON) |
+//! | `P` `entity_types/` name | the entity type (JSON) |
+//! | `P` `guard` | `{"hash": ...}`: the hash of the whole committed policy |
+//! | `P` `audit/` request id | the audit entry of the change (JSON) |
+//!
+//! One key per client keeps each value far under etcd's 1.5 MiB request
+//! limit (a 100,000-client policy is 100,000 small keys). Every change
+//! writes the guard in the same transaction as its keys, and compares the
+//! guard's revision: two replicas' changes can never both commit against
+//! the same policy, so whole-policy rules hold across the fleet. A replica
+//! adopts a state only when the policy it spells hashes to the guard, so a
+//! half-written import or a hand edit is never served.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::model::{ClientDef, EntityTypeDef, PolicyFile};
+
+pub const CLIENTS: &str = "clients/";
+pub const ENTITY_TYPES: &str = "entity_types/";
+pub const GUARD: &str = "guard";
+pub const AUDIT: &str = "audit/";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Guard {
+    pub hash: String,
+}
+
+/// What one key under the prefix is.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Key<'k> {
+    Client(&'k str),
+    EntityType(&'k str),
+    Guard,
+    Audit(&'k str),
+    /// Something else under the prefix: not ours to read.
+    Other,
+}
+
+pub fn classify<'k>(prefix: &str, key: &'k [u8]) -> Key<'k> {
+    let Some(rest) = key.strip_prefix(prefix.as_bytes()) else {
+        return Key::Other;
+    };
+    let Ok(rest) = std::str::from_utf8(rest) else {
+        return Key::Other;
+    };
+    if rest == GUARD {
+        Key::Guard
+    } else if let Some(id) = rest.strip_prefix(CLIENTS) {
+        Key::Client(id)
+    } else if let Some(name) = rest.strip_prefix(ENTITY_TYPES) {
+        Key::EntityType(name)
+    } else if let Some(id) = rest.strip_prefix(AUDIT) {
+        Key::Audit(id)
+    } else {
+        Key::Other
+    }
+}
+
+pub fn client_key(prefix: &str, id: &str) -> String {
+    format!("{prefix}{CLIENTS}{id}")
+}
+
+pub fn entity_type_key(prefix: &str, name: &str) -> String {
+    format!("{prefix}{ENTITY_TYPES}{name}")
+}
+
+pub fn guard_key(prefix: &str) -> String {
+    format!("{prefix}{GUARD}")
+}
+
+pub fn audit_key(prefix: &str, request_id: &str) -> String {
+    format!("{prefix}{AUDIT}{request_id}")
+}
+
+/// The policy as etcd holds it, key by key, and the guard it should match.
+#[derive(Debug, Default, Clone)]
+pub struct Mirror {
+    pub policy: PolicyFile,
+    pub guard: Option<Guard>,
+    /// The guard's revision (what a write compares); 0: no guard.
+    pub guard_revision: i64,
+    /// Keys whose value could not be read (hand-edited, say): the state is
+    /// not adopted while any remains.
+    pub unreadable: BTreeMap<String, String>,
+}
+
+impl Mirror {
+    /// Applies one key's new value (`None`: deleted).
+    pub fn apply(&mut self, prefix: &str, key: &[u8], value: Option<&[u8]>) {
+        let shown = String::from_utf8_lossy(key).into_owned();
+        self.unreadable.remove(&shown);
+        match classify(prefix, key) {
+            Key::Client(id) => {
+                let id = id.to_string();
+                match value.map(serde_json::from_slice::<ClientDef>) {
+                    None => {
+                        self.policy.clients.remove(&id);
+                    }
+                    Some(Ok(c)) => {
+                        self.policy.clients.insert(id, c);
+                    }
+                    Some(Err(e)) => {
+                        self.policy.clients.remove(&id);
+                        self.unreadable.insert(shown, e.to_string());
+                    }
+                }
+            }
+            Key::EntityType(name) => {
+                let name = name.to_string();
+                match value.map(serde_json::from_slice::<EntityTypeDef>) {
+                    None => {
+                        self.policy.entity_types.remove(&name);
+                    }
+                    Some(Ok(t)) => {
+                        self.policy.entity_types.insert(name, t);
+                    }
+                    Some(Err(e)) => {
+                        self.policy.entity_types.remove(&name);
+                        self.unreadable.insert(shown, e.to_string());
+                    }
+                }
+            }
+            Key::Guard => {
+                self.guard = match value.map(serde_json::from_slice::<Guard>) {
+                    None => None,
+                    Some(Ok(g)) => Some(g),
+                    Some(Err(e)) => {
+                        self.unreadable.insert(shown, e.to_string());
+                        None
+                    }
+                };
+            }
+            Key::Audit(_) | Key::Other => {}
+        }
+    }
+
+    /// The policy, if it is whole: every key readable, and its hash the
+    /// guard's. Otherwise why not.
+    pub fn whole(&self) -> Result<(&PolicyFile, String), String> {
+        if let Some((key, why)) = self.unreadable.iter().next() {
+            return Err(format!("{key} cannot be read: {why}"));
+        }
+        let Some(guard) = &self.guard else {
+            return Err("no guard key: nothing was imported yet".into());
+        };
+        let hash = crate::policy::compile::policy_hash(&self.policy)?;
+        if hash != guard.hash {
+            return Err(format!(
+                "the keys spell a policy with hash {hash}, the guard says {}: a change is half written",
+                guard.hash
+            ));
+        }
+        Ok((&self.policy, hash))
+    }
+}
+
+/// One write of a change: a key and its new value (`None`: delete).
+pub type Write = (String, Option<Vec<u8>>);
+
+/// The key writes that turn `before` into `after`, clients and entity
+/// types whose entries differ only.
+pub fn diff(prefix: &str, before: &PolicyFile, after: &PolicyFile) -> Result<Vec<Write>, String> {
+    let mut out = Vec::new();
+    for (id, c) in &after.clients {
+        if before.clients.get(id) != Some(c) {
+            out.push((client_key(prefix, id), Some(json(c)?)));
+        }
+    }
+    for id in before.clients.keys() {
+        if !after.clients.contains_key(id) {
+            out.push((client_key(prefix, id), None));
+        }
+    }
+    for (name, t) in &after.entity_types {
+        if before.entity_types.get(name) != Some(t) {
+            out.push((entity_type_key(prefix, name), Some(json(t)?)));
+        }
+    }
+    for name in before.entity_types.keys() {
+        if !after.entity_types.contains_key(name) {
+            out.push((entity_type_key(prefix, name), None));
+        }
+    }
+    Ok(out)
+}
+
+/// Every key of a whole policy (an import).
+pub fn all_keys(prefix: &str, policy: &PolicyFile) -> Result<Vec<Write>, String> {
+    diff(prefix, &PolicyFile::default(), policy)
+}
+
+fn json<T: Serialize>(v: &T) -> Result<Vec<u8>, String> {
+    serde_json::to_vec(v).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> PolicyFile {
+        let text = include_str!("../../../config/policy.yaml");
+        serde_yaml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn a_mirror_built_from_every_key_is_whole_once_the_guard_matches() {
+        let p = policy();
+        let mut m = Mirror::default();
+        for (k, v) in all_keys("/rg/", &p).unwrap() {
+            m.apply("/rg/", k.as_bytes(), v.as_deref());
+        }
+        assert!(m.whole().is_err(), "no guard yet");
+        let hash = crate::policy::compile::policy_hash(&p).unwrap();
+        let g = serde_json::to_vec(&Guard { hash: hash.clone() }).unwrap();
+        m.apply("/rg/", b"/rg/guard", Some(&g));
+        assert_eq!(m.whole().unwrap().1, hash);
+        // A hand edit that does not parse: not whole, until it is fixed.
+        m.apply("/rg/", b"/rg/clients/demo-owner", Some(b"{not json"));
+        assert!(m.whole().unwrap_err().contains("cannot be read"));
+        let c = serde_json::to_vec(&p.clients["demo-owner"]).unwrap();
+        m.apply("/rg/", b"/rg/clients/demo-owner", Some(&c));
+        assert!(m.whole().is_ok());
+    }
+
+    #[test]
+    fn a_diff_writes_only_what_changed() {
+        let before = policy();
+        let mut after = before.clone();
+        after.clients.remove("login-app");
+        if let Some(c) = after.clients.get_mut("crm-writer") {
+            c.description = "changed".into();
+        }
+        let d = diff("/rg/", &before, &after).unwrap();
+        let keys: Vec<(&str, bool)> = d.iter().map(|(k, v)| (k.as_str(), v.is_some())).collect();
+        assert_eq!(
+            keys,
+            vec![("/rg/clients/crm-writer", true), ("/rg/clients/login-app", false)]
+        );
+        assert_eq!(classify("/rg/", b"/rg/clients/a/b"), Key::Client("a/b"));
+        assert_eq!(classify("/rg/", b"/other/x"), Key::Other);
+    }
+}

@@ -1,0 +1,406 @@
+//! The etcd policy store (`policy_store.kind: etcd`): the fleet's one
+//! policy, laid out key by key ([`layout`]), committed by transactions that
+//! compare the guard's revision, and followed by every replica's watch
+//! ([`watch`]).
+//!
+//! The client runs on its own small runtime: the store's callers are
+//! blocking threads (a management write runs under `spawn_blocking`, the
+//! start is before any runtime), and the watch must outlive any one of
+//! Pingora's service runtimes. Requests never touch etcd.
+
+pub mod layout;
+mod sync;
+mod watch;
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, OpenSslClientConfig, SortOrder,
+    SortTarget, Txn, TxnOp,
+};
+
+use crate::config::store::EtcdSettings;
+use layout::{Guard, Mirror, Write};
+
+/// Keys read per page of a full read: far under gRPC's 4 MiB per message
+/// for entries of a few KiB.
+const PAGE: i64 = 500;
+
+/// Operations per transaction etcd accepts (`--max-txn-ops`, 128 by
+/// default), keeping two for the guard and the audit entry.
+pub const MAX_TXN_WRITES: usize = 120;
+
+#[derive(Debug)]
+pub enum CommitError {
+    /// The guard moved: another change committed first.
+    Conflict,
+    /// etcd refused or could not be reached; nothing was committed.
+    Unavailable(String),
+    /// No answer in time: the change may or may not have committed.
+    Unknown(String),
+}
+
+/// Where the replica stands with etcd, for `/status` and metrics.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SyncState {
+    pub connected: bool,
+    /// The last etcd revision this replica has applied (0: none yet).
+    pub applied_revision: i64,
+    /// The guard revision of the policy in force (what a write compares).
+    pub guard_revision: i64,
+    /// Seconds since the watch last heard from etcd.
+    #[serde(skip)]
+    pub last_sync: Option<Instant>,
+    /// The policy in force came from the local cache, not from etcd.
+    pub stale: bool,
+    /// Why the latest etcd state is not in force, when it is not.
+    pub pending: Option<String>,
+}
+
+pub struct Etcd {
+    rt: tokio::runtime::Runtime,
+    client: Client,
+    pub(crate) prefix: String,
+    request_timeout: Duration,
+    pub(crate) conflict_retries: u32,
+    pub(crate) state: Mutex<SyncState>,
+}
+
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    // Prefixes end with `/`, so the last byte can always be incremented.
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    end
+}
+
+impl Etcd {
+    /// Makes the client; the connection is made lazily, so a replica can
+    /// start (from its cache) while etcd is away.
+    pub fn connect(settings: &EtcdSettings, base: &std::path::Path) -> Result<Etcd, String> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("recordgate-etcd")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("policy_store.etcd: cannot start its runtime: {e}"))?;
+        let mut opts = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_millis(settings.connect_timeout_ms))
+            .with_timeout(Duration::from_millis(settings.request_timeout_ms))
+            // A silent member is noticed (etcd refuses pings more often
+            // than every 5 s).
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(3))
+            .with_keep_alive_while_idle(true)
+            .with_require_leader(true);
+        if let (Some(user), Some(password)) = (&settings.user, &settings.password) {
+            let password = password
+                .resolve(base)
+                .map_err(|e| format!("policy_store.etcd.password: {e}"))?;
+            opts = opts.with_user(user.clone(), password);
+        }
+        if settings.ca_file.is_some() || settings.cert_file.is_some() {
+            let mut tls = OpenSslClientConfig::default();
+            if let Some(ca) = &settings.ca_file {
+                let pem = std::fs::read(ca).map_err(|e| {
+                    format!("policy_store.etcd.ca_file: cannot read {}: {e}", ca.display())
+                })?;
+                tls = tls.ca_cert_pem(&pem);
+            }
+            if let (Some(cert), Some(key)) = (&settings.cert_file, &settings.key_file) {
+                let read = |p: &std::path::Path, k: &str| {
+                    std::fs::read(p).map_err(|e| {
+                        format!("policy_store.etcd.{k}: cannot read {}: {e}", p.display())
+                    })
+                };
+                tls = tls.client_cert_pem_and_key(&read(cert, "cert_file")?, &read(key, "key_file")?);
+            }
+            opts = opts.with_openssl_tls(tls);
+        }
+        let endpoints = settings.endpoints.clone();
+        let client = rt
+            .block_on(async move { Client::connect(endpoints, Some(opts)).await })
+            .map_err(|e| format!("policy_store.etcd: {e}"))?;
+        Ok(Etcd {
+            rt,
+            client,
+            prefix: settings.prefix.clone(),
+            request_timeout: Duration::from_millis(settings.request_timeout_ms),
+            conflict_retries: settings.conflict_retries,
+            state: Mutex::new(SyncState::default()),
+        })
+    }
+
+    /// Runs `fut` on the etcd runtime and waits for it from a blocking
+    /// thread, within `limit`.
+    fn run<T: Send + 'static>(
+        &self,
+        limit: Duration,
+        fut: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> Option<T> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.rt.spawn(async move {
+            let _ = tx.send(fut.await);
+        });
+        rx.recv_timeout(limit).ok()
+    }
+
+    pub(crate) fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    pub(crate) fn spawn(&self, fut: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.rt.spawn(fut);
+    }
+
+    pub(crate) fn state(&self) -> std::sync::MutexGuard<'_, SyncState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads every key under the prefix at one revision, page by page.
+    pub fn read_all(&self) -> Result<(Mirror, i64), String> {
+        let client = self.client();
+        let prefix = self.prefix.clone();
+        let limit = self.request_timeout * 20;
+        self.run(limit, read_all(client, prefix))
+            .unwrap_or_else(|| Err("etcd did not answer in time".into()))
+    }
+
+    /// Commits one change: its key writes, the new guard and the audit
+    /// entry, if the guard is still at `guard_revision`. Returns the
+    /// revision of the commit.
+    pub fn commit(
+        &self,
+        guard_revision: i64,
+        writes: Vec<Write>,
+        guard: &Guard,
+        audit: (&str, String),
+    ) -> Result<i64, CommitError> {
+        if writes.len() > MAX_TXN_WRITES {
+            return Err(CommitError::Unavailable(format!(
+                "the change touches {} keys; one transaction takes at most {MAX_TXN_WRITES}",
+                writes.len()
+            )));
+        }
+        let guard_key = layout::guard_key(&self.prefix);
+        let mut ops: Vec<TxnOp> = writes
+            .into_iter()
+            .map(|(k, v)| match v {
+                Some(v) => TxnOp::put(k, v, None),
+                None => TxnOp::delete(k, None),
+            })
+            .collect();
+        let guard_json = serde_json::to_vec(guard).map_err(|e| CommitError::Unavailable(e.to_string()))?;
+        ops.push(TxnOp::put(guard_key.clone(), guard_json, None));
+        ops.push(TxnOp::put(
+            layout::audit_key(&self.prefix, audit.0),
+            audit.1,
+            None,
+        ));
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                guard_key,
+                CompareOp::Equal,
+                guard_revision,
+            )])
+            .and_then(ops);
+        let mut client = self.client();
+        let answered = self.run(self.request_timeout, async move { client.txn(txn).await });
+        match answered {
+            None => Err(CommitError::Unknown("no answer in time".into())),
+            Some(Err(e)) => Err(classify(e)),
+            Some(Ok(r)) if r.succeeded() => Ok(r.header().map(|h| h.revision()).unwrap_or(0)),
+            Some(Ok(_)) => Err(CommitError::Conflict),
+        }
+    }
+
+    /// Whether the change with this request id committed (its audit entry
+    /// is there), and at which revision; `Err`: still cannot tell.
+    pub fn committed(&self, request_id: &str) -> Result<Option<i64>, String> {
+        let mut client = self.client();
+        let key = layout::audit_key(&self.prefix, request_id);
+        match self.run(self.request_timeout, async move { client.get(key, None).await }) {
+            None => Err("etcd did not answer in time".into()),
+            Some(Err(e)) => Err(e.to_string()),
+            Some(Ok(r)) => Ok(r.kvs().first().map(|kv| kv.mod_revision())),
+        }
+    }
+
+    /// Writes a whole policy: its keys in batches, keys it does not have
+    /// deleted, the guard last and only if no change committed meanwhile,
+    /// so no replica adopts a half import. Returns the guard's revision.
+    pub fn import(&self, policy: &crate::policy::model::PolicyFile, request: (&str, String)) -> Result<i64, String> {
+        let (mirror, _) = self.read_all()?;
+        let guard_rev = self.guard_revision()?;
+        let mut writes = layout::diff(&self.prefix, &mirror.policy, policy)?;
+        // Keys the mirror could not read are replaced too.
+        for key in mirror.unreadable.keys() {
+            if !writes.iter().any(|(k, _)| k == key) {
+                writes.push((key.clone(), None));
+            }
+        }
+        let hash = crate::policy::compile::policy_hash(policy)?;
+        while writes.len() > MAX_TXN_WRITES {
+            let rest = writes.split_off(MAX_TXN_WRITES);
+            let batch = std::mem::replace(&mut writes, rest);
+            let ops: Vec<TxnOp> = batch
+                .into_iter()
+                .map(|(k, v)| match v {
+                    Some(v) => TxnOp::put(k, v, None),
+                    None => TxnOp::delete(k, None),
+                })
+                .collect();
+            let mut client = self.client();
+            match self.run(self.request_timeout, async move {
+                client.txn(Txn::new().and_then(ops)).await
+            }) {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e.to_string()),
+                None => return Err("etcd did not answer in time".into()),
+            }
+        }
+        self.commit(guard_rev, writes, &Guard { hash }, request)
+            .map_err(|e| match e {
+                CommitError::Conflict => "a change committed during the import; run it again".to_string(),
+                CommitError::Unavailable(m) | CommitError::Unknown(m) => m,
+            })
+    }
+
+    /// The guard's current revision (0: no guard yet).
+    pub fn guard_revision(&self) -> Result<i64, String> {
+        let mut client = self.client();
+        let key = layout::guard_key(&self.prefix);
+        match self.run(self.request_timeout, async move { client.get(key, None).await }) {
+            None => Err("etcd did not answer in time".into()),
+            Some(Err(e)) => Err(e.to_string()),
+            Some(Ok(r)) => Ok(r.kvs().first().map(|kv| kv.mod_revision()).unwrap_or(0)),
+        }
+    }
+}
+
+fn classify(e: etcd_client::Error) -> CommitError {
+    let text = e.to_string();
+    match &e {
+        // etcd answered with an error status: nothing committed; unless
+        // the status only says the answer did not arrive.
+        etcd_client::Error::GRpcStatus(s) => {
+            let code = format!("{:?}", s.code());
+            if ["DeadlineExceeded", "Cancelled", "Unknown", "Unavailable"].contains(&code.as_str()) {
+                CommitError::Unknown(text)
+            } else {
+                CommitError::Unavailable(text)
+            }
+        }
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => {
+            CommitError::Unknown(text)
+        }
+        _ => CommitError::Unavailable(text),
+    }
+}
+
+/// Every key under `prefix` at one revision, page by page.
+pub(crate) async fn read_all(mut client: Client, prefix: String) -> Result<(Mirror, i64), String> {
+    let end = prefix_end(&prefix);
+    let mut mirror = Mirror::default();
+    let mut from = prefix.as_bytes().to_vec();
+    let mut revision = 0;
+    loop {
+        let mut opts = GetOptions::new()
+            .with_range(end.clone())
+            .with_limit(PAGE)
+            .with_sort(SortTarget::Key, SortOrder::Ascend);
+        if revision > 0 {
+            opts = opts.with_revision(revision);
+        }
+        let r = client
+            .get(from.clone(), Some(opts))
+            .await
+            .map_err(|e| e.to_string())?;
+        if revision == 0 {
+            revision = r.header().map(|h| h.revision()).unwrap_or(0);
+        }
+        let kvs = r.kvs();
+        for kv in kvs {
+            mirror.apply(&prefix, kv.key(), Some(kv.value()));
+            if layout::classify(&prefix, kv.key()) == layout::Key::Guard {
+                mirror.guard_revision = kv.mod_revision();
+            }
+        }
+        match kvs.last() {
+            Some(last) if r.more() => {
+                from = last.key().to_vec();
+                from.push(0);
+            }
+            _ => break,
+        }
+    }
+    Ok((mirror, revision))
+}
+
+/// `recordgate policy import` and `export`.
+pub mod cli {
+    use std::path::Path;
+
+    use crate::config::settings::Settings;
+    use crate::config::store::EtcdSettings;
+
+    fn etcd_settings(settings: &Settings) -> Result<&EtcdSettings, String> {
+        settings
+            .policy_store
+            .etcd
+            .as_ref()
+            .ok_or_else(|| "policy_store.etcd is not set: there is no etcd store to use".to_string())
+    }
+
+    fn connect(settings: &Settings) -> Result<super::Etcd, String> {
+        let base = settings.policy.parent().unwrap_or(Path::new("."));
+        super::Etcd::connect(etcd_settings(settings)?, base)
+    }
+
+    /// Validates `file` as `serve` would, then writes it to etcd: keys in
+    /// batches within etcd's limits, the guard last, so no replica adopts
+    /// a half import. Returns a summary line.
+    pub fn import(settings: &Settings, file: &Path) -> Result<String, String> {
+        let snap = crate::policy::store::load_policy_file(file, 1).map_err(|errors| {
+            errors
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        })?;
+        let etcd = connect(settings)?;
+        let id = format!("import.{:016x}", rand::random::<u64>());
+        let entry = serde_json::json!({
+            "ts": chrono::Utc::now().to_rfc3339(),
+            "request_id": id,
+            "caller": "recordgate policy import",
+            "endpoint": "policy import",
+            "target": null,
+            "file": file.display().to_string(),
+            "hash": snap.hash,
+            "clients": snap.clients.len(),
+            "entity_types": snap.entity_types.len(),
+        });
+        let revision = etcd.import(&snap.source, (&id, entry.to_string()))?;
+        Ok(format!(
+            "imported {} into etcd at revision {revision}: {} clients, {} entity types, hash {}",
+            file.display(),
+            snap.clients.len(),
+            snap.entity_types.len(),
+            snap.hash
+        ))
+    }
+
+    /// The policy etcd holds, as YAML for review; refused when it is not
+    /// whole (a change half written, a key that cannot be read).
+    pub fn export(settings: &Settings) -> Result<String, String> {
+        let etcd = connect(settings)?;
+        let (mirror, revision) = etcd.read_all()?;
+        let (policy, hash) = mirror.whole()?;
+        let yaml = serde_yaml::to_string(policy).map_err(|e| e.to_string())?;
+        Ok(format!(
+            "# recordgate policy exported from etcd at revision {revision}, hash {hash}\n{yaml}"
+        ))
+    }
+}

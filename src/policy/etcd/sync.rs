@@ -1,0 +1,296 @@
+//! The policy store with etcd behind it: starting from etcd (or from the
+//! local last-good cache while etcd is away), committing a change, and
+//! adopting a state etcd holds.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+
+use super::layout::{self, Guard};
+use super::{CommitError, Etcd};
+use crate::config::settings::ConfigError;
+use crate::config::store::EtcdSettings;
+use crate::policy::compile::{compile, compile_hashed, CompileContext, Snapshot};
+use crate::policy::model::PolicyFile;
+use crate::policy::persist::write_atomically;
+use crate::policy::store::{lock, now_unix, Backend, ChangeError, PolicyStore, ReloadStatus};
+
+/// Audit keys remembered as written here (for the watch to skip).
+const WRITTEN_HERE: usize = 4096;
+
+fn config_error(path: &Path, message: String) -> ConfigError {
+    ConfigError {
+        file: path.display().to_string(),
+        key: String::new(),
+        message,
+    }
+}
+
+impl PolicyStore {
+    /// Opens the etcd store: the policy etcd holds, if it is whole; else
+    /// (etcd away, or nothing imported yet) the local cache at `cache`,
+    /// marked stale. Starts the watch.
+    pub fn open_etcd(settings: &EtcdSettings, cache: &Path) -> Result<Arc<PolicyStore>, String> {
+        let base = cache.parent().unwrap_or(Path::new("."));
+        let etcd = Arc::new(Etcd::connect(settings, base)?);
+        let ctx = CompileContext {
+            file: cache,
+            version: 1,
+        };
+        let from_etcd = etcd.read_all().and_then(|(mirror, revision)| {
+            let (policy, hash) = mirror.whole()?;
+            let snap = compile_hashed(policy.clone(), &ctx, hash).map_err(|e| {
+                e.iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })?;
+            Ok((snap, revision, mirror.guard_revision))
+        });
+        let snap = match from_etcd {
+            Ok((snap, revision, guard_revision)) => {
+                let mut st = etcd.state();
+                st.connected = true;
+                st.applied_revision = revision;
+                st.guard_revision = guard_revision;
+                st.last_sync = Some(std::time::Instant::now());
+                drop(st);
+                write_cache(cache, &snap.source);
+                snap
+            }
+            Err(why) => {
+                let snap = crate::policy::store::load_policy_file(cache, 1).map_err(|_| {
+                    format!(
+                        "policy_store: etcd: {why}; and there is no usable last-good cache at {} \
+                         (run `recordgate policy import` to put a policy in etcd)",
+                        cache.display()
+                    )
+                })?;
+                tracing::warn!(reason = %why, cache = %cache.display(), "starting from the local policy cache: etcd's policy is not available");
+                let mut st = etcd.state();
+                st.stale = true;
+                st.pending = Some(why);
+                snap
+            }
+        };
+        let store = Arc::new(PolicyStore {
+            current: ArcSwap::from_pointee(snap),
+            path: cache.to_path_buf(),
+            next_version: std::sync::atomic::AtomicU64::new(2),
+            writer: Mutex::new(None),
+            last: Mutex::new(ReloadStatus {
+                source: "startup".into(),
+                result: "success".into(),
+                at_unix: now_unix(),
+                errors: Vec::new(),
+            }),
+            backend: Backend::Etcd(etcd.clone()),
+            written_here: Mutex::new(std::collections::VecDeque::new()),
+            fleet_audit: std::sync::OnceLock::new(),
+            on_reload: std::sync::OnceLock::new(),
+        });
+        super::watch::start(&etcd, Arc::downgrade(&store));
+        Ok(store)
+    }
+
+    /// Where this replica stands with etcd; `None` with the file store.
+    pub fn etcd_state(&self) -> Option<super::SyncState> {
+        match &self.backend {
+            Backend::Etcd(etcd) => Some(etcd.state().clone()),
+            Backend::File => None,
+        }
+    }
+
+    /// Other replicas' audit entries go to this log as the watch sees them.
+    pub fn set_fleet_audit(&self, log: Arc<crate::policy::audit::AuditLog>) {
+        let _ = self.fleet_audit.set(log);
+    }
+
+    /// Puts a whole policy etcd holds in force, if it differs from the
+    /// running one. Returns the new snapshot, if one was swapped in.
+    pub(super) fn adopt(
+        &self,
+        policy: &PolicyFile,
+        hash: String,
+        source: &str,
+    ) -> Result<Option<Arc<Snapshot>>, Vec<ConfigError>> {
+        if self.current.load().hash == hash {
+            return Ok(None);
+        }
+        let version = self.next_version.fetch_add(1, Ordering::SeqCst);
+        let ctx = CompileContext {
+            file: &self.path,
+            version,
+        };
+        match compile_hashed(policy.clone(), &ctx, hash) {
+            Ok(mut snap) => {
+                snap.keep_rate_buckets(&self.current.load());
+                let snap = Arc::new(snap);
+                self.current.store(snap.clone());
+                self.record(source, &[]);
+                write_cache(&self.path, &snap.source);
+                Ok(Some(snap))
+            }
+            Err(e) => {
+                self.record(source, &e);
+                Err(e)
+            }
+        }
+    }
+
+    /// A full read of etcd (SIGHUP, a conflict, a compaction).
+    pub(in crate::policy) fn reload_from_etcd(
+        &self,
+        etcd: &Etcd,
+        source: &str,
+    ) -> Result<Option<Arc<Snapshot>>, Vec<ConfigError>> {
+        let (mirror, revision) = etcd
+            .read_all()
+            .map_err(|e| vec![config_error(&self.path, format!("etcd: {e}"))])?;
+        match mirror.whole() {
+            Ok((policy, hash)) => {
+                let adopted = self.adopt(policy, hash, source)?;
+                let mut st = etcd.state();
+                st.applied_revision = st.applied_revision.max(revision);
+                st.guard_revision = mirror.guard_revision;
+                st.stale = false;
+                st.pending = None;
+                st.connected = true;
+                st.last_sync = Some(std::time::Instant::now());
+                Ok(adopted.or_else(|| Some(self.current.load_full())))
+            }
+            Err(why) => {
+                etcd.state().pending = Some(why.clone());
+                let e = vec![config_error(&self.path, format!("etcd: {why}"))];
+                self.record(source, &e);
+                Err(e)
+            }
+        }
+    }
+
+    /// [`PolicyStore::apply`] with etcd: the change is compiled against this
+    /// replica's snapshot and committed in one transaction with the new
+    /// guard and the audit entry, if the guard has not moved; on a race the
+    /// newer policy is read and the change run again.
+    pub(in crate::policy) fn apply_etcd<R, E>(
+        &self,
+        etcd: &Etcd,
+        request_id: &str,
+        mut change: impl FnMut(&mut PolicyFile, &Snapshot) -> Result<R, E>,
+        audit: impl Fn(&PolicyFile, &PolicyFile, &R) -> String,
+        after_persist: impl FnOnce(&str),
+    ) -> Result<(R, Arc<Snapshot>), ChangeError<E>> {
+        let _one_at_a_time = lock(&self.writer);
+        // Unique even when a trusted proxy sends the same request id twice.
+        let audit_id = format!("{request_id}.{:016x}", rand::random::<u64>());
+        for _ in 0..=etcd.conflict_retries {
+            let guard_revision = {
+                let st = etcd.state();
+                if st.stale {
+                    return Err(ChangeError::Unavailable(
+                        "the policy store (etcd) is not reachable: nothing was changed".into(),
+                    ));
+                }
+                st.guard_revision
+            };
+            let current = self.current.load_full();
+            let before = &current.source;
+            let mut next = before.clone();
+            let out = change(&mut next, &current).map_err(ChangeError::Refused)?;
+            let line = audit(before, &next, &out);
+            let writes = layout::diff(&etcd.prefix, before, &next)
+                .map_err(|e| ChangeError::Persist(std::io::Error::other(e)))?;
+            let version = self.next_version.fetch_add(1, Ordering::SeqCst);
+            let mut snap = compile(
+                next,
+                &CompileContext {
+                    file: &self.path,
+                    version,
+                },
+            )
+            .map_err(ChangeError::Invalid)?;
+            snap.keep_rate_buckets(&current);
+            let guard = Guard {
+                hash: snap.hash.clone(),
+            };
+            let committed = match etcd.commit(guard_revision, writes, &guard, (&audit_id, line.clone())) {
+                Err(CommitError::Unknown(why)) => match etcd.committed(&audit_id) {
+                    Ok(Some(revision)) => Ok(revision),
+                    Ok(None) => Err(CommitError::Unavailable(why)),
+                    Err(e) => {
+                        return Err(ChangeError::Unavailable(format!(
+                            "the policy store (etcd) did not confirm the change ({e}); it is in force on every replica if it was committed"
+                        )))
+                    }
+                },
+                other => other,
+            };
+            match committed {
+                Ok(revision) => {
+                    {
+                        let mut here = lock(&self.written_here);
+                        if here.len() >= WRITTEN_HERE {
+                            here.pop_front();
+                        }
+                        here.push_back(audit_id.clone());
+                    }
+                    etcd.state().guard_revision = revision;
+                    after_persist(&line);
+                    let snap = Arc::new(snap);
+                    self.current.store(snap.clone());
+                    self.record("api", &[]);
+                    write_cache(&self.path, &snap.source);
+                    return Ok((out, snap));
+                }
+                Err(CommitError::Conflict) => {
+                    // Someone else's change won: read it, then run this one
+                    // again on top of it.
+                    if let Err(e) = self.reload_from_etcd(etcd, "etcd") {
+                        let why = e.first().map(|e| e.message.clone()).unwrap_or_default();
+                        return Err(ChangeError::Unavailable(format!(
+                            "the policy store (etcd) changed and could not be read again ({why}): nothing was changed"
+                        )));
+                    }
+                }
+                Err(CommitError::Unavailable(why)) | Err(CommitError::Unknown(why)) => {
+                    self.record(
+                        "api",
+                        &[config_error(
+                            &self.path,
+                            format!("etcd refused the change, nothing was changed: {why}"),
+                        )],
+                    );
+                    return Err(ChangeError::Unavailable(format!(
+                        "the policy store (etcd) is not available ({why}): nothing was changed"
+                    )));
+                }
+            }
+        }
+        Err(ChangeError::Conflict)
+    }
+
+    /// Whether the watch should log this audit key (it was not written
+    /// here).
+    pub(super) fn written_elsewhere(&self, audit_id: &str) -> bool {
+        !lock(&self.written_here).iter().any(|id| id == audit_id)
+    }
+}
+
+/// This replica's last-good copy of the policy etcd holds, to start from
+/// while etcd is away. A failure is logged: the policy in force is fine.
+pub(super) fn write_cache(path: &Path, policy: &PolicyFile) {
+    let text = match serde_yaml::to_string(policy) {
+        Ok(y) => format!(
+            "# recordgate's last-good copy of the policy in etcd; not read while etcd answers.\n{y}"
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, "the policy cache could not be serialised");
+            return;
+        }
+    };
+    if let Err(e) = write_atomically(path, text.as_bytes()) {
+        tracing::error!(error = %e, path = %path.display(), "the policy cache could not be written");
+    }
+}
