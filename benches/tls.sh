@@ -11,6 +11,10 @@
 # connections x 16 streams); a new TLS 1.3 handshake for every request (wrk
 # with `Connection: close`: the handshake rate). The certificate is an
 # ECDSA P-256 one made at start in a temporary directory.
+#
+# nginx's keepalive_requests is raised in benches/tls/nginx.conf: at its
+# default (1,000) nginx ends each HTTP/2 connection with GOAWAY and h2load,
+# which does not reconnect, counts the streams in flight as failures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${1:-10}
@@ -26,7 +30,11 @@ SRV_CPU=0; GEN_CPU=$(( CORES > 1 ? 1 : 0 ))
 WORK=$(mktemp -d)
 
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+cleanup() {
+  # nginx's complaints (upstream errors, closed connections) explain failures in its rows.
+  [ -s "$WORK/nginx.err" ] && { echo "nginx error log (last 20 lines):" >&2; tail -20 "$WORK/nginx.err" >&2; }
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"
+}
 trap cleanup EXIT
 wait_port() { for _ in $(seq 1 100); do (echo > /dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 not up" >&2; exit 1; }
 
