@@ -75,7 +75,8 @@ fn bench_tokens(c: &mut Criterion) {
     let route = routes.find("/entity").unwrap();
     let basic = {
         let mut h = http::HeaderMap::new();
-        let creds = base64::engine::general_purpose::STANDARD.encode("partner-readonly:partner-secret");
+        let creds =
+            base64::engine::general_purpose::STANDARD.encode("partner-readonly:partner-secret");
         h.insert(
             http::header::AUTHORIZATION,
             format!("Basic {creds}").parse().unwrap(),

@@ -402,7 +402,13 @@ impl ApiError {
 
     /// The shared policy store cannot take a change now (etcd away).
     pub fn store_unavailable(why: &str) -> Self {
-        ApiError::new(503, 500, "unexpected_error", DenyReason::Internal, why.to_string())
+        ApiError::new(
+            503,
+            500,
+            "unexpected_error",
+            DenyReason::Internal,
+            why.to_string(),
+        )
     }
 
     /// Other replicas' changes kept winning the race: nothing changed.

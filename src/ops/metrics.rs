@@ -340,6 +340,54 @@ pub static SHADOW_REMOVED: LazyLock<Metric<IntCounterVec>> = counter_vec!(
     &["client", "direction"]
 );
 
+pub static STORE_CONNECTED: LazyLock<Metric<IntGauge>> = LazyLock::new(|| {
+    make(
+        "recordgate_policy_store_connected",
+        IntGauge::new(
+            "recordgate_policy_store_connected",
+            "1 while this replica's watch on the etcd policy store is up (etcd store only)",
+        ),
+    )
+});
+
+pub static STORE_APPLIED_REVISION: LazyLock<Metric<IntGauge>> = LazyLock::new(|| {
+    make(
+        "recordgate_policy_store_applied_revision",
+        IntGauge::new(
+            "recordgate_policy_store_applied_revision",
+            "The last etcd revision this replica applied (etcd store only)",
+        ),
+    )
+});
+
+pub static STORE_SYNC_AGE: LazyLock<Metric<Gauge>> = LazyLock::new(|| {
+    make(
+        "recordgate_policy_store_seconds_since_sync",
+        Gauge::new(
+            "recordgate_policy_store_seconds_since_sync",
+            "Seconds since the etcd watch last heard from etcd (etcd store only)",
+        ),
+    )
+});
+
+pub static STORE_BEHIND: LazyLock<Metric<IntGauge>> = LazyLock::new(|| {
+    make(
+        "recordgate_policy_store_behind",
+        IntGauge::new(
+            "recordgate_policy_store_behind",
+            "1 while the policy in force is not etcd's latest: started from the local cache, or etcd holds a state that is not whole (etcd store only)",
+        ),
+    )
+});
+
+/// The etcd store's state, refreshed on each scrape.
+pub fn policy_store(connected: bool, applied_revision: i64, since_sync: Option<f64>, behind: bool) {
+    STORE_CONNECTED.set(i64::from(connected));
+    STORE_APPLIED_REVISION.set(applied_revision);
+    STORE_SYNC_AGE.set(since_sync.unwrap_or(-1.0));
+    STORE_BEHIND.set(i64::from(behind));
+}
+
 pub static TOKEN_BINDINGS: LazyLock<Metric<IntGauge>> = LazyLock::new(|| {
     make(
         "recordgate_token_bindings",

@@ -70,6 +70,14 @@ impl ServeHttp for Admin {
             "/metrics" => {
                 let mut buf = Vec::new();
                 crate::ops::metrics::refresh();
+                if let Some(st) = self.policy.etcd_state() {
+                    crate::ops::metrics::policy_store(
+                        st.connected,
+                        st.applied_revision,
+                        st.last_sync.map(|t| t.elapsed().as_secs_f64()),
+                        st.stale || st.pending.is_some(),
+                    );
+                }
                 match TextEncoder::new().encode(&prometheus::gather(), &mut buf) {
                     Ok(()) => respond(200, "text/plain; version=0.0.4", buf),
                     Err(e) => respond(500, "text/plain", e.to_string().into_bytes()),
@@ -94,6 +102,18 @@ impl ServeHttp for Admin {
                         "shadow_clients": snap.shadow_clients,
                         "entity_types": snap.entity_types.len(),
                         "last_reload": self.policy.last_status(),
+                    },
+                    "store": match self.policy.etcd_state() {
+                        None => json!({"kind": "file"}),
+                        Some(st) => json!({
+                            "kind": "etcd",
+                            "connected": st.connected,
+                            "applied_revision": st.applied_revision,
+                            "guard_revision": st.guard_revision,
+                            "seconds_since_sync": st.last_sync.map(|t| t.elapsed().as_secs_f64()),
+                            "stale": st.stale,
+                            "pending": st.pending,
+                        }),
                     },
                     "build": {"version": env!("CARGO_PKG_VERSION")},
                 });

@@ -7,6 +7,9 @@
 
 #![allow(dead_code)]
 
+/// A throw-away etcd cluster (real `etcd` processes) for tests that need one.
+pub mod etcd;
+
 use std::convert::Infallible;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -240,7 +240,10 @@ mod tests {
         let keys: Vec<(&str, bool)> = d.iter().map(|(k, v)| (k.as_str(), v.is_some())).collect();
         assert_eq!(
             keys,
-            vec![("/rg/clients/crm-writer", true), ("/rg/clients/login-app", false)]
+            vec![
+                ("/rg/clients/crm-writer", true),
+                ("/rg/clients/login-app", false)
+            ]
         );
         assert_eq!(classify("/rg/", b"/rg/clients/a/b"), Key::Client("a/b"));
         assert_eq!(classify("/rg/", b"/other/x"), Key::Other);

@@ -104,7 +104,10 @@ impl Etcd {
             let mut tls = OpenSslClientConfig::default();
             if let Some(ca) = &settings.ca_file {
                 let pem = std::fs::read(ca).map_err(|e| {
-                    format!("policy_store.etcd.ca_file: cannot read {}: {e}", ca.display())
+                    format!(
+                        "policy_store.etcd.ca_file: cannot read {}: {e}",
+                        ca.display()
+                    )
                 })?;
                 tls = tls.ca_cert_pem(&pem);
             }
@@ -114,7 +117,8 @@ impl Etcd {
                         format!("policy_store.etcd.{k}: cannot read {}: {e}", p.display())
                     })
                 };
-                tls = tls.client_cert_pem_and_key(&read(cert, "cert_file")?, &read(key, "key_file")?);
+                tls =
+                    tls.client_cert_pem_and_key(&read(cert, "cert_file")?, &read(key, "key_file")?);
             }
             opts = opts.with_openssl_tls(tls);
         }
@@ -191,7 +195,8 @@ impl Etcd {
                 None => TxnOp::delete(k, None),
             })
             .collect();
-        let guard_json = serde_json::to_vec(guard).map_err(|e| CommitError::Unavailable(e.to_string()))?;
+        let guard_json =
+            serde_json::to_vec(guard).map_err(|e| CommitError::Unavailable(e.to_string()))?;
         ops.push(TxnOp::put(guard_key.clone(), guard_json, None));
         ops.push(TxnOp::put(
             layout::audit_key(&self.prefix, audit.0),
@@ -220,7 +225,10 @@ impl Etcd {
     pub fn committed(&self, request_id: &str) -> Result<Option<i64>, String> {
         let mut client = self.client();
         let key = layout::audit_key(&self.prefix, request_id);
-        match self.run(self.request_timeout, async move { client.get(key, None).await }) {
+        match self.run(
+            self.request_timeout,
+            async move { client.get(key, None).await },
+        ) {
             None => Err("etcd did not answer in time".into()),
             Some(Err(e)) => Err(e.to_string()),
             Some(Ok(r)) => Ok(r.kvs().first().map(|kv| kv.mod_revision())),
@@ -230,7 +238,11 @@ impl Etcd {
     /// Writes a whole policy: its keys in batches, keys it does not have
     /// deleted, the guard last and only if no change committed meanwhile,
     /// so no replica adopts a half import. Returns the guard's revision.
-    pub fn import(&self, policy: &crate::policy::model::PolicyFile, request: (&str, String)) -> Result<i64, String> {
+    pub fn import(
+        &self,
+        policy: &crate::policy::model::PolicyFile,
+        request: (&str, String),
+    ) -> Result<i64, String> {
         let (mirror, _) = self.read_all()?;
         let guard_rev = self.guard_revision()?;
         let mut writes = layout::diff(&self.prefix, &mirror.policy, policy)?;
@@ -262,7 +274,9 @@ impl Etcd {
         }
         self.commit(guard_rev, writes, &Guard { hash }, request)
             .map_err(|e| match e {
-                CommitError::Conflict => "a change committed during the import; run it again".to_string(),
+                CommitError::Conflict => {
+                    "a change committed during the import; run it again".to_string()
+                }
                 CommitError::Unavailable(m) | CommitError::Unknown(m) => m,
             })
     }
@@ -271,7 +285,10 @@ impl Etcd {
     pub fn guard_revision(&self) -> Result<i64, String> {
         let mut client = self.client();
         let key = layout::guard_key(&self.prefix);
-        match self.run(self.request_timeout, async move { client.get(key, None).await }) {
+        match self.run(
+            self.request_timeout,
+            async move { client.get(key, None).await },
+        ) {
             None => Err("etcd did not answer in time".into()),
             Some(Err(e)) => Err(e.to_string()),
             Some(Ok(r)) => Ok(r.kvs().first().map(|kv| kv.mod_revision()).unwrap_or(0)),
@@ -286,7 +303,17 @@ fn classify(e: etcd_client::Error) -> CommitError {
         // the status only says the answer did not arrive.
         etcd_client::Error::GRpcStatus(s) => {
             let code = format!("{:?}", s.code());
-            if ["DeadlineExceeded", "Cancelled", "Unknown", "Unavailable"].contains(&code.as_str()) {
+            // Never sent (no connection could be made), or refused by a
+            // member without a leader (`with_require_leader`): nothing
+            // committed.
+            let not_sent = text.contains("tcp connect error")
+                || text.contains("no leader")
+                || text.contains("ConnectionRefused");
+            if not_sent {
+                CommitError::Unavailable(text)
+            } else if ["DeadlineExceeded", "Cancelled", "Unknown", "Unavailable"]
+                .contains(&code.as_str())
+            {
                 CommitError::Unknown(text)
             } else {
                 CommitError::Unavailable(text)
@@ -346,11 +373,9 @@ pub mod cli {
     use crate::config::store::EtcdSettings;
 
     fn etcd_settings(settings: &Settings) -> Result<&EtcdSettings, String> {
-        settings
-            .policy_store
-            .etcd
-            .as_ref()
-            .ok_or_else(|| "policy_store.etcd is not set: there is no etcd store to use".to_string())
+        settings.policy_store.etcd.as_ref().ok_or_else(|| {
+            "policy_store.etcd is not set: there is no etcd store to use".to_string()
+        })
     }
 
     fn connect(settings: &Settings) -> Result<super::Etcd, String> {

@@ -215,14 +215,23 @@ impl PolicyStore {
             let guard = Guard {
                 hash: snap.hash.clone(),
             };
-            let committed = match etcd.commit(guard_revision, writes, &guard, (&audit_id, line.clone())) {
+            let committed = match etcd.commit(
+                guard_revision,
+                writes,
+                &guard,
+                (&audit_id, line.clone()),
+            ) {
                 Err(CommitError::Unknown(why)) => match etcd.committed(&audit_id) {
                     Ok(Some(revision)) => Ok(revision),
                     Ok(None) => Err(CommitError::Unavailable(why)),
                     Err(e) => {
-                        return Err(ChangeError::Unavailable(format!(
-                            "the policy store (etcd) did not confirm the change ({e}); it is in force on every replica if it was committed"
-                        )))
+                        tracing::warn!(first = %why, then = %e, "a policy change's outcome is unknown: etcd did not answer");
+                        return Err(ChangeError::Unavailable(
+                            "the policy store (etcd) is not available: nothing was changed. The change \
+                             was not confirmed; had etcd received it, it would take effect everywhere \
+                             once etcd recovers, and its audit entry would show it"
+                                .into(),
+                        ));
                     }
                 },
                 other => other,
@@ -262,9 +271,10 @@ impl PolicyStore {
                             format!("etcd refused the change, nothing was changed: {why}"),
                         )],
                     );
-                    return Err(ChangeError::Unavailable(format!(
-                        "the policy store (etcd) is not available ({why}): nothing was changed"
-                    )));
+                    tracing::warn!(error = %why, "a policy change was refused: etcd is not available");
+                    return Err(ChangeError::Unavailable(
+                        "the policy store (etcd) is not available: nothing was changed".into(),
+                    ));
                 }
             }
         }

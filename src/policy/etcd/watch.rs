@@ -8,7 +8,8 @@
 //! of this by itself.
 //!
 //! Events at or below the applied revision are ignored (etcd 3.4 can send
-//! duplicates, etcd-io/etcd#15220).
+//! duplicates), and only events move the applied revision: progress
+//! notifications can run ahead of events (etcd-io/etcd#15220).
 
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -45,6 +46,11 @@ async fn follow(etcd: Arc<Etcd>, store: Weak<PolicyStore>) {
         if mirror.is_none() {
             match super::read_all(etcd.client(), etcd.prefix.clone()).await {
                 Ok((m, revision)) => {
+                    tracing::debug!(
+                        revision,
+                        guard_revision = m.guard_revision,
+                        "etcd read whole"
+                    );
                     etcd.state().applied_revision = revision;
                     adopt(&etcd, &store, &m, "etcd").await;
                     mirror = Some(m);
@@ -141,11 +147,10 @@ async fn follow(etcd: Arc<Etcd>, store: Weak<PolicyStore>) {
                 finish_revision(&etcd, &store, m, pending_revision).await;
             }
             let mut st = etcd.state();
-            // A progress notification (no events) says everything up to
-            // its revision was sent.
-            if message.events().is_empty() && header_revision > st.applied_revision {
-                st.applied_revision = header_revision;
-            }
+            // A progress notification (no events) only says etcd is there:
+            // etcd 3.4 before 3.4.25 can send one ahead of events it has
+            // not sent yet (etcd-io/etcd#15220), so the applied revision
+            // moves with events only, or a later event would be skipped.
             st.connected = true;
             st.last_sync = Some(Instant::now());
         }
@@ -157,13 +162,22 @@ async fn follow(etcd: Arc<Etcd>, store: Weak<PolicyStore>) {
 fn disconnected(etcd: &Etcd, why: &str) {
     let mut st = etcd.state();
     if st.connected {
-        tracing::warn!(error = why, "lost the etcd watch; deciding on the last good policy and reconnecting");
+        tracing::warn!(
+            error = why,
+            "lost the etcd watch; deciding on the last good policy and reconnecting"
+        );
     }
     st.connected = false;
 }
 
 /// A revision's events are all applied: put its policy in force if whole.
 async fn finish_revision(etcd: &Arc<Etcd>, store: &Weak<PolicyStore>, m: &Mirror, revision: i64) {
+    tracing::debug!(
+        revision,
+        guard_revision = m.guard_revision,
+        whole = m.whole().is_ok(),
+        "etcd revision applied to the mirror"
+    );
     etcd.state().applied_revision = revision;
     adopt(etcd, store, m, "etcd").await;
 }

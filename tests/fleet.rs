@@ -1,0 +1,380 @@
+//! A fleet sharing one policy through a real etcd (issue 19): Debian's etcd
+//! started by the test (3 members on loopback, temporary data directories)
+//! and real gateway processes with `policy_store.kind: etcd`.
+// A test (or bench) that cannot set up fails loudly; the no-panic rule is for the gateway.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::etcd::EtcdCluster;
+use common::*;
+use serde_json::{json, Value};
+
+const OWNER: Option<(&str, &str)> = Some(("demo-owner", "owner-secret"));
+
+fn demo_policy() -> String {
+    std::fs::read_to_string(repo_path("config/policy.yaml")).unwrap()
+}
+
+fn store_setting(cluster: &EtcdCluster) -> Value {
+    json!({"kind": "etcd", "etcd": {
+        "endpoints": cluster.endpoints(),
+        "prefix": "/recordgate/",
+        "request_timeout_ms": 1000,
+        "connect_timeout_ms": 500
+    }})
+}
+
+/// `recordgate policy import` of `policy` into the cluster.
+fn import(cluster: &EtcdCluster, policy: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("import.yaml"), policy).unwrap();
+    let settings = json!({
+        "listen": ["127.0.0.1:1"],
+        "upstream": {"servers": ["127.0.0.1:1"]},
+        "policy": "cache.yaml",
+        "policy_store": store_setting(cluster),
+    });
+    std::fs::write(
+        dir.path().join("settings.yaml"),
+        serde_json::to_vec(&settings).unwrap(),
+    )
+    .unwrap();
+    let out = run_cli(&[
+        "policy",
+        "import",
+        dir.path().join("import.yaml").to_str().unwrap(),
+        "--config",
+        dir.path().join("settings.yaml").to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "import failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn replica(up: &TestUpstream, cluster: &EtcdCluster, policy: &str) -> Gateway {
+    GatewayBuilder::new(up)
+        .env("RUST_LOG", "info,recordgate::policy::etcd=debug")
+        .policy(policy)
+        .setting("policy_store", store_setting(cluster))
+        .metrics(json!({}))
+        .start()
+}
+
+fn description(gw: &Gateway, client: &str) -> Option<String> {
+    let r = gw.post_form("/clients/list", OWNER, &[]);
+    if r.status != 200 {
+        return None;
+    }
+    r.json()["results"]
+        .as_array()?
+        .iter()
+        .find(|c| c["client_id"] == client)
+        .and_then(|c| c["description"].as_str().map(str::to_string))
+}
+
+fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !ok() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    start.elapsed()
+}
+
+fn wait_until(limit: Duration, mut ok: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while !ok() {
+        if start.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
+fn status(gw: &Gateway) -> Value {
+    gw.admin_get("/status").json()
+}
+
+#[test]
+fn a_change_through_one_replica_is_in_force_at_the_others_within_a_second() {
+    let cluster = EtcdCluster::start(3);
+    import(&cluster, &demo_policy());
+    let up = TestUpstream::capture_like();
+    let a = replica(&up, &cluster, &demo_policy());
+    let c = replica(&up, &cluster, &demo_policy());
+    let mut seen = Vec::new();
+    for i in 0..20 {
+        let value = format!("propagated {i}");
+        a.post_form(
+            "/clients/set_description",
+            OWNER,
+            &[("for_client_id", "login-app"), ("description", &value)],
+        )
+        .assert_ok();
+        // In force at A when acknowledged; at C within a second.
+        assert_eq!(
+            description(&a, "login-app").as_deref(),
+            Some(value.as_str())
+        );
+        seen.push(wait_for("propagation to C", Duration::from_secs(1), || {
+            description(&c, "login-app").as_deref() == Some(value.as_str())
+        }));
+    }
+    seen.sort();
+    println!(
+        "propagation A -> C over 20 changes: p50 {:?}, p99 {:?}",
+        seen[seen.len() / 2],
+        seen[seen.len() - 1]
+    );
+    let (sa, sc) = (status(&a), status(&c));
+    assert_eq!(sa["policy"]["hash"], sc["policy"]["hash"]);
+    assert_eq!(sc["store"]["kind"], "etcd");
+    assert_eq!(sc["store"]["connected"], true);
+}
+
+#[test]
+fn concurrent_writers_never_lose_a_change_and_one_owner_always_remains() {
+    let cluster = EtcdCluster::start(3);
+    let policy = demo_policy().replace(
+        "  # A login client",
+        "  second-owner:\n    secret: second-secret\n    features: [owner]\n\n  # A login client",
+    );
+    import(&cluster, &policy);
+    let up = TestUpstream::capture_like();
+    let a = replica(&up, &cluster, &policy);
+    let b = replica(&up, &cluster, &policy);
+    let c = replica(&up, &cluster, &policy);
+    const N: usize = 60;
+    let acked = std::thread::scope(|s| {
+        let writer = |gw: &Gateway, client: &'static str, tag: &'static str| {
+            let mut last = None;
+            let mut acked = 0;
+            for i in 0..N {
+                let value = format!("{tag}-{i}");
+                let r = gw.post_form(
+                    "/clients/set_description",
+                    OWNER,
+                    &[("for_client_id", client), ("description", &value)],
+                );
+                match r.status {
+                    200 => {
+                        acked += 1;
+                        last = Some(value);
+                    }
+                    409 => {}
+                    other => panic!("unexpected {other}: {}", r.text()),
+                }
+            }
+            (acked, last)
+        };
+        let (ra, rb) = (&a, &b);
+        let ta = s.spawn(move || writer(ra, "partner-readonly", "a"));
+        let tb = s.spawn(move || writer(rb, "crm-writer", "b"));
+        (ta.join().unwrap(), tb.join().unwrap())
+    });
+    // Then two owners delete each other through two replicas at once: the
+    // last-owner rule holds across the fleet.
+    let deletions = std::thread::scope(|s| {
+        let da = s.spawn(|| {
+            a.post_form(
+                "/clients/delete",
+                Some(("second-owner", "second-secret")),
+                &[("client_id_for_deletion", "demo-owner")],
+            )
+            .status
+        });
+        let db = s.spawn(|| {
+            b.post_form(
+                "/clients/delete",
+                OWNER,
+                &[("client_id_for_deletion", "second-owner")],
+            )
+            .status
+        });
+        [da.join().unwrap(), db.join().unwrap()]
+    });
+    assert_eq!(
+        deletions.iter().filter(|s| **s == 200).count(),
+        1,
+        "exactly one of two owners deleting each other succeeds: {deletions:?}"
+    );
+    let ((acked_a, last_a), (acked_b, last_b)) = acked;
+    assert!(acked_a > N / 2 && acked_b > N / 2, "{acked_a} {acked_b}");
+    // Every replica converges on one policy holding each writer's last
+    // acknowledged change.
+    let owner = if a.post_form("/clients/list", OWNER, &[]).status == 200 {
+        ("demo-owner", "owner-secret")
+    } else {
+        ("second-owner", "second-secret")
+    };
+    for gw in [&a, &b, &c] {
+        wait_for("convergence", Duration::from_secs(3), || {
+            let r = gw.post_form("/clients/list", Some(owner), &[]);
+            if r.status != 200 {
+                return false;
+            }
+            let v = r.json();
+            let desc = |id: &str| {
+                v["results"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|c| c["client_id"] == id)
+                    .and_then(|c| c["description"].as_str().map(str::to_string))
+            };
+            let owners = v["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|c| {
+                    c["features"]
+                        .as_array()
+                        .is_some_and(|f| f.iter().any(|f| f == "owner"))
+                })
+                .count();
+            desc("partner-readonly") == last_a && desc("crm-writer") == last_b && owners == 1
+        });
+    }
+    let hashes: Vec<Value> = [&a, &b, &c]
+        .iter()
+        .map(|g| status(g)["policy"]["hash"].clone())
+        .collect();
+    assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
+    // One audit entry per acknowledged change (and the import's).
+    let out = cluster.etcdctl(&["get", "--prefix", "--keys-only", "/recordgate/audit/"]);
+    let audit_keys = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count();
+    assert_eq!(
+        audit_keys,
+        acked_a + acked_b + 1 + 1,
+        "acked changes + one deletion + the import"
+    );
+}
+
+#[test]
+fn a_hand_edit_that_is_not_whole_is_never_served() {
+    let cluster = EtcdCluster::start(1);
+    import(&cluster, &demo_policy());
+    let up = TestUpstream::capture_like();
+    let a = replica(&up, &cluster, &demo_policy());
+    let before = status(&a)["policy"]["hash"].clone();
+    let out = cluster.etcdctl(&["put", "/recordgate/clients/demo-owner", "{not json"]);
+    assert!(out.status.success());
+    wait_for("the replica to notice", Duration::from_secs(3), || {
+        status(&a)["store"]["pending"].is_string()
+    });
+    assert_eq!(status(&a)["policy"]["hash"], before);
+    a.post_form("/clients/list", OWNER, &[]).assert_ok();
+    // A valid import puts a whole policy back.
+    import(&cluster, &demo_policy());
+    wait_for("recovery", Duration::from_secs(3), || {
+        status(&a)["store"]["pending"].is_null()
+    });
+}
+
+#[test]
+fn with_etcd_down_calls_are_decided_and_writes_refused_then_a_restart_serves_the_cache() {
+    let mut cluster = EtcdCluster::start(3);
+    import(&cluster, &demo_policy());
+    let up = TestUpstream::capture_like();
+    let a = replica(&up, &cluster, &demo_policy());
+    // Two of three members gone: no quorum.
+    cluster.kill(1);
+    cluster.kill(2);
+    let r = a.get(
+        "/entity?type_name=user&id=1",
+        Some(("partner-readonly", "partner-secret")),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let started = Instant::now();
+    let w = a.post_form(
+        "/clients/set_description",
+        OWNER,
+        &[
+            ("for_client_id", "login-app"),
+            ("description", "while down"),
+        ],
+    );
+    assert_eq!(w.status, 503, "{}", w.text());
+    assert!(w.text().contains("nothing was changed"), "{}", w.text());
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_ne!(description(&a, "login-app").as_deref(), Some("while down"));
+
+    // A replica that starts now serves its cache, marked stale.
+    cluster.kill(0);
+    let cache = std::fs::read_to_string(a.dir.path().join("policy.yaml")).unwrap();
+    let b = replica(&up, &cluster, &cache);
+    let r = b.get(
+        "/entity?type_name=user&id=1",
+        Some(("partner-readonly", "partner-secret")),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(status(&b)["store"]["stale"], true);
+
+    // Back up: writes work again and both replicas converge.
+    cluster.restart_together(&[0, 1, 2]);
+    wait_for("writes to resume", Duration::from_secs(15), || {
+        a.post_form(
+            "/clients/set_description",
+            OWNER,
+            &[("for_client_id", "login-app"), ("description", "after")],
+        )
+        .status
+            == 200
+    });
+    let converged = wait_until(Duration::from_secs(15), || {
+        description(&b, "login-app").as_deref() == Some("after")
+    });
+    assert!(
+        converged,
+        "the started-stale replica did not converge: {}\n{}",
+        status(&b),
+        b.stderr()
+            .lines()
+            .filter(|l| l.contains("etcd") || l.contains("policy"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(wait_until(Duration::from_secs(2), || status(&b)["store"]
+        ["stale"]
+        == false));
+}
+
+#[test]
+fn writes_resume_after_the_leader_is_killed() {
+    let mut cluster = EtcdCluster::start(3);
+    import(&cluster, &demo_policy());
+    let up = TestUpstream::capture_like();
+    let a = replica(&up, &cluster, &demo_policy());
+    let b = replica(&up, &cluster, &demo_policy());
+    let leader = cluster.leader();
+    cluster.kill(leader);
+    wait_for(
+        "writes after the leader's death",
+        Duration::from_secs(15),
+        || {
+            a.post_form(
+                "/clients/set_description",
+                OWNER,
+                &[
+                    ("for_client_id", "login-app"),
+                    ("description", "new leader"),
+                ],
+            )
+            .status
+                == 200
+        },
+    );
+    wait_for("B to see it", Duration::from_secs(15), || {
+        description(&b, "login-app").as_deref() == Some("new leader")
+    });
+    assert_eq!(status(&a)["policy"]["hash"], status(&b)["policy"]["hash"]);
+}
