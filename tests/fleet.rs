@@ -378,3 +378,58 @@ fn writes_resume_after_the_leader_is_killed() {
     });
     assert_eq!(status(&a)["policy"]["hash"], status(&b)["policy"]["hash"]);
 }
+
+#[test]
+fn a_replica_paused_across_a_compaction_reads_everything_again_and_converges() {
+    let mut cluster = EtcdCluster::start(1);
+    import(&cluster, &demo_policy());
+    let up = TestUpstream::capture_like();
+    let a = replica(&up, &cluster, &demo_policy());
+    let b = replica(&up, &cluster, &demo_policy());
+    signal_pid(b.pid(), "STOP");
+    // B's watch connection breaks while it is paused, before the changes:
+    // it comes back asking for revisions etcd has compacted away.
+    cluster.kill(0);
+    cluster.restart(0);
+    for i in 0..5 {
+        let value = format!("while paused {i}");
+        wait_for("a write through A", Duration::from_secs(10), || {
+            a.post_form(
+                "/clients/set_description",
+                OWNER,
+                &[("for_client_id", "login-app"), ("description", &value)],
+            )
+            .status
+                == 200
+        });
+    }
+    cluster.compact_now();
+    signal_pid(b.pid(), "CONT");
+    let converged = wait_until(Duration::from_secs(15), || {
+        description(&b, "login-app").as_deref() == Some("while paused 4")
+    });
+    assert!(converged, "B did not converge: {}", status(&b));
+    assert_eq!(status(&a)["policy"]["hash"], status(&b)["policy"]["hash"]);
+    assert!(
+        b.stderr().contains("fell behind a compaction"),
+        "B never met the compaction: {}",
+        b.stderr()
+    );
+}
+
+#[test]
+fn a_replica_killed_right_after_a_commit_has_the_change_on_restart() {
+    let cluster = EtcdCluster::start(1);
+    import(&cluster, &demo_policy());
+    let up = TestUpstream::capture_like();
+    let a = replica(&up, &cluster, &demo_policy());
+    a.post_form(
+        "/clients/set_description",
+        OWNER,
+        &[("for_client_id", "login-app"), ("description", "committed")],
+    )
+    .assert_ok();
+    drop(a); // SIGKILL right after the acknowledgement
+    let a = replica(&up, &cluster, &demo_policy());
+    assert_eq!(description(&a, "login-app").as_deref(), Some("committed"));
+}
