@@ -257,6 +257,30 @@ fn concurrent_writers_never_lose_a_change_and_one_owner_always_remains() {
         acked_a + acked_b + 1 + 1,
         "acked changes + one deletion + the import"
     );
+    // Each replica's own audit log is the fleet's trail: every change made
+    // through any replica, once (the import came before they started).
+    for gw in [&a, &b, &c] {
+        let path = gw.dir.path().join("policy.audit.jsonl");
+        let complete = wait_until(Duration::from_secs(3), || {
+            std::fs::read_to_string(&path)
+                .unwrap_or_default()
+                .lines()
+                .count()
+                == acked_a + acked_b + 1
+        });
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            complete,
+            "{} lines in {}",
+            text.lines().count(),
+            path.display()
+        );
+        let ids: std::collections::BTreeSet<String> = text
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap()["request_id"].to_string())
+            .collect();
+        assert_eq!(ids.len(), acked_a + acked_b + 1, "an entry logged twice");
+    }
 }
 
 #[test]

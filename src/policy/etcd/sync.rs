@@ -153,8 +153,11 @@ impl PolicyStore {
             Ok((policy, hash)) => {
                 let adopted = self.adopt(policy, hash, source)?;
                 let mut st = etcd.state();
-                st.applied_revision = st.applied_revision.max(revision);
-                st.guard_revision = mirror.guard_revision;
+                // The applied revision is the watch's: it still brings the
+                // events up to `revision` (audit entries among them); the
+                // guard revision keeps it from putting an older state back.
+                let _ = revision;
+                st.guard_revision = st.guard_revision.max(mirror.guard_revision);
                 st.stale = false;
                 st.pending = None;
                 st.connected = true;
@@ -185,6 +188,15 @@ impl PolicyStore {
         let _one_at_a_time = lock(&self.writer);
         // Unique even when a trusted proxy sends the same request id twice.
         let audit_id = format!("{request_id}.{:016x}", rand::random::<u64>());
+        // Known as this replica's before it can reach the watch, which
+        // would otherwise log it a second time.
+        {
+            let mut here = lock(&self.written_here);
+            if here.len() >= WRITTEN_HERE {
+                here.pop_front();
+            }
+            here.push_back(audit_id.clone());
+        }
         for _ in 0..=etcd.conflict_retries {
             let guard_revision = {
                 let st = etcd.state();
@@ -238,13 +250,6 @@ impl PolicyStore {
             };
             match committed {
                 Ok(revision) => {
-                    {
-                        let mut here = lock(&self.written_here);
-                        if here.len() >= WRITTEN_HERE {
-                            here.pop_front();
-                        }
-                        here.push_back(audit_id.clone());
-                    }
                     etcd.state().guard_revision = revision;
                     after_persist(&line);
                     let snap = Arc::new(snap);
