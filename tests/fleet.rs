@@ -457,3 +457,93 @@ fn a_replica_killed_right_after_a_commit_has_the_change_on_restart() {
     let a = replica(&up, &cluster, &demo_policy());
     assert_eq!(description(&a, "login-app").as_deref(), Some("committed"));
 }
+
+/// Propagation (commit through A to in force at B) and write
+/// acknowledgement latency, for the demo policy and one of 100,000
+/// clients. A measurement, not a check: run with
+/// `cargo test --release --test fleet -- --ignored --nocapture measure`.
+#[test]
+#[ignore]
+fn measure_propagation_and_write_latency() {
+    for extra in [0usize, 100_000] {
+        let cluster = EtcdCluster::start(3);
+        let mut policy = demo_policy();
+        for i in 0..extra {
+            policy.push_str(&format!(
+                "\n  bulk-{i:06}:\n    secret: s{i}\n    features: [direct_read_access]\n    whitelist: [\"10.{}.{}.0/24\"]\n",
+                (i >> 8) & 255,
+                i & 255
+            ));
+        }
+        let started = Instant::now();
+        import(&cluster, &policy);
+        let import_time = started.elapsed();
+        let up = TestUpstream::capture_like();
+        let a = replica(&up, &cluster, &policy);
+        let b = replica(&up, &cluster, &policy);
+        let (mut acks, mut seen) = (Vec::new(), Vec::new());
+        for i in 0..20 {
+            let value = format!("measured {i}");
+            let sent = Instant::now();
+            a.post_form(
+                "/clients/set_description",
+                OWNER,
+                &[("for_client_id", "login-app"), ("description", &value)],
+            )
+            .assert_ok();
+            acks.push(sent.elapsed());
+            let hash = a.admin_get("/status").json()["policy"]["hash"].clone();
+            wait_for("propagation", Duration::from_secs(60), || {
+                b.admin_get("/status").json()["policy"]["hash"] == hash
+            });
+            seen.push(sent.elapsed());
+        }
+        acks.sort();
+        seen.sort();
+        if extra == 0 {
+            // Requests never touch etcd: the same calls through a replica
+            // with the file store and one with the etcd store, alternating.
+            let file_store = GatewayBuilder::new(&up).policy(&policy).start();
+            let rate = |gw: &Gateway| {
+                let until = Instant::now() + Duration::from_secs(2);
+                let done = std::sync::atomic::AtomicUsize::new(0);
+                std::thread::scope(|s| {
+                    for _ in 0..4 {
+                        s.spawn(|| {
+                            let client = http_client();
+                            while Instant::now() < until {
+                                let r = client
+                                    .get(gw.url("/entity?type_name=user&id=1"))
+                                    .header(
+                                        "authorization",
+                                        basic("partner-readonly", "partner-secret"),
+                                    )
+                                    .send()
+                                    .unwrap();
+                                assert_eq!(r.status(), 200);
+                                done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                        });
+                    }
+                });
+                done.into_inner() as f64 / 2.0
+            };
+            for round in 0..3 {
+                let (f, e) = (rate(&file_store), rate(&a));
+                println!(
+                    "round {round}: file store {f:.0} req/s, etcd store {e:.0} req/s, ratio {:.2}",
+                    e / f
+                );
+            }
+        }
+        println!(
+            "clients {}: import {:?}; write ack p50 {:?} p99 {:?}; in force at B p50 {:?} p99 {:?}",
+            extra + 6,
+            import_time,
+            acks[10],
+            acks[19],
+            seen[10],
+            seen[19]
+        );
+    }
+}

@@ -8,6 +8,7 @@
 //! start is before any runtime), and the watch must outlive any one of
 //! Pingora's service runtimes. Requests never touch etcd.
 
+pub mod cli;
 pub mod layout;
 mod sync;
 mod watch;
@@ -16,8 +17,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, OpenSslClientConfig, SortOrder,
-    SortTarget, Txn, TxnOp,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, TlsOptions, Txn,
+    TxnOp,
 };
 
 use crate::config::store::EtcdSettings;
@@ -25,11 +26,14 @@ use layout::{Guard, Mirror, Write};
 
 /// Keys read per page of a full read: far under gRPC's 4 MiB per message
 /// for entries of a few KiB.
-const PAGE: i64 = 500;
+const PAGE: i64 = 1000;
 
 /// Operations per transaction etcd accepts (`--max-txn-ops`, 128 by
 /// default), keeping two for the guard and the audit entry.
 pub const MAX_TXN_WRITES: usize = 120;
+
+/// Import batches in flight at once.
+const IMPORT_IN_FLIGHT: usize = 8;
 
 #[derive(Debug)]
 pub enum CommitError {
@@ -101,26 +105,24 @@ impl Etcd {
             opts = opts.with_user(user.clone(), password);
         }
         if settings.ca_file.is_some() || settings.cert_file.is_some() {
-            let mut tls = OpenSslClientConfig::default();
+            // tonic's TLS (rustls): its connector sets TCP_NODELAY, where
+            // the crate's OpenSSL connector leaves Nagle on and every
+            // request waits for a delayed ACK (about 40 ms here).
+            let read = |p: &std::path::Path, k: &str| {
+                std::fs::read(p)
+                    .map_err(|e| format!("policy_store.etcd.{k}: cannot read {}: {e}", p.display()))
+            };
+            let mut tls = TlsOptions::new();
             if let Some(ca) = &settings.ca_file {
-                let pem = std::fs::read(ca).map_err(|e| {
-                    format!(
-                        "policy_store.etcd.ca_file: cannot read {}: {e}",
-                        ca.display()
-                    )
-                })?;
-                tls = tls.ca_cert_pem(&pem);
+                tls = tls.ca_certificate(Certificate::from_pem(read(ca, "ca_file")?));
             }
             if let (Some(cert), Some(key)) = (&settings.cert_file, &settings.key_file) {
-                let read = |p: &std::path::Path, k: &str| {
-                    std::fs::read(p).map_err(|e| {
-                        format!("policy_store.etcd.{k}: cannot read {}: {e}", p.display())
-                    })
-                };
-                tls =
-                    tls.client_cert_pem_and_key(&read(cert, "cert_file")?, &read(key, "key_file")?);
+                tls = tls.identity(Identity::from_pem(
+                    read(cert, "cert_file")?,
+                    read(key, "key_file")?,
+                ));
             }
-            opts = opts.with_openssl_tls(tls);
+            opts = opts.with_tls(tls);
         }
         let endpoints = settings.endpoints.clone();
         let client = rt
@@ -253,24 +255,44 @@ impl Etcd {
             }
         }
         let hash = crate::policy::compile::policy_hash(policy)?;
+        // Every batch but the last, several in flight at once: they are
+        // independent, and the guard, written last with the final batch,
+        // is what makes the import visible.
+        let mut batches = Vec::new();
         while writes.len() > MAX_TXN_WRITES {
             let rest = writes.split_off(MAX_TXN_WRITES);
-            let batch = std::mem::replace(&mut writes, rest);
-            let ops: Vec<TxnOp> = batch
-                .into_iter()
-                .map(|(k, v)| match v {
-                    Some(v) => TxnOp::put(k, v, None),
-                    None => TxnOp::delete(k, None),
-                })
-                .collect();
-            let mut client = self.client();
-            match self.run(self.request_timeout, async move {
-                client.txn(Txn::new().and_then(ops)).await
-            }) {
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(e.to_string()),
-                None => return Err("etcd did not answer in time".into()),
+            batches.push(std::mem::replace(&mut writes, rest));
+        }
+        let client = self.client();
+        let limit = self.request_timeout * (batches.len() as u32 / IMPORT_IN_FLIGHT as u32 + 1);
+        let written = self.run(limit, async move {
+            for group in batches.chunks(IMPORT_IN_FLIGHT) {
+                let mut set = tokio::task::JoinSet::new();
+                for batch in group {
+                    let ops: Vec<TxnOp> = batch
+                        .iter()
+                        .map(|(k, v)| match v {
+                            Some(v) => TxnOp::put(k.clone(), v.clone(), None),
+                            None => TxnOp::delete(k.clone(), None),
+                        })
+                        .collect();
+                    let mut c = client.clone();
+                    set.spawn(async move { c.txn(Txn::new().and_then(ops)).await });
+                }
+                while let Some(done) = set.join_next().await {
+                    match done {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => return Err(e.to_string()),
+                        Err(e) => return Err(e.to_string()),
+                    }
+                }
             }
+            Ok(())
+        });
+        match written {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(e),
+            None => return Err("etcd did not answer in time".into()),
         }
         self.commit(guard_rev, writes, &Guard { hash }, request)
             .map_err(|e| match e {
@@ -333,10 +355,9 @@ pub(crate) async fn read_all(mut client: Client, prefix: String) -> Result<(Mirr
     let mut from = prefix.as_bytes().to_vec();
     let mut revision = 0;
     loop {
-        let mut opts = GetOptions::new()
-            .with_range(end.clone())
-            .with_limit(PAGE)
-            .with_sort(SortTarget::Key, SortOrder::Ascend);
+        // Keys come in key order by default; asking for a sort would make
+        // etcd read the whole range for every page before cutting it.
+        let mut opts = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
         if revision > 0 {
             opts = opts.with_revision(revision);
         }
@@ -363,69 +384,4 @@ pub(crate) async fn read_all(mut client: Client, prefix: String) -> Result<(Mirr
         }
     }
     Ok((mirror, revision))
-}
-
-/// `recordgate policy import` and `export`.
-pub mod cli {
-    use std::path::Path;
-
-    use crate::config::settings::Settings;
-    use crate::config::store::EtcdSettings;
-
-    fn etcd_settings(settings: &Settings) -> Result<&EtcdSettings, String> {
-        settings.policy_store.etcd.as_ref().ok_or_else(|| {
-            "policy_store.etcd is not set: there is no etcd store to use".to_string()
-        })
-    }
-
-    fn connect(settings: &Settings) -> Result<super::Etcd, String> {
-        let base = settings.policy.parent().unwrap_or(Path::new("."));
-        super::Etcd::connect(etcd_settings(settings)?, base)
-    }
-
-    /// Validates `file` as `serve` would, then writes it to etcd: keys in
-    /// batches within etcd's limits, the guard last, so no replica adopts
-    /// a half import. Returns a summary line.
-    pub fn import(settings: &Settings, file: &Path) -> Result<String, String> {
-        let snap = crate::policy::store::load_policy_file(file, 1).map_err(|errors| {
-            errors
-                .iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("\n")
-        })?;
-        let etcd = connect(settings)?;
-        let id = format!("import.{:016x}", rand::random::<u64>());
-        let entry = serde_json::json!({
-            "ts": chrono::Utc::now().to_rfc3339(),
-            "request_id": id,
-            "caller": "recordgate policy import",
-            "endpoint": "policy import",
-            "target": null,
-            "file": file.display().to_string(),
-            "hash": snap.hash,
-            "clients": snap.clients.len(),
-            "entity_types": snap.entity_types.len(),
-        });
-        let revision = etcd.import(&snap.source, (&id, entry.to_string()))?;
-        Ok(format!(
-            "imported {} into etcd at revision {revision}: {} clients, {} entity types, hash {}",
-            file.display(),
-            snap.clients.len(),
-            snap.entity_types.len(),
-            snap.hash
-        ))
-    }
-
-    /// The policy etcd holds, as YAML for review; refused when it is not
-    /// whole (a change half written, a key that cannot be read).
-    pub fn export(settings: &Settings) -> Result<String, String> {
-        let etcd = connect(settings)?;
-        let (mirror, revision) = etcd.read_all()?;
-        let (policy, hash) = mirror.whole()?;
-        let yaml = serde_yaml::to_string(policy).map_err(|e| e.to_string())?;
-        Ok(format!(
-            "# recordgate policy exported from etcd at revision {revision}, hash {hash}\n{yaml}"
-        ))
-    }
 }

@@ -39,8 +39,11 @@ impl PolicyStore {
             file: cache,
             version: 1,
         };
+        let t = std::time::Instant::now();
         let from_etcd = etcd.read_all().and_then(|(mirror, revision)| {
+            tracing::debug!(elapsed = ?t.elapsed(), keys = mirror.policy.clients.len(), "etcd read at start");
             let (policy, hash) = mirror.whole()?;
+            tracing::debug!(elapsed = ?t.elapsed(), "etcd policy checked against its guard");
             let snap = compile_hashed(policy.clone(), &ctx, hash).map_err(|e| {
                 e.iter()
                     .map(|e| e.to_string())
@@ -57,7 +60,9 @@ impl PolicyStore {
                 st.guard_revision = guard_revision;
                 st.last_sync = Some(std::time::Instant::now());
                 drop(st);
+                tracing::debug!(elapsed = ?t.elapsed(), "etcd policy compiled");
                 write_cache(cache, &snap.source);
+                tracing::debug!(elapsed = ?t.elapsed(), "policy cache written");
                 snap
             }
             Err(why) => {
