@@ -10,6 +10,9 @@
 /// A throw-away etcd cluster (real `etcd` processes) for tests that need one.
 pub mod etcd;
 
+/// Loading and checking the deployment files under deploy/.
+pub mod deploy;
+
 use std::convert::Infallible;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
