@@ -99,6 +99,9 @@ fn the_total_cap_counts_every_address() {
             json!({"max_connections_per_address": 100, "max_connections": 2}),
         )
         .start();
+    // The start's readiness probe is a connection too: once it is closed,
+    // the two places are free.
+    wait_open(&gw, 0.0);
     let mut held: Vec<TcpStream> = (0..2).map(|_| gw.connect()).collect();
     for s in &mut held {
         assert!(answers(s));

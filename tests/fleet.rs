@@ -136,6 +136,18 @@ fn a_change_through_one_replica_is_in_force_at_the_others_within_a_second() {
     assert_eq!(sa["policy"]["hash"], sc["policy"]["hash"]);
     assert_eq!(sc["store"]["kind"], "etcd");
     assert_eq!(sc["store"]["connected"], true);
+    let metrics = c.admin_get("/metrics").text();
+    for line in [
+        "recordgate_policy_store_connected 1",
+        "recordgate_policy_store_behind 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line:?} in /metrics"
+        );
+    }
+    assert!(metrics.contains("recordgate_policy_store_applied_revision "));
+    assert!(metrics.contains("recordgate_policy_store_seconds_since_sync "));
 }
 
 #[test]
