@@ -29,31 +29,36 @@ fn store_setting(cluster: &EtcdCluster) -> Value {
 
 /// `recordgate policy import` of `policy` into the cluster.
 fn import(cluster: &EtcdCluster, policy: &str) {
+    let out = import_with(store_setting(cluster), policy);
+    assert!(
+        out.status.success(),
+        "import failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `recordgate policy import` of `policy` with the store settings `store`.
+fn import_with(store: Value, policy: &str) -> std::process::Output {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("import.yaml"), policy).unwrap();
     let settings = json!({
         "listen": ["127.0.0.1:1"],
         "upstream": {"servers": ["127.0.0.1:1"]},
         "policy": "cache.yaml",
-        "policy_store": store_setting(cluster),
+        "policy_store": store,
     });
     std::fs::write(
         dir.path().join("settings.yaml"),
         serde_json::to_vec(&settings).unwrap(),
     )
     .unwrap();
-    let out = run_cli(&[
+    run_cli(&[
         "policy",
         "import",
         dir.path().join("import.yaml").to_str().unwrap(),
         "--config",
         dir.path().join("settings.yaml").to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "import failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ])
 }
 
 fn replica(up: &TestUpstream, cluster: &EtcdCluster, policy: &str) -> Gateway {
@@ -558,4 +563,147 @@ fn measure_propagation_and_write_latency() {
             seen[19]
         );
     }
+}
+
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA made here, and a certificate it signed for 127.0.0.1.
+fn test_ca(dir: &std::path::Path, name: &str) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let ca_key = format!("{name}-ca.key");
+    let ca = format!("{name}-ca.pem");
+    let mut args = vec!["req", "-x509"];
+    args.extend(ec);
+    args.extend([
+        "-days",
+        "2",
+        "-subj",
+        "/CN=recordgate test CA",
+        "-keyout",
+        &ca_key,
+        "-out",
+        &ca,
+    ]);
+    openssl(dir, &args);
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    let key = format!("{name}.key");
+    let csr = format!("{name}.csr");
+    let cert = format!("{name}.pem");
+    let mut args = vec!["req"];
+    args.extend(ec);
+    args.extend(["-subj", "/CN=etcd", "-keyout", &key, "-out", &csr]);
+    openssl(dir, &args);
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+            "-out",
+            &cert,
+        ],
+    );
+}
+
+#[test]
+fn the_store_speaks_tls_to_etcd_and_refuses_a_certificate_of_another_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    test_ca(d, "etcd");
+    test_ca(d, "other");
+    let (client, peer) = (free_port(), free_port());
+    let url = format!("https://127.0.0.1:{client}");
+    let mut etcd = std::process::Command::new("etcd")
+        .args([
+            "--name=t0",
+            &format!("--data-dir={}", d.join("data").display()),
+            &format!("--listen-client-urls={url}"),
+            &format!("--advertise-client-urls={url}"),
+            &format!("--listen-peer-urls=http://127.0.0.1:{peer}"),
+            &format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
+            &format!("--initial-cluster=t0=http://127.0.0.1:{peer}"),
+            &format!("--cert-file={}", d.join("etcd.pem").display()),
+            &format!("--key-file={}", d.join("etcd.key").display()),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(d.join("etcd.log")).unwrap())
+        .spawn()
+        .unwrap();
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _etcd = Kill(&mut etcd);
+    let store = |ca: &str| {
+        json!({"kind": "etcd", "etcd": {
+            "endpoints": [url.clone()],
+            "ca_file": d.join(ca).display().to_string(),
+            "request_timeout_ms": 1000,
+            "connect_timeout_ms": 500
+        }})
+    };
+    // Up within a few seconds; the import is the check.
+    let imported = wait_until(Duration::from_secs(10), || {
+        import_with(store("etcd-ca.pem"), &demo_policy())
+            .status
+            .success()
+    });
+    assert!(
+        imported,
+        "import over TLS failed: {}\n{}",
+        String::from_utf8_lossy(&import_with(store("etcd-ca.pem"), &demo_policy()).stderr),
+        std::fs::read_to_string(d.join("etcd.log")).unwrap_or_default()
+    );
+    // A server certificate of a CA the store does not trust: refused.
+    let out = import_with(store("other-ca.pem"), &demo_policy());
+    assert!(!out.status.success());
+    // A replica over TLS: in force, and its writes commit.
+    let up = TestUpstream::capture_like();
+    let a = GatewayBuilder::new(&up)
+        .policy(&demo_policy())
+        .setting("policy_store", store("etcd-ca.pem"))
+        .metrics(json!({}))
+        .start();
+    assert_eq!(status(&a)["store"]["connected"], true);
+    a.post_form(
+        "/clients/set_description",
+        OWNER,
+        &[("for_client_id", "login-app"), ("description", "over tls")],
+    )
+    .assert_ok();
+    assert_eq!(description(&a, "login-app").as_deref(), Some("over tls"));
 }

@@ -85,6 +85,9 @@ pub struct Mirror {
     pub guard: Option<Guard>,
     /// The guard's revision (what a write compares); 0: no guard.
     pub guard_revision: i64,
+    /// The cluster the mirror was read from: a new one (etcd restored or
+    /// replaced) means reading everything again.
+    pub cluster_id: u64,
     /// Keys whose value could not be read (hand-edited, say): the state is
     /// not adopted while any remains.
     pub unreadable: BTreeMap<String, String>,

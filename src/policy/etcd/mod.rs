@@ -367,6 +367,7 @@ pub(crate) async fn read_all(mut client: Client, prefix: String) -> Result<(Mirr
             .map_err(|e| e.to_string())?;
         if revision == 0 {
             revision = r.header().map(|h| h.revision()).unwrap_or(0);
+            mirror.cluster_id = r.header().map(|h| h.cluster_id()).unwrap_or(0);
         }
         let kvs = r.kvs();
         for kv in kvs {

@@ -4,7 +4,7 @@
 //! it is whole (every key readable, its hash the guard's). The watch comes
 //! back after any failure with jittered back-off and resumes from the
 //! applied revision; on a compaction, a revision that goes backwards or a
-//! new cluster, it reads everything again. The etcd-client crate does none
+//! new cluster (another cluster id), it reads everything again. The etcd-client crate does none
 //! of this by itself.
 //!
 //! Events at or below the applied revision are ignored (etcd 3.4 can send
@@ -37,6 +37,9 @@ async fn follow(etcd: Arc<Etcd>, store: Weak<PolicyStore>) {
     let mut backoff = BACKOFF_MIN;
     // The mirror starts from a full read: the start's read is not kept.
     let mut mirror: Option<Mirror> = None;
+    // Set when etcd's history was replaced (another cluster, or revisions
+    // that went backwards): the guard revisions seen so far mean nothing.
+    let mut history_replaced = false;
     loop {
         if store.strong_count() == 0 {
             return;
@@ -51,7 +54,13 @@ async fn follow(etcd: Arc<Etcd>, store: Weak<PolicyStore>) {
                         guard_revision = m.guard_revision,
                         "etcd read whole"
                     );
-                    etcd.state().applied_revision = revision;
+                    {
+                        let mut st = etcd.state();
+                        st.applied_revision = revision;
+                        if std::mem::take(&mut history_replaced) {
+                            st.guard_revision = m.guard_revision;
+                        }
+                    }
                     adopt(&etcd, &store, &m, "etcd").await;
                     mirror = Some(m);
                     backoff = BACKOFF_MIN;
@@ -112,12 +121,24 @@ async fn follow(etcd: Arc<Etcd>, store: Weak<PolicyStore>) {
             };
             let applied = etcd.state().applied_revision;
             let header_revision = message.header().map(|h| h.revision()).unwrap_or(0);
+            let cluster_id = message.header().map(|h| h.cluster_id()).unwrap_or(0);
+            if cluster_id != 0 && m.cluster_id != 0 && cluster_id != m.cluster_id {
+                tracing::warn!(
+                    was = m.cluster_id,
+                    now = cluster_id,
+                    "etcd is a different cluster now; reading the policy again"
+                );
+                history_replaced = true;
+                mirror = None;
+                break;
+            }
             if header_revision > 0 && header_revision < applied {
                 tracing::warn!(
                     header_revision,
                     applied,
                     "etcd answered with a revision older than the one applied; reading the policy again"
                 );
+                history_replaced = true;
                 mirror = None;
                 break;
             }
