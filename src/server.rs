@@ -320,18 +320,7 @@ pub fn serve(settings: Settings, opts: ServeOptions) -> Result<(), String> {
     };
     let (gateway, book) = build_gateway(settings.clone(), policy.clone(), tokens.clone())?;
     policy.set_fleet_audit(gateway.management.audit.clone());
-    policy.set_reload_hook(Box::new(|source, snap| match snap {
-        Some(snap) => {
-            metrics::POLICY_RELOADS.inc(&[source, "success"]);
-            metrics::policy_activated(
-                snap.version,
-                snap.clients.len(),
-                &snap.hash,
-                snap.shadow_clients,
-            );
-        }
-        None => metrics::POLICY_RELOADS.inc(&[source, "failure"]),
-    }));
+    policy.set_reload_hook(Box::new(count_reload));
     let tls = tls_listeners(&settings).map_err(|e| e.join("\n"))?;
 
     let mut conf = ServerConf {
@@ -437,6 +426,22 @@ pub fn serve(settings: Settings, opts: ServeOptions) -> Result<(), String> {
     Ok(())
 }
 
+/// Counts a reload: the new snapshot, or `None` for a refused one.
+fn count_reload(source: &str, snap: Option<&crate::policy::Snapshot>) {
+    match snap {
+        Some(snap) => {
+            metrics::POLICY_RELOADS.inc(&[source, "success"]);
+            metrics::policy_activated(
+                snap.version,
+                snap.clients.len(),
+                &snap.hash,
+                snap.shadow_clients,
+            );
+        }
+        None => metrics::POLICY_RELOADS.inc(&[source, "failure"]),
+    }
+}
+
 /// Reloads the policy file on SIGHUP and when it changes; a bad file leaves
 /// the running policy.
 struct PolicyReloader {
@@ -454,18 +459,12 @@ impl PolicyReloader {
         match result {
             Ok(None) => false,
             Ok(Some(snap)) => {
-                metrics::POLICY_RELOADS.inc(&[source, "success"]);
-                metrics::policy_activated(
-                    snap.version,
-                    snap.clients.len(),
-                    &snap.hash,
-                    snap.shadow_clients,
-                );
+                count_reload(source, Some(&snap));
                 tracing::info!(source, version = snap.version, hash = %snap.hash, "policy reloaded");
                 true
             }
             Err(errors) => {
-                metrics::POLICY_RELOADS.inc(&[source, "failure"]);
+                count_reload(source, None);
                 for e in errors {
                     tracing::error!(source, error = %e, "policy reload rejected; keeping the running policy");
                 }

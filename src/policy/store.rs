@@ -128,7 +128,7 @@ pub fn load_policy_file(path: &Path, version: u64) -> Result<Snapshot, Vec<Confi
     )
 }
 
-pub(super) fn now_unix() -> u64 {
+fn now_unix() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -145,22 +145,51 @@ impl PolicyStore {
     pub fn open(path: &Path) -> Result<PolicyStore, Vec<ConfigError>> {
         let before = stamp(path);
         let snap = load_policy_file(path, 1)?;
-        Ok(PolicyStore {
+        Ok(PolicyStore::started(snap, path, before, Backend::File))
+    }
+
+    /// A store whose first snapshot (version 1) was just loaded.
+    pub(super) fn started(
+        snap: Snapshot,
+        path: &Path,
+        stamp: Option<FileStamp>,
+        backend: Backend,
+    ) -> PolicyStore {
+        PolicyStore {
             current: ArcSwap::from_pointee(snap),
             path: path.to_path_buf(),
             next_version: AtomicU64::new(2),
-            writer: Mutex::new(before),
+            writer: Mutex::new(stamp),
             last: Mutex::new(ReloadStatus {
                 source: "startup".into(),
                 result: "success".into(),
                 at_unix: now_unix(),
                 errors: Vec::new(),
             }),
-            backend: Backend::File,
+            backend,
             written_here: Mutex::new(std::collections::VecDeque::new()),
             fleet_audit: std::sync::OnceLock::new(),
             on_reload: std::sync::OnceLock::new(),
-        })
+        }
+    }
+
+    /// Compiles a changed policy as the next version, carrying on the
+    /// rate-limit buckets of `current`.
+    pub(super) fn compile_next(
+        &self,
+        next: PolicyFile,
+        current: &Snapshot,
+    ) -> Result<Snapshot, Vec<ConfigError>> {
+        let version = self.next_version.fetch_add(1, Ordering::SeqCst);
+        let mut snap = compile(
+            next,
+            &CompileContext {
+                file: &self.path,
+                version,
+            },
+        )?;
+        snap.keep_rate_buckets(current);
+        Ok(snap)
     }
 
     /// Sets what is told of the reloads the store makes by itself.
@@ -322,16 +351,9 @@ impl PolicyStore {
         let out = change(&mut next, &current).map_err(ChangeError::Refused)?;
         let yaml = serde_yaml::to_string(&next)
             .map_err(|e| ChangeError::Persist(std::io::Error::other(e)))?;
-        let version = self.next_version.fetch_add(1, Ordering::SeqCst);
-        let mut snap = compile(
-            next,
-            &CompileContext {
-                file: &self.path,
-                version,
-            },
-        )
-        .map_err(ChangeError::Invalid)?;
-        snap.keep_rate_buckets(&current);
+        let snap = self
+            .compile_next(next, &current)
+            .map_err(ChangeError::Invalid)?;
         let text =
             format!("# Written by recordgate's management API; edits are picked up live.\n{yaml}");
         if let Err(e) = write_atomically(&self.path, text.as_bytes()) {

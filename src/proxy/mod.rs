@@ -47,7 +47,7 @@ use crate::decide::{self, Facts, Rules, Target};
 use crate::errors::{ApiError, DenyReason, Failure};
 use crate::management::{self, Call, Services};
 use crate::ops::{log_format, metrics};
-use crate::params::{check_names, ParamNames};
+use crate::params::{check_names, ParamNames, Params};
 use crate::policy::{PolicyStore, Snapshot};
 use ctx::Ctx;
 use forward::{Outgoing, Upstream};
@@ -84,6 +84,37 @@ pub(crate) fn now_secs() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or_default()
+}
+
+/// The request's facts for the decision, as the intake read them.
+fn facts<'r>(session: &'r Session, path: &'r str, params: &'r Params) -> Facts<'r> {
+    Facts {
+        headers: &session.req_header().headers,
+        peer: peer_ip(session),
+        path,
+        params,
+        now_secs: now_secs(),
+        tls_client_subject: intake::tls_client_subject(session),
+    }
+}
+
+/// The decision's permit, with the caller and address recorded for the
+/// access log; a refusal records the caller it identified.
+fn permitted<'s>(
+    ctx: &mut Ctx,
+    decided: Result<decide::Permit<'s>, decide::Refusal>,
+) -> Result<decide::Permit<'s>, Failure> {
+    match decided {
+        Ok(permit) => {
+            ctx.client_id = Some(permit.client.id.clone());
+            ctx.client_ip = Some(permit.ip);
+            Ok(permit)
+        }
+        Err(refusal) => {
+            ctx.client_id = refusal.client_id;
+            Err(Failure::Capture(*refusal.error))
+        }
+    }
 }
 
 fn peer_ip(session: &Session) -> Option<IpAddr> {
@@ -135,14 +166,7 @@ impl Gateway {
         .await?;
 
         // Decide.
-        let facts = Facts {
-            headers: &session.req_header().headers,
-            peer: peer_ip(session),
-            path: &path,
-            params: &request.params,
-            now_secs: now_secs(),
-            tls_client_subject: intake::tls_client_subject(session),
-        };
+        let facts = facts(session, &path, &request.params);
         let decided = match decide::decide_route(&snap, &self.rules, &facts, route) {
             decide::Verdict::Enforced(decided) => decided,
             decide::Verdict::Observed { pass, would_be } => {
@@ -157,15 +181,7 @@ impl Gateway {
                     .await;
             }
         };
-        let permit = match decided {
-            Ok(p) => p,
-            Err(refusal) => {
-                ctx.client_id = refusal.client_id;
-                return Err(Failure::Capture(*refusal.error));
-            }
-        };
-        ctx.client_id = Some(permit.client.id.clone());
-        ctx.client_ip = Some(permit.ip);
+        let permit = permitted(ctx, decided)?;
         let Some(access) = &permit.route else {
             return Err(ApiError::internal("a route decision without its grants").into());
         };
@@ -266,24 +282,9 @@ impl Gateway {
         let admit = self.admission(&snap);
         let body_use = BodyUse::Route(route.request_records);
         let request = intake::read(session, &self.settings, body_use, admit, ctx).await?;
-        let facts = Facts {
-            headers: &session.req_header().headers,
-            peer: peer_ip(session),
-            path: issuer.path(),
-            params: &request.params,
-            now_secs: now_secs(),
-            tls_client_subject: intake::tls_client_subject(session),
-        };
-        let permit =
-            match decide::authorize(&snap, &self.rules, &facts, Target::Issue { route, issuer }) {
-                Ok(p) => p,
-                Err(refusal) => {
-                    ctx.client_id = refusal.client_id;
-                    return Err(Failure::Capture(*refusal.error));
-                }
-            };
-        ctx.client_id = Some(permit.client.id.clone());
-        ctx.client_ip = Some(permit.ip);
+        let facts = facts(session, issuer.path(), &request.params);
+        let target = Target::Issue { route, issuer };
+        let permit = permitted(ctx, decide::authorize(&snap, &self.rules, &facts, target))?;
         let issuing = issue::Issuing {
             upstream: &self.upstream,
             store,

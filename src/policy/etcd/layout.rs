@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::policy::model::{ClientDef, EntityTypeDef, PolicyFile};
+use crate::policy::model::PolicyFile;
 
 pub const CLIENTS: &str = "clients/";
 pub const ENTITY_TYPES: &str = "entity_types/";
@@ -98,43 +98,22 @@ impl Mirror {
     pub fn apply(&mut self, prefix: &str, key: &[u8], value: Option<&[u8]>) {
         let shown = String::from_utf8_lossy(key).into_owned();
         self.unreadable.remove(&shown);
+        let unreadable = &mut self.unreadable;
         match classify(prefix, key) {
-            Key::Client(id) => {
-                let id = id.to_string();
-                match value.map(serde_json::from_slice::<ClientDef>) {
-                    None => {
-                        self.policy.clients.remove(&id);
-                    }
-                    Some(Ok(c)) => {
-                        self.policy.clients.insert(id, c);
-                    }
-                    Some(Err(e)) => {
-                        self.policy.clients.remove(&id);
-                        self.unreadable.insert(shown, e.to_string());
-                    }
-                }
-            }
-            Key::EntityType(name) => {
-                let name = name.to_string();
-                match value.map(serde_json::from_slice::<EntityTypeDef>) {
-                    None => {
-                        self.policy.entity_types.remove(&name);
-                    }
-                    Some(Ok(t)) => {
-                        self.policy.entity_types.insert(name, t);
-                    }
-                    Some(Err(e)) => {
-                        self.policy.entity_types.remove(&name);
-                        self.unreadable.insert(shown, e.to_string());
-                    }
-                }
-            }
+            Key::Client(id) => put(&mut self.policy.clients, id, value, unreadable, shown),
+            Key::EntityType(name) => put(
+                &mut self.policy.entity_types,
+                name,
+                value,
+                unreadable,
+                shown,
+            ),
             Key::Guard => {
                 self.guard = match value.map(serde_json::from_slice::<Guard>) {
                     None => None,
                     Some(Ok(g)) => Some(g),
                     Some(Err(e)) => {
-                        self.unreadable.insert(shown, e.to_string());
+                        unreadable.insert(shown, e.to_string());
                         None
                     }
                 };
@@ -160,6 +139,30 @@ impl Mirror {
             ));
         }
         Ok((&self.policy, hash))
+    }
+}
+
+/// Sets (or, for `None`, removes) one entry of a policy map from its key's
+/// value; a value that does not parse removes the entry and is recorded as
+/// unreadable under the key `shown`.
+fn put<T: serde::de::DeserializeOwned>(
+    map: &mut BTreeMap<String, T>,
+    name: &str,
+    value: Option<&[u8]>,
+    unreadable: &mut BTreeMap<String, String>,
+    shown: String,
+) {
+    match value.map(serde_json::from_slice::<T>) {
+        None => {
+            map.remove(name);
+        }
+        Some(Ok(entry)) => {
+            map.insert(name.to_string(), entry);
+        }
+        Some(Err(e)) => {
+            map.remove(name);
+            unreadable.insert(shown, e.to_string());
+        }
     }
 }
 

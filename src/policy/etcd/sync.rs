@@ -4,18 +4,16 @@
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
-
-use arc_swap::ArcSwap;
+use std::sync::Arc;
 
 use super::layout::{self, Guard};
 use super::{CommitError, Etcd};
 use crate::config::settings::ConfigError;
 use crate::config::store::EtcdSettings;
-use crate::policy::compile::{compile, compile_hashed, CompileContext, Snapshot};
+use crate::policy::compile::{compile_hashed, CompileContext, Snapshot};
 use crate::policy::model::PolicyFile;
 use crate::policy::persist::write_atomically;
-use crate::policy::store::{lock, now_unix, Backend, ChangeError, PolicyStore, ReloadStatus};
+use crate::policy::store::{lock, Backend, ChangeError, PolicyStore};
 
 /// Audit keys remembered as written here (for the watch to skip).
 const WRITTEN_HERE: usize = 4096;
@@ -80,22 +78,12 @@ impl PolicyStore {
                 snap
             }
         };
-        let store = Arc::new(PolicyStore {
-            current: ArcSwap::from_pointee(snap),
-            path: cache.to_path_buf(),
-            next_version: std::sync::atomic::AtomicU64::new(2),
-            writer: Mutex::new(None),
-            last: Mutex::new(ReloadStatus {
-                source: "startup".into(),
-                result: "success".into(),
-                at_unix: now_unix(),
-                errors: Vec::new(),
-            }),
-            backend: Backend::Etcd(etcd.clone()),
-            written_here: Mutex::new(std::collections::VecDeque::new()),
-            fleet_audit: std::sync::OnceLock::new(),
-            on_reload: std::sync::OnceLock::new(),
-        });
+        let store = Arc::new(PolicyStore::started(
+            snap,
+            cache,
+            None,
+            Backend::Etcd(etcd.clone()),
+        ));
         super::watch::start(&etcd, Arc::downgrade(&store));
         Ok(store)
     }
@@ -219,16 +207,9 @@ impl PolicyStore {
             let line = audit(before, &next, &out);
             let writes = layout::diff(&etcd.prefix, before, &next)
                 .map_err(|e| ChangeError::Persist(std::io::Error::other(e)))?;
-            let version = self.next_version.fetch_add(1, Ordering::SeqCst);
-            let mut snap = compile(
-                next,
-                &CompileContext {
-                    file: &self.path,
-                    version,
-                },
-            )
-            .map_err(ChangeError::Invalid)?;
-            snap.keep_rate_buckets(&current);
+            let snap = self
+                .compile_next(next, &current)
+                .map_err(ChangeError::Invalid)?;
             let guard = Guard {
                 hash: snap.hash.clone(),
             };

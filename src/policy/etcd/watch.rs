@@ -196,7 +196,6 @@ async fn finish_revision(etcd: &Arc<Etcd>, store: &Weak<PolicyStore>, m: &Mirror
     tracing::debug!(
         revision,
         guard_revision = m.guard_revision,
-        whole = m.whole().is_ok(),
         "etcd revision applied to the mirror"
     );
     etcd.state().applied_revision = revision;
@@ -208,7 +207,12 @@ async fn finish_revision(etcd: &Arc<Etcd>, store: &Weak<PolicyStore>, m: &Mirror
 /// committed), off the runtime's worker.
 async fn adopt(etcd: &Arc<Etcd>, store: &Weak<PolicyStore>, m: &Mirror, source: &'static str) {
     let Some(store) = store.upgrade() else { return };
-    let whole = m.whole().map(|(p, h)| (p.clone(), h));
+    // The policy is copied only when it is not the one in force already
+    // (a change this replica committed comes back through the watch too).
+    let whole = m.whole().map(|(p, hash)| {
+        let changed = store.load().hash != hash;
+        (changed.then(|| p.clone()), hash)
+    });
     let guard_revision = m.guard_revision;
     let etcd = etcd.clone();
     let done = tokio::task::spawn_blocking(move || {
@@ -228,7 +232,11 @@ async fn adopt(etcd: &Arc<Etcd>, store: &Weak<PolicyStore>, m: &Mirror, source: 
             // reach it.
             return;
         }
-        match store.adopt(&policy, hash, source) {
+        let adopted = match &policy {
+            Some(policy) => store.adopt(policy, hash, source),
+            None => Ok(None),
+        };
+        match adopted {
             Ok(Some(snap)) => {
                 if let Some(hook) = store.on_reload.get() {
                     hook(source, Some(&snap));
