@@ -62,6 +62,11 @@ enum PolicyAction {
         file: PathBuf,
         #[arg(short, long)]
         config: PathBuf,
+        /// Write nothing when etcd holds a policy already (for seed Jobs
+        /// and `compose up`, which run again and must not undo the changes
+        /// made since).
+        #[arg(long)]
+        if_empty: bool,
     },
     /// Print the policy etcd holds, as YAML (for review in Git).
     Export {
@@ -168,8 +173,8 @@ fn policy(action: PolicyAction) -> ExitCode {
         }
     };
     let done = match &action {
-        PolicyAction::Import { file, .. } => {
-            recordgate::policy::etcd::cli::import(&settings, file).map(|s| s + "\n")
+        PolicyAction::Import { file, if_empty, .. } => {
+            recordgate::policy::etcd::cli::import(&settings, file, *if_empty).map(|s| s + "\n")
         }
         PolicyAction::Export { .. } => recordgate::policy::etcd::cli::export(&settings),
     };

@@ -39,8 +39,13 @@ fn import(cluster: &EtcdCluster, policy: &str) {
 
 /// `recordgate policy import` of `policy` with the store settings `store`.
 fn import_with(store: Value, policy: &str) -> std::process::Output {
+    policy_cli(store, Some(policy), &[])
+}
+
+/// `recordgate policy import` of `policy` (with `extra` arguments), or
+/// `policy export` when `policy` is `None`, with the store settings `store`.
+fn policy_cli(store: Value, policy: Option<&str>, extra: &[&str]) -> std::process::Output {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("import.yaml"), policy).unwrap();
     let settings = json!({
         "listen": ["127.0.0.1:1"],
         "upstream": {"servers": ["127.0.0.1:1"]},
@@ -52,13 +57,31 @@ fn import_with(store: Value, policy: &str) -> std::process::Output {
         serde_json::to_vec(&settings).unwrap(),
     )
     .unwrap();
-    run_cli(&[
-        "policy",
-        "import",
-        dir.path().join("import.yaml").to_str().unwrap(),
-        "--config",
-        dir.path().join("settings.yaml").to_str().unwrap(),
-    ])
+    let config = dir.path().join("settings.yaml");
+    let file = dir.path().join("import.yaml");
+    let mut args = match policy {
+        Some(policy) => {
+            std::fs::write(&file, policy).unwrap();
+            vec!["policy", "import", file.to_str().unwrap()]
+        }
+        None => vec!["policy", "export"],
+    };
+    args.extend(["--config", config.to_str().unwrap()]);
+    args.extend(extra);
+    run_cli(&args)
+}
+
+/// The hash of the policy etcd holds, from `recordgate policy export`.
+fn exported_hash(cluster: &EtcdCluster) -> String {
+    let out = policy_cli(store_setting(cluster), None, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let first = text.lines().next().unwrap();
+    first.rsplit("hash ").next().unwrap().trim().to_string()
 }
 
 fn replica(up: &TestUpstream, cluster: &EtcdCluster, policy: &str) -> Gateway {
@@ -706,4 +729,58 @@ fn the_store_speaks_tls_to_etcd_and_refuses_a_certificate_of_another_ca() {
     )
     .assert_ok();
     assert_eq!(description(&a, "login-app").as_deref(), Some("over tls"));
+}
+
+#[test]
+fn import_replaces_the_policy_unless_if_empty_finds_one_and_export_reads_it_back() {
+    let cluster = EtcdCluster::start(1);
+    // --if-empty on an empty etcd imports.
+    let out = policy_cli(
+        store_setting(&cluster),
+        Some(&demo_policy()),
+        &["--if-empty"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(stdout.starts_with("imported "), "{stdout}");
+    let first = exported_hash(&cluster);
+    assert!(stdout.contains(&first), "{stdout} / {first}");
+    // The export is a policy `check` accepts, with the same hash.
+    let exported =
+        String::from_utf8(policy_cli(store_setting(&cluster), None, &[]).stdout).unwrap();
+    let changed = exported.replace(
+        "Read-only partner limited",
+        "Read-only partner (edited), limited",
+    );
+    assert_ne!(
+        changed, exported,
+        "the demo policy's partner description moved"
+    );
+    // Run again with another policy: --if-empty writes nothing.
+    let out = policy_cli(store_setting(&cluster), Some(&changed), &["--if-empty"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("holds a policy already"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(exported_hash(&cluster), first);
+    // Without it the import replaces the policy; an invalid file changes nothing.
+    import(&cluster, &changed);
+    let second = exported_hash(&cluster);
+    assert_ne!(second, first);
+    let out = import_with(
+        store_setting(&cluster),
+        "clients: {nobody: {features: [fly]}}\n",
+    );
+    assert!(!out.status.success());
+    assert_eq!(exported_hash(&cluster), second);
 }

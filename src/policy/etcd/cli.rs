@@ -20,7 +20,8 @@ fn connect(settings: &Settings) -> Result<super::Etcd, String> {
 /// Validates `file` as `serve` would, then writes it to etcd: keys in
 /// batches within etcd's limits, the guard last, so no replica adopts
 /// a half import. Returns a summary line.
-pub fn import(settings: &Settings, file: &Path) -> Result<String, String> {
+/// With `if_empty`, nothing is written when etcd holds a policy already.
+pub fn import(settings: &Settings, file: &Path, if_empty: bool) -> Result<String, String> {
     let snap = crate::policy::store::load_policy_file(file, 1).map_err(|errors| {
         errors
             .iter()
@@ -41,7 +42,15 @@ pub fn import(settings: &Settings, file: &Path) -> Result<String, String> {
         "clients": snap.clients.len(),
         "entity_types": snap.entity_types.len(),
     });
-    let revision = etcd.import(&snap.source, (&id, entry.to_string()))?;
+    let revision = match etcd.import(&snap.source, (&id, entry.to_string()), if_empty)? {
+        super::Imported::Written(revision) => revision,
+        super::Imported::AlreadyThere(revision) => {
+            return Ok(format!(
+                "etcd holds a policy already (its guard at revision {revision}): {} not imported (--if-empty)",
+                file.display()
+            ))
+        }
+    };
     Ok(format!(
         "imported {} into etcd at revision {revision}: {} clients, {} entity types, hash {}",
         file.display(),

@@ -35,6 +35,16 @@ pub const MAX_TXN_WRITES: usize = 120;
 /// Import batches in flight at once.
 const IMPORT_IN_FLIGHT: usize = 8;
 
+/// What `import` did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Imported {
+    /// The policy is in etcd; its guard is at this revision.
+    Written(i64),
+    /// Nothing written (`only_if_empty`): etcd holds a policy, its guard at
+    /// this revision.
+    AlreadyThere(i64),
+}
+
 #[derive(Debug)]
 pub enum CommitError {
     /// The guard moved: another change committed first.
@@ -240,13 +250,26 @@ impl Etcd {
     /// Writes a whole policy: its keys in batches, keys it does not have
     /// deleted, the guard last and only if no change committed meanwhile,
     /// so no replica adopts a half import. Returns the guard's revision.
+    ///
+    /// With `only_if_empty`, nothing is written when etcd holds a guard
+    /// already (a seed Job or `compose up` run again must not overwrite the
+    /// changes made since). Every batch compares the guard's revision too,
+    /// so an import that races another change or import stops at its first
+    /// batch after the other's guard lands.
     pub fn import(
         &self,
         policy: &crate::policy::model::PolicyFile,
         request: (&str, String),
-    ) -> Result<i64, String> {
-        let (mirror, _) = self.read_all()?;
+        only_if_empty: bool,
+    ) -> Result<Imported, String> {
         let guard_rev = self.guard_revision()?;
+        if only_if_empty && guard_rev > 0 {
+            return Ok(Imported::AlreadyThere(guard_rev));
+        }
+        let (mirror, _) = self.read_all()?;
+        if mirror.guard_revision != guard_rev {
+            return Err("a change committed during the import; run it again".into());
+        }
         let mut writes = layout::diff(&self.prefix, &mirror.policy, policy)?;
         // Keys the mirror could not read are replaced too.
         for key in mirror.unreadable.keys() {
@@ -264,6 +287,7 @@ impl Etcd {
             batches.push(std::mem::replace(&mut writes, rest));
         }
         let client = self.client();
+        let guard_key = layout::guard_key(&self.prefix);
         let limit = self.request_timeout * (batches.len() as u32 / IMPORT_IN_FLIGHT as u32 + 1);
         let written = self.run(limit, async move {
             for group in batches.chunks(IMPORT_IN_FLIGHT) {
@@ -277,11 +301,16 @@ impl Etcd {
                         })
                         .collect();
                     let mut c = client.clone();
-                    set.spawn(async move { c.txn(Txn::new().and_then(ops)).await });
+                    let unmoved =
+                        Compare::mod_revision(guard_key.clone(), CompareOp::Equal, guard_rev);
+                    set.spawn(async move { c.txn(Txn::new().when([unmoved]).and_then(ops)).await });
                 }
                 while let Some(done) = set.join_next().await {
                     match done {
-                        Ok(Ok(_)) => {}
+                        Ok(Ok(r)) if r.succeeded() => {}
+                        Ok(Ok(_)) => {
+                            return Err("a change committed during the import; run it again".into())
+                        }
                         Ok(Err(e)) => return Err(e.to_string()),
                         Err(e) => return Err(e.to_string()),
                     }
@@ -295,6 +324,7 @@ impl Etcd {
             None => return Err("etcd did not answer in time".into()),
         }
         self.commit(guard_rev, writes, &Guard { hash }, request)
+            .map(Imported::Written)
             .map_err(|e| match e {
                 CommitError::Conflict => {
                     "a change committed during the import; run it again".to_string()
