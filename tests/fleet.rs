@@ -6,128 +6,13 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::etcd::EtcdCluster;
+use common::fleet::*;
 use common::*;
 use serde_json::{json, Value};
-
-const OWNER: Option<(&str, &str)> = Some(("demo-owner", "owner-secret"));
-
-fn demo_policy() -> String {
-    std::fs::read_to_string(repo_path("config/policy.yaml")).unwrap()
-}
-
-fn store_setting(cluster: &EtcdCluster) -> Value {
-    json!({"kind": "etcd", "etcd": {
-        "endpoints": cluster.endpoints(),
-        "prefix": "/recordgate/",
-        "request_timeout_ms": 1000,
-        "connect_timeout_ms": 500
-    }})
-}
-
-/// `recordgate policy import` of `policy` into the cluster.
-fn import(cluster: &EtcdCluster, policy: &str) {
-    let out = import_with(store_setting(cluster), policy);
-    assert!(
-        out.status.success(),
-        "import failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// `recordgate policy import` of `policy` with the store settings `store`.
-fn import_with(store: Value, policy: &str) -> std::process::Output {
-    policy_cli(store, Some(policy), &[])
-}
-
-/// `recordgate policy import` of `policy` (with `extra` arguments), or
-/// `policy export` when `policy` is `None`, with the store settings `store`.
-fn policy_cli(store: Value, policy: Option<&str>, extra: &[&str]) -> std::process::Output {
-    let dir = tempfile::tempdir().unwrap();
-    let settings = json!({
-        "listen": ["127.0.0.1:1"],
-        "upstream": {"servers": ["127.0.0.1:1"]},
-        "policy": "cache.yaml",
-        "policy_store": store,
-    });
-    std::fs::write(
-        dir.path().join("settings.yaml"),
-        serde_json::to_vec(&settings).unwrap(),
-    )
-    .unwrap();
-    let config = dir.path().join("settings.yaml");
-    let file = dir.path().join("import.yaml");
-    let mut args = match policy {
-        Some(policy) => {
-            std::fs::write(&file, policy).unwrap();
-            vec!["policy", "import", file.to_str().unwrap()]
-        }
-        None => vec!["policy", "export"],
-    };
-    args.extend(["--config", config.to_str().unwrap()]);
-    args.extend(extra);
-    run_cli(&args)
-}
-
-/// The hash of the policy etcd holds, from `recordgate policy export`.
-fn exported_hash(cluster: &EtcdCluster) -> String {
-    let out = policy_cli(store_setting(cluster), None, &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    let first = text.lines().next().unwrap();
-    first.rsplit("hash ").next().unwrap().trim().to_string()
-}
-
-fn replica(up: &TestUpstream, cluster: &EtcdCluster, policy: &str) -> Gateway {
-    GatewayBuilder::new(up)
-        .env("RUST_LOG", "info,recordgate::policy::etcd=debug")
-        .policy(policy)
-        .setting("policy_store", store_setting(cluster))
-        .metrics(json!({}))
-        .start()
-}
-
-fn description(gw: &Gateway, client: &str) -> Option<String> {
-    let r = gw.post_form("/clients/list", OWNER, &[]);
-    if r.status != 200 {
-        return None;
-    }
-    r.json()["results"]
-        .as_array()?
-        .iter()
-        .find(|c| c["client_id"] == client)
-        .and_then(|c| c["description"].as_str().map(str::to_string))
-}
-
-fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !ok() {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    start.elapsed()
-}
-
-fn wait_until(limit: Duration, mut ok: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while !ok() {
-        if start.elapsed() > limit {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    true
-}
-
-fn status(gw: &Gateway) -> Value {
-    gw.admin_get("/status").json()
-}
 
 #[test]
 fn a_change_through_one_replica_is_in_force_at_the_others_within_a_second() {
@@ -178,6 +63,46 @@ fn a_change_through_one_replica_is_in_force_at_the_others_within_a_second() {
     assert!(metrics.contains("recordgate_policy_store_seconds_since_sync "));
 }
 
+/// Every client's description (`None`: the client is gone), as `gw` lists
+/// them with `owner`'s credentials.
+fn descriptions(gw: &Gateway, owner: (&str, &str)) -> Option<BTreeMap<String, String>> {
+    let r = gw.post_form("/clients/list", Some(owner), &[]);
+    if r.status != 200 {
+        return None;
+    }
+    Some(
+        r.json()["results"]
+            .as_array()?
+            .iter()
+            .map(|c| {
+                (
+                    c["client_id"].as_str().unwrap().to_string(),
+                    text_of(&c["description"]),
+                )
+            })
+            .collect(),
+    )
+}
+
+/// A description as text (the list shows none as "", the audit as null).
+fn text_of(v: &Value) -> String {
+    v.as_str().unwrap_or_default().to_string()
+}
+
+fn owners(gw: &Gateway, owner: (&str, &str)) -> usize {
+    let v = gw.post_form("/clients/list", Some(owner), &[]).json();
+    v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| {
+            c["features"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|f| f == "owner"))
+        })
+        .count()
+}
+
 #[test]
 fn concurrent_writers_never_lose_a_change_and_one_owner_always_remains() {
     let cluster = EtcdCluster::start(3);
@@ -190,33 +115,37 @@ fn concurrent_writers_never_lose_a_change_and_one_owner_always_remains() {
     let a = replica(&up, &cluster, &policy);
     let b = replica(&up, &cluster, &policy);
     let c = replica(&up, &cluster, &policy);
-    const N: usize = 60;
-    let acked = std::thread::scope(|s| {
-        let writer = |gw: &Gateway, client: &'static str, tag: &'static str| {
-            let mut last = None;
-            let mut acked = 0;
-            for i in 0..N {
-                let value = format!("{tag}-{i}");
-                let r = gw.post_form(
-                    "/clients/set_description",
-                    OWNER,
-                    &[("for_client_id", client), ("description", &value)],
-                );
-                match r.status {
-                    200 => {
-                        acked += 1;
-                        last = Some(value);
-                    }
-                    409 => {}
-                    other => panic!("unexpected {other}: {}", r.text()),
-                }
+    let initial = descriptions(&a, ("demo-owner", "owner-secret")).unwrap();
+    // Two writers through A and B on the same client (every change races
+    // the other's), a third through C on another client: 200 changes.
+    const N: usize = 80;
+    let writer = |gw: &Gateway, client: &'static str, tag: &'static str, n: usize| {
+        let mut acked = Vec::new();
+        for i in 0..n {
+            let value = format!("{tag}-{i}");
+            let r = gw.post_form(
+                "/clients/set_description",
+                OWNER,
+                &[("for_client_id", client), ("description", &value)],
+            );
+            match r.status {
+                200 => acked.push(value),
+                // Lost the race more than `conflict_retries` times: nothing
+                // changed, so it must have no audit entry.
+                409 => {}
+                other => panic!("unexpected {other}: {}", r.text()),
             }
-            (acked, last)
-        };
-        let (ra, rb) = (&a, &b);
-        let ta = s.spawn(move || writer(ra, "partner-readonly", "a"));
-        let tb = s.spawn(move || writer(rb, "crm-writer", "b"));
-        (ta.join().unwrap(), tb.join().unwrap())
+        }
+        acked
+    };
+    let acked: Vec<String> = std::thread::scope(|s| {
+        let ta = s.spawn(|| writer(&a, "partner-readonly", "a", N));
+        let tb = s.spawn(|| writer(&b, "partner-readonly", "b", N));
+        let tc = s.spawn(|| writer(&c, "crm-writer", "c", N / 2));
+        [ta, tb, tc]
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect()
     });
     // Then two owners delete each other through two replicas at once: the
     // last-owner rule holds across the fleet.
@@ -244,59 +173,72 @@ fn concurrent_writers_never_lose_a_change_and_one_owner_always_remains() {
         1,
         "exactly one of two owners deleting each other succeeds: {deletions:?}"
     );
-    let ((acked_a, last_a), (acked_b, last_b)) = acked;
-    assert!(acked_a > N / 2 && acked_b > N / 2, "{acked_a} {acked_b}");
-    // Every replica converges on one policy holding each writer's last
-    // acknowledged change.
-    let owner = if a.post_form("/clients/list", OWNER, &[]).status == 200 {
+    assert!(
+        acked.len() > N,
+        "only {} of {} changes acknowledged",
+        acked.len(),
+        5 * N / 2
+    );
+
+    // The audit entries in commit order are the history: each acknowledged
+    // change exactly once, nothing else, and each applied to the state the
+    // one before it left (a change is never compiled against an older
+    // policy, never merged). Replayed, they give the final policy.
+    let entries: Vec<(i64, Value)> = audit_entries(&cluster)
+        .into_iter()
+        .filter(|(_, e)| e["endpoint"] != "policy import")
+        .collect();
+    let mut described: Vec<String> = entries
+        .iter()
+        .filter(|(_, e)| e["endpoint"] == "/clients/set_description")
+        .map(|(_, e)| e["after"]["description"].as_str().unwrap().to_string())
+        .collect();
+    described.sort();
+    let mut expected = acked.clone();
+    expected.sort();
+    assert_eq!(
+        described, expected,
+        "audit entries against acknowledged changes"
+    );
+    assert_eq!(
+        entries.len(),
+        acked.len() + 1,
+        "the changes and one deletion"
+    );
+    let mut model: BTreeMap<String, String> = initial;
+    for (revision, e) in &entries {
+        let target = e["target"].as_str().unwrap();
+        let before = text_of(&e["before"]["description"]);
+        assert_eq!(
+            model.get(target),
+            Some(&before),
+            "revision {revision}: a change to {target} was made on a state other than the one committed before it: {e}"
+        );
+        if e["after"].is_null() {
+            model.remove(target);
+        } else {
+            model.insert(target.to_string(), text_of(&e["after"]["description"]));
+        }
+    }
+    let survivor = if model.contains_key("demo-owner") {
         ("demo-owner", "owner-secret")
     } else {
         ("second-owner", "second-secret")
     };
+    // Every replica holds exactly the replayed policy, with one owner.
     for gw in [&a, &b, &c] {
-        wait_for("convergence", Duration::from_secs(3), || {
-            let r = gw.post_form("/clients/list", Some(owner), &[]);
-            if r.status != 200 {
-                return false;
-            }
-            let v = r.json();
-            let desc = |id: &str| {
-                v["results"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .find(|c| c["client_id"] == id)
-                    .and_then(|c| c["description"].as_str().map(str::to_string))
-            };
-            let owners = v["results"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|c| {
-                    c["features"]
-                        .as_array()
-                        .is_some_and(|f| f.iter().any(|f| f == "owner"))
-                })
-                .count();
-            desc("partner-readonly") == last_a && desc("crm-writer") == last_b && owners == 1
-        });
+        wait_for(
+            "convergence on the replayed policy",
+            Duration::from_secs(3),
+            || descriptions(gw, survivor).as_ref() == Some(&model),
+        );
+        assert_eq!(owners(gw, survivor), 1);
     }
     let hashes: Vec<Value> = [&a, &b, &c]
         .iter()
         .map(|g| status(g)["policy"]["hash"].clone())
         .collect();
     assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
-    // One audit entry per acknowledged change (and the import's).
-    let out = cluster.etcdctl(&["get", "--prefix", "--keys-only", "/recordgate/audit/"]);
-    let audit_keys = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .count();
-    assert_eq!(
-        audit_keys,
-        acked_a + acked_b + 1 + 1,
-        "acked changes + one deletion + the import"
-    );
     // Each replica's own audit log is the fleet's trail: every change made
     // through any replica, once (the import came before they started).
     for gw in [&a, &b, &c] {
@@ -306,7 +248,7 @@ fn concurrent_writers_never_lose_a_change_and_one_owner_always_remains() {
                 .unwrap_or_default()
                 .lines()
                 .count()
-                == acked_a + acked_b + 1
+                == entries.len()
         });
         let text = std::fs::read_to_string(&path).unwrap_or_default();
         assert!(
@@ -319,7 +261,7 @@ fn concurrent_writers_never_lose_a_change_and_one_owner_always_remains() {
             .lines()
             .map(|l| serde_json::from_str::<Value>(l).unwrap()["request_id"].to_string())
             .collect();
-        assert_eq!(ids.len(), acked_a + acked_b + 1, "an entry logged twice");
+        assert_eq!(ids.len(), entries.len(), "an entry logged twice");
     }
 }
 
@@ -358,6 +300,10 @@ fn with_etcd_down_calls_are_decided_and_writes_refused_then_a_restart_serves_the
         Some(("partner-readonly", "partner-secret")),
     );
     assert_eq!(r.status, 200, "{}", r.text());
+    // A write is refused within seconds: either nothing was changed (etcd
+    // refused it), or, when it got no answer at all (a member may still
+    // hold it in its log), the caller is told it was not confirmed. Which
+    // one depends on when the members notice they have no leader.
     let started = Instant::now();
     let w = a.post_form(
         "/clients/set_description",
@@ -368,8 +314,17 @@ fn with_etcd_down_calls_are_decided_and_writes_refused_then_a_restart_serves_the
         ],
     );
     assert_eq!(w.status, 503, "{}", w.text());
-    assert!(w.text().contains("nothing was changed"), "{}", w.text());
-    assert!(started.elapsed() < Duration::from_secs(5));
+    let confirmed_nothing = w.text().contains("nothing was changed");
+    assert!(
+        confirmed_nothing || w.text().contains("not confirmed"),
+        "{}",
+        w.text()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
     assert_ne!(description(&a, "login-app").as_deref(), Some("while down"));
 
     // A replica that starts now serves its cache, marked stale.
@@ -410,6 +365,42 @@ fn with_etcd_down_calls_are_decided_and_writes_refused_then_a_restart_serves_the
     assert!(wait_until(Duration::from_secs(2), || status(&b)["store"]
         ["stale"]
         == false));
+    // The refused write is nowhere, or, if etcd carried it out after all
+    // (only possible when it was not confirmed), it is in the history once
+    // and in A's own audit log: never in force without a trace.
+    let traces = audit_entries(&cluster)
+        .iter()
+        .filter(|(_, e)| e["after"]["description"] == "while down")
+        .count();
+    if confirmed_nothing {
+        assert_eq!(
+            traces, 0,
+            "a write answered 'nothing was changed' committed"
+        );
+    } else {
+        assert!(traces <= 1);
+        let logged = wait_until(Duration::from_secs(3), || {
+            std::fs::read_to_string(a.dir.path().join("policy.audit.jsonl"))
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| {
+                    serde_json::from_str::<Value>(l).unwrap()["after"]["description"]
+                        == "while down"
+                })
+                .count()
+                == traces
+        });
+        assert!(
+            logged,
+            "A's audit log and etcd's history ({traces}) disagree: {}\n{}",
+            std::fs::read_to_string(a.dir.path().join("policy.audit.jsonl")).unwrap_or_default(),
+            a.stderr()
+                .lines()
+                .filter(|l| l.contains("etcd"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
 }
 
 #[test]

@@ -60,6 +60,11 @@ pub struct EtcdSettings {
     /// newer policy this many times before "changed concurrently, retry".
     #[serde(default = "default_retries")]
     pub conflict_retries: u32,
+    /// How long audit entries (and fences of changes whose outcome was
+    /// unknown) stay in etcd; 0 keeps them forever. Each replica's local
+    /// audit log keeps its own copy of the trail.
+    #[serde(default = "default_audit_retention")]
+    pub audit_retention_secs: u64,
 }
 
 fn default_prefix() -> String {
@@ -73,6 +78,9 @@ fn default_request_ms() -> u64 {
 }
 fn default_retries() -> u32 {
     5
+}
+fn default_audit_retention() -> u64 {
+    7 * 24 * 3600
 }
 
 impl PolicyStoreSettings {
@@ -139,6 +147,15 @@ impl PolicyStoreSettings {
                 if !(1..=600_000).contains(&v) {
                     out.push((key.into(), "must be between 1 and 600000".into()));
                 }
+            }
+            // An entry must outlive the resolution of its change's unknown
+            // outcome (a few request time-outs).
+            let floor = (e.request_timeout_ms * 10).div_ceil(1000);
+            if e.audit_retention_secs != 0 && e.audit_retention_secs < floor {
+                out.push((
+                    "etcd.audit_retention_secs".into(),
+                    format!("must be 0 (keep forever) or at least {floor} (ten request time-outs)"),
+                ));
             }
         }
         out

@@ -250,10 +250,12 @@ impl PolicyStore {
 
     /// Re-reads the file unconditionally (SIGHUP).
     pub fn reload(&self, source: &str) -> Result<Option<Arc<Snapshot>>, Vec<ConfigError>> {
+        let mut seen = lock(&self.writer);
         if let Backend::Etcd(etcd) = &self.backend {
+            // Under the writer lock: a change committing here meanwhile
+            // must not be overtaken by this (older) read.
             return self.reload_from_etcd(etcd, source);
         }
-        let mut seen = lock(&self.writer);
         let now = stamp(&self.path);
         self.reload_locked(&mut seen, now, source)
     }

@@ -35,6 +35,9 @@ pub struct EtcdCluster {
     initial_cluster: String,
     /// Data directories and logs; removed after the members are killed.
     dir: tempfile::TempDir,
+    /// Bumped by `replace`: part of the cluster token, so a replaced
+    /// cluster has another cluster id.
+    generation: u32,
 }
 
 impl EtcdCluster {
@@ -66,6 +69,7 @@ impl EtcdCluster {
             members,
             initial_cluster,
             dir,
+            generation: 0,
         };
         for i in 0..n {
             cluster.spawn(i, "new");
@@ -115,6 +119,26 @@ impl EtcdCluster {
             self.spawn(i, "existing");
         }
         self.wait_healthy(which);
+    }
+
+    /// Replaces the cluster with a new, empty one on the same ports (as an
+    /// operator restoring or rebuilding etcd would): every member killed,
+    /// its data removed, and started again with another cluster token, so
+    /// the cluster id changes and revisions start over. Waits until healthy.
+    pub fn replace(&mut self) {
+        for i in self.running() {
+            self.kill(i);
+        }
+        for i in 0..self.members.len() {
+            let data = self.dir.path().join(format!("member{i}.etcd"));
+            std::fs::remove_dir_all(&data).expect("remove etcd data directory");
+        }
+        self.generation += 1;
+        for i in 0..self.members.len() {
+            self.spawn(i, "new");
+        }
+        let all: Vec<usize> = (0..self.members.len()).collect();
+        self.wait_healthy(&all);
     }
 
     /// The index of the current leader among the running members: the
@@ -227,7 +251,10 @@ impl EtcdCluster {
             .arg(format!("--initial-advertise-peer-urls={peer}"))
             .arg(format!("--initial-cluster={}", self.initial_cluster))
             .arg(format!("--initial-cluster-state={state}"))
-            .arg("--initial-cluster-token=recordgate-test")
+            .arg(format!(
+                "--initial-cluster-token=recordgate-test-{}",
+                self.generation
+            ))
             .arg("--heartbeat-interval=100")
             .arg("--election-timeout=1000")
             .arg("--experimental-watch-progress-notify-interval=1s")

@@ -9,6 +9,8 @@
 
 /// A throw-away etcd cluster (real `etcd` processes) for tests that need one.
 pub mod etcd;
+pub mod fleet;
+pub mod relay;
 
 /// Loading and checking the deployment files under deploy/.
 pub mod deploy;

@@ -30,7 +30,7 @@ pub fn import(settings: &Settings, file: &Path, if_empty: bool) -> Result<String
             .join("\n")
     })?;
     let etcd = connect(settings)?;
-    let id = format!("import.{:016x}", rand::random::<u64>());
+    let id = super::layout::change_id("import");
     let entry = serde_json::json!({
         "ts": chrono::Utc::now().to_rfc3339(),
         "request_id": id,

@@ -5,8 +5,12 @@
 //! | `P` `clients/` id | the client's entry (JSON) |
 //! | `P` `entity_types/` name | the entity type (JSON) |
 //! | `P` `guard` | `{"hash": ...}`: the hash of the whole committed policy |
-//! | `P` `audit/` request id | the audit entry of the change (JSON) |
+//! | `P` `audit/` change id | the audit entry of the change (JSON) |
+//! | `P` `fence/` change id | empty: this change can never commit (its outcome was unknown, then settled) |
 //!
+//! A change id starts with the time of the change in milliseconds, zero
+//! padded, so that entries older than the retention are one key range to
+//! delete.
 //! One key per client keeps each value far under etcd's 1.5 MiB request
 //! limit (a 100,000-client policy is 100,000 small keys). Every change
 //! writes the guard in the same transaction as its keys, and compares the
@@ -25,6 +29,7 @@ pub const CLIENTS: &str = "clients/";
 pub const ENTITY_TYPES: &str = "entity_types/";
 pub const GUARD: &str = "guard";
 pub const AUDIT: &str = "audit/";
+pub const FENCE: &str = "fence/";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Guard {
@@ -74,8 +79,36 @@ pub fn guard_key(prefix: &str) -> String {
     format!("{prefix}{GUARD}")
 }
 
-pub fn audit_key(prefix: &str, request_id: &str) -> String {
-    format!("{prefix}{AUDIT}{request_id}")
+pub fn audit_key(prefix: &str, change_id: &str) -> String {
+    format!("{prefix}{AUDIT}{change_id}")
+}
+
+pub fn fence_key(prefix: &str, change_id: &str) -> String {
+    format!("{prefix}{FENCE}{change_id}")
+}
+
+/// The id of one change (its audit and fence keys): the time in
+/// milliseconds, then the request id, then a random part (unique even when
+/// a trusted proxy sends the same request id twice).
+pub fn change_id(request_id: &str) -> String {
+    format!(
+        "{:013}-{request_id}.{:016x}",
+        now_millis(),
+        rand::random::<u64>()
+    )
+}
+
+/// The first key not to delete under `folder` (`AUDIT`, `FENCE`) when
+/// entries older than `cutoff_millis` go.
+pub fn expired_end(prefix: &str, folder: &str, cutoff_millis: u64) -> String {
+    format!("{prefix}{folder}{cutoff_millis:013}")
+}
+
+pub fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// The policy as etcd holds it, key by key, and the guard it should match.
@@ -253,5 +286,23 @@ mod tests {
         );
         assert_eq!(classify("/rg/", b"/rg/clients/a/b"), Key::Client("a/b"));
         assert_eq!(classify("/rg/", b"/other/x"), Key::Other);
+    }
+
+    #[test]
+    fn change_ids_sort_by_time_and_expire_as_one_range() {
+        let old = change_id("req-1");
+        std::thread::sleep(std::time::Duration::from_millis(3));
+        let cutoff = now_millis();
+        std::thread::sleep(std::time::Duration::from_millis(3));
+        let new = change_id("req-0");
+        let end = expired_end("/rg/", AUDIT, cutoff);
+        assert!(audit_key("/rg/", &old) < end, "{old} expires");
+        assert!(audit_key("/rg/", &new) > end, "{new} stays");
+        // Imports made before change ids had a time stay too.
+        assert!(audit_key("/rg/", "import.0123") > end);
+        assert_eq!(
+            classify("/rg/", fence_key("/rg/", &old).as_bytes()),
+            Key::Other
+        );
     }
 }

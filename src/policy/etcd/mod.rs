@@ -17,8 +17,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, TlsOptions, Txn,
-    TxnOp,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Identity,
+    TlsOptions, Txn, TxnOp,
 };
 
 use crate::config::store::EtcdSettings;
@@ -78,6 +78,8 @@ pub struct Etcd {
     pub(crate) prefix: String,
     request_timeout: Duration,
     pub(crate) conflict_retries: u32,
+    /// 0: audit entries stay in etcd forever.
+    pub(crate) audit_retention: Duration,
     pub(crate) state: Mutex<SyncState>,
 }
 
@@ -144,6 +146,7 @@ impl Etcd {
             prefix: settings.prefix.clone(),
             request_timeout: Duration::from_millis(settings.request_timeout_ms),
             conflict_retries: settings.conflict_retries,
+            audit_retention: Duration::from_secs(settings.audit_retention_secs),
             state: Mutex::new(SyncState::default()),
         })
     }
@@ -215,12 +218,17 @@ impl Etcd {
             audit.1,
             None,
         ));
+        // A fenced change (its outcome was unknown, then settled as never
+        // committed) must not commit when its transaction arrives late.
         let txn = Txn::new()
-            .when([Compare::mod_revision(
-                guard_key,
-                CompareOp::Equal,
-                guard_revision,
-            )])
+            .when([
+                Compare::mod_revision(guard_key, CompareOp::Equal, guard_revision),
+                Compare::version(
+                    layout::fence_key(&self.prefix, audit.0),
+                    CompareOp::Equal,
+                    0,
+                ),
+            ])
             .and_then(ops);
         let mut client = self.client();
         let answered = self.run(self.request_timeout, async move { client.txn(txn).await });
@@ -232,19 +240,49 @@ impl Etcd {
         }
     }
 
-    /// Whether the change with this request id committed (its audit entry
-    /// is there), and at which revision; `Err`: still cannot tell.
-    pub fn committed(&self, request_id: &str) -> Result<Option<i64>, String> {
+    /// Settles a change whose commit got no answer: in one transaction,
+    /// either its audit entry is there (it committed: at which revision), or
+    /// its fence is written, so that its transaction, should it still
+    /// arrive, can never commit (`None`). Repeating it is harmless. `Err`:
+    /// etcd did not answer this either.
+    pub fn settle(&self, change_id: &str) -> Result<Option<i64>, String> {
         let mut client = self.client();
-        let key = layout::audit_key(&self.prefix, request_id);
-        match self.run(
-            self.request_timeout,
-            async move { client.get(key, None).await },
-        ) {
+        let audit = layout::audit_key(&self.prefix, change_id);
+        let txn = Txn::new()
+            .when([Compare::version(audit.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                layout::fence_key(&self.prefix, change_id),
+                Vec::new(),
+                None,
+            )])
+            .or_else([TxnOp::get(audit, None)]);
+        match self.run(self.request_timeout, async move { client.txn(txn).await }) {
             None => Err("etcd did not answer in time".into()),
             Some(Err(e)) => Err(e.to_string()),
-            Some(Ok(r)) => Ok(r.kvs().first().map(|kv| kv.mod_revision())),
+            Some(Ok(r)) if r.succeeded() => Ok(None),
+            Some(Ok(r)) => Ok(r.op_responses().into_iter().find_map(|op| match op {
+                etcd_client::TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.mod_revision()),
+                _ => None,
+            })),
         }
+    }
+
+    /// Deletes audit entries and fences older than `retention`. Every
+    /// replica runs it; deleting what another already deleted is harmless.
+    pub(crate) async fn trim(&self, retention: Duration) -> Result<i64, String> {
+        let cutoff = layout::now_millis().saturating_sub(retention.as_millis() as u64);
+        let mut deleted = 0;
+        for folder in [layout::AUDIT, layout::FENCE] {
+            let from = format!("{}{folder}", self.prefix);
+            let end = layout::expired_end(&self.prefix, folder, cutoff);
+            let r = self
+                .client()
+                .delete(from, Some(DeleteOptions::new().with_range(end)))
+                .await
+                .map_err(|e| e.to_string())?;
+            deleted += r.deleted();
+        }
+        Ok(deleted)
     }
 
     /// Writes a whole policy: its keys in batches, keys it does not have

@@ -179,8 +179,7 @@ impl PolicyStore {
         after_persist: impl FnOnce(&str),
     ) -> Result<(R, Arc<Snapshot>), ChangeError<E>> {
         let _one_at_a_time = lock(&self.writer);
-        // Unique even when a trusted proxy sends the same request id twice.
-        let audit_id = format!("{request_id}.{:016x}", rand::random::<u64>());
+        let audit_id = layout::change_id(request_id);
         // Known as this replica's before it can reach the watch, which
         // would otherwise log it a second time.
         {
@@ -219,15 +218,25 @@ impl PolicyStore {
                 &guard,
                 (&audit_id, line.clone()),
             ) {
-                Err(CommitError::Unknown(why)) => match etcd.committed(&audit_id) {
-                    Ok(Some(revision)) => Ok(revision),
-                    Ok(None) => Err(CommitError::Unavailable(why)),
+                Err(CommitError::Unknown(why)) => match settle(etcd, &audit_id) {
+                    Ok(Some(revision)) => {
+                        tracing::info!(revision, first = %why, "a policy change's outcome was unknown: its audit entry shows it committed");
+                        Ok(revision)
+                    }
+                    Ok(None) => {
+                        tracing::info!(first = %why, "a policy change's outcome was unknown: fenced, it never commits");
+                        Err(CommitError::Unavailable(why))
+                    }
                     Err(e) => {
+                        // Should it commit after all (etcd's log can still
+                        // hold it), the watch logs it like another
+                        // replica's change: it is in no audit log yet.
+                        lock(&self.written_here).retain(|id| id != &audit_id);
                         tracing::warn!(first = %why, then = %e, "a policy change's outcome is unknown: etcd did not answer");
                         return Err(ChangeError::Unavailable(
-                            "the policy store (etcd) is not available: nothing was changed. The change \
-                             was not confirmed; had etcd received it, it would take effect everywhere \
-                             once etcd recovers, and its audit entry would show it"
+                            "the policy store (etcd) did not answer: the change was not confirmed. \
+                             Had etcd received it, it takes effect everywhere once etcd recovers, \
+                             and its audit entry shows it; check the policy before sending it again"
                                 .into(),
                         ));
                     }
@@ -277,6 +286,23 @@ impl PolicyStore {
     pub(super) fn written_elsewhere(&self, audit_id: &str) -> bool {
         !lock(&self.written_here).iter().any(|id| id == audit_id)
     }
+}
+
+/// Attempts to settle a change whose outcome is unknown, each within the
+/// request time-out.
+const SETTLE_ATTEMPTS: u32 = 3;
+
+/// [`Etcd::settle`], tried a few times: the answer is either the revision
+/// the change committed at, or that it never will.
+fn settle(etcd: &Etcd, change_id: &str) -> Result<Option<i64>, String> {
+    let mut last = String::new();
+    for _ in 0..SETTLE_ATTEMPTS {
+        match etcd.settle(change_id) {
+            Ok(outcome) => return Ok(outcome),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 /// This replica's last-good copy of the policy etcd holds, to start from

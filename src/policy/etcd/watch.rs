@@ -25,7 +25,10 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 pub(super) fn start(etcd: &Arc<Etcd>, store: Weak<PolicyStore>) {
     let e = etcd.clone();
-    etcd.spawn(async move { follow(e, store).await });
+    let s = store.clone();
+    etcd.spawn(async move { follow(e, s).await });
+    let e = etcd.clone();
+    etcd.spawn(async move { trim_audit(e, store).await });
 }
 
 fn jittered(d: Duration) -> Duration {
@@ -142,30 +145,41 @@ async fn follow(etcd: Arc<Etcd>, store: Weak<PolicyStore>) {
                 mirror = None;
                 break;
             }
-            let mut pending_revision = 0;
+            // The revision being applied, and whether it touched the
+            // policy (a trim of audit entries does not).
+            let mut pending = (0, false);
             for event in message.events() {
                 let Some(kv) = event.kv() else { continue };
                 let revision = kv.mod_revision();
                 if revision <= applied {
                     continue;
                 }
-                if pending_revision != 0 && revision != pending_revision {
-                    finish_revision(&etcd, &store, m, pending_revision).await;
+                if pending.0 != 0 && revision != pending.0 {
+                    finish_revision(&etcd, &store, m, pending).await;
+                    pending.1 = false;
                 }
-                pending_revision = revision;
+                pending.0 = revision;
                 let value = match event.event_type() {
                     EventType::Put => Some(kv.value()),
                     EventType::Delete => None,
                 };
                 m.apply(&etcd.prefix, kv.key(), value);
                 match layout::classify(&etcd.prefix, kv.key()) {
-                    Key::Guard => m.guard_revision = revision,
-                    Key::Audit(id) if value.is_some() => fleet_audit(&store, id, kv.value()),
-                    _ => {}
+                    Key::Guard => {
+                        m.guard_revision = revision;
+                        pending.1 = true;
+                    }
+                    Key::Audit(id) => {
+                        if value.is_some() {
+                            fleet_audit(&store, id, kv.value())
+                        }
+                    }
+                    Key::Client(_) | Key::EntityType(_) => pending.1 = true,
+                    Key::Other => {}
                 }
             }
-            if pending_revision != 0 {
-                finish_revision(&etcd, &store, m, pending_revision).await;
+            if pending.0 != 0 {
+                finish_revision(&etcd, &store, m, pending).await;
             }
             let mut st = etcd.state();
             // A progress notification (no events) only says etcd is there:
@@ -191,15 +205,53 @@ fn disconnected(etcd: &Etcd, why: &str) {
     st.connected = false;
 }
 
-/// A revision's events are all applied: put its policy in force if whole.
-async fn finish_revision(etcd: &Arc<Etcd>, store: &Weak<PolicyStore>, m: &Mirror, revision: i64) {
+/// A revision's events are all applied: put its policy in force if whole
+/// (if the revision touched the policy at all: `(revision, touched)`).
+async fn finish_revision(
+    etcd: &Arc<Etcd>,
+    store: &Weak<PolicyStore>,
+    m: &Mirror,
+    (revision, touched): (i64, bool),
+) {
     tracing::debug!(
         revision,
         guard_revision = m.guard_revision,
+        touched,
         "etcd revision applied to the mirror"
     );
     etcd.state().applied_revision = revision;
-    adopt(etcd, store, m, "etcd").await;
+    if touched {
+        adopt(etcd, store, m, "etcd").await;
+    }
+}
+
+/// Deletes the fleet's audit entries older than the retention, about ten
+/// times per retention period (at most hourly, at least every second),
+/// jittered so that replicas rarely trim at once.
+async fn trim_audit(etcd: Arc<Etcd>, store: Weak<PolicyStore>) {
+    let retention = etcd.audit_retention;
+    if retention.is_zero() {
+        return;
+    }
+    let every = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+    loop {
+        tokio::time::sleep(jittered(every)).await;
+        if store.strong_count() == 0 {
+            return;
+        }
+        match etcd.trim(retention).await {
+            Ok(0) => {}
+            Ok(deleted) => {
+                tracing::debug!(
+                    deleted,
+                    "audit entries older than the retention deleted from etcd"
+                )
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "audit entries could not be trimmed; trying again later")
+            }
+        }
+    }
 }
 
 /// Puts the mirror's policy in force if it is whole, under the store's
