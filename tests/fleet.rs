@@ -47,6 +47,13 @@ fn a_change_through_one_replica_is_in_force_at_the_others_within_a_second() {
     );
     let (sa, sc) = (status(&a), status(&c));
     assert_eq!(sa["policy"]["hash"], sc["policy"]["hash"]);
+    // Each replica's last-good copy follows, written off the commit path.
+    for gw in [&a, &c] {
+        wait_for("the cache to follow", Duration::from_secs(3), || {
+            std::fs::read_to_string(gw.dir.path().join("policy.yaml"))
+                .is_ok_and(|t| t.contains("\"propagated 19\""))
+        });
+    }
     assert_eq!(sc["store"]["kind"], "etcd");
     assert_eq!(sc["store"]["connected"], true);
     let metrics = c.admin_get("/metrics").text();

@@ -8,6 +8,7 @@
 //! start is before any runtime), and the watch must outlive any one of
 //! Pingora's service runtimes. Requests never touch etcd.
 
+mod cache;
 pub mod cli;
 pub mod layout;
 mod sync;
@@ -81,6 +82,8 @@ pub struct Etcd {
     /// 0: audit entries stay in etcd forever.
     pub(crate) audit_retention: Duration,
     pub(crate) state: Mutex<SyncState>,
+    /// The replica's last-good copy (a store's, not the CLI's).
+    pub(crate) cache: std::sync::OnceLock<cache::CacheWriter>,
 }
 
 fn prefix_end(prefix: &str) -> Vec<u8> {
@@ -148,6 +151,7 @@ impl Etcd {
             conflict_retries: settings.conflict_retries,
             audit_retention: Duration::from_secs(settings.audit_retention_secs),
             state: Mutex::new(SyncState::default()),
+            cache: std::sync::OnceLock::new(),
         })
     }
 

@@ -12,7 +12,6 @@ use crate::config::settings::ConfigError;
 use crate::config::store::EtcdSettings;
 use crate::policy::compile::{compile_hashed, CompileContext, Snapshot};
 use crate::policy::model::PolicyFile;
-use crate::policy::persist::write_atomically;
 use crate::policy::store::{lock, Backend, ChangeError, PolicyStore};
 
 /// Audit keys remembered as written here (for the watch to skip).
@@ -33,6 +32,7 @@ impl PolicyStore {
     pub fn open_etcd(settings: &EtcdSettings, cache: &Path) -> Result<Arc<PolicyStore>, String> {
         let base = cache.parent().unwrap_or(Path::new("."));
         let etcd = Arc::new(Etcd::connect(settings, base)?);
+        let _ = etcd.cache.set(super::cache::CacheWriter::start(cache));
         let ctx = CompileContext {
             file: cache,
             version: 1,
@@ -59,8 +59,6 @@ impl PolicyStore {
                 st.last_sync = Some(std::time::Instant::now());
                 drop(st);
                 tracing::debug!(elapsed = ?t.elapsed(), "etcd policy compiled");
-                write_cache(cache, &snap.source);
-                tracing::debug!(elapsed = ?t.elapsed(), "policy cache written");
                 snap
             }
             Err(why) => {
@@ -78,12 +76,16 @@ impl PolicyStore {
                 snap
             }
         };
+        let stale = etcd.state().stale;
         let store = Arc::new(PolicyStore::started(
             snap,
             cache,
             None,
             Backend::Etcd(etcd.clone()),
         ));
+        if !stale {
+            store.keep_copy(&store.load());
+        }
         super::watch::start(&etcd, Arc::downgrade(&store));
         Ok(store)
     }
@@ -123,7 +125,7 @@ impl PolicyStore {
                 let snap = Arc::new(snap);
                 self.current.store(snap.clone());
                 self.record(source, &[]);
-                write_cache(&self.path, &snap.source);
+                self.keep_copy(&snap);
                 Ok(Some(snap))
             }
             Err(e) => {
@@ -250,7 +252,7 @@ impl PolicyStore {
                     let snap = Arc::new(snap);
                     self.current.store(snap.clone());
                     self.record("api", &[]);
-                    write_cache(&self.path, &snap.source);
+                    self.keep_copy(&snap);
                     return Ok((out, snap));
                 }
                 Err(CommitError::Conflict) => {
@@ -281,6 +283,16 @@ impl PolicyStore {
         Err(ChangeError::Conflict)
     }
 
+    /// Has the replica's last-good copy brought up to `snap`, off this
+    /// thread.
+    fn keep_copy(&self, snap: &Arc<Snapshot>) {
+        if let Backend::Etcd(etcd) = &self.backend {
+            if let Some(writer) = etcd.cache.get() {
+                writer.write(snap.clone(), &self.path);
+            }
+        }
+    }
+
     /// Whether the watch should log this audit key (it was not written
     /// here).
     pub(super) fn written_elsewhere(&self, audit_id: &str) -> bool {
@@ -303,21 +315,4 @@ fn settle(etcd: &Etcd, change_id: &str) -> Result<Option<i64>, String> {
         }
     }
     Err(last)
-}
-
-/// This replica's last-good copy of the policy etcd holds, to start from
-/// while etcd is away. A failure is logged: the policy in force is fine.
-pub(super) fn write_cache(path: &Path, policy: &PolicyFile) {
-    let text = match serde_yaml::to_string(policy) {
-        Ok(y) => format!(
-            "# recordgate's last-good copy of the policy in etcd; not read while etcd answers.\n{y}"
-        ),
-        Err(e) => {
-            tracing::error!(error = %e, "the policy cache could not be serialised");
-            return;
-        }
-    };
-    if let Err(e) = write_atomically(path, text.as_bytes()) {
-        tracing::error!(error = %e, path = %path.display(), "the policy cache could not be written");
-    }
 }
