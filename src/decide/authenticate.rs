@@ -6,6 +6,7 @@ use crate::decide::credentials::{self, Presented};
 use crate::decide::permit::{Facts, Rules};
 use crate::errors::{ApiError, DenyReason};
 use crate::policy::{Client, Snapshot};
+use std::sync::Arc;
 
 /// Parameters that carry credentials: checked here, never forwarded.
 pub const CREDENTIAL_PARAMS: [&str; 2] = ["client_id", "client_secret"];
@@ -61,6 +62,7 @@ pub(crate) fn header_client<'s>(
         Ok(Presented::Signed { client_id, .. }) => snap
             .clients
             .get(client_id.as_str())
+            .map(Arc::as_ref)
             .ok_or_else(ApiError::invalid_credentials),
         Err(credentials::AuthError::UnsupportedScheme) => Err(ApiError::unsupported_auth_method()),
         Err(_) => Err(ApiError::invalid_credentials()),

@@ -26,6 +26,7 @@ pub mod token;
 use crate::errors::{ApiError, DenyReason};
 use crate::policy::Snapshot;
 pub use permit::{Facts, Permit, Refusal, RoutePermit, Rules, Target, TokenUse};
+use std::sync::Arc;
 
 /// Decides one call against one snapshot.
 pub fn authorize<'s>(
@@ -159,7 +160,8 @@ pub fn decide_route<'s>(
         Err(refusal) => refusal
             .client_id
             .as_deref()
-            .and_then(|id| snap.clients.get(id)),
+            .and_then(|id| snap.clients.get(id))
+            .map(Arc::as_ref),
     };
     match client {
         Some(client) if client.shadow_mode => Verdict::Observed {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use super::features::{Feature, FeatureSet};
-use super::model::{AccessSchemasDef, Enforcement, PolicyFile, WriteViolationMode};
+use super::model::{AccessSchemasDef, ClientDef, Enforcement, PolicyFile, WriteViolationMode};
 use crate::cidr::{parse_cidr, CidrSet};
 use crate::config::settings::ConfigError;
 use crate::rate::{Bucket, RateLimit};
@@ -21,8 +21,10 @@ pub struct Snapshot {
     pub version: u64,
     /// SHA-256 of the canonical policy, to compare with what is in Git.
     pub hash: String,
-    pub clients: HashMap<String, Client>,
-    pub entity_types: HashMap<String, CompiledEntityType>,
+    /// Shared with the next version for every client whose definition it
+    /// did not change ([`compile_from`]).
+    pub clients: HashMap<String, Arc<Client>>,
+    pub entity_types: Arc<HashMap<String, CompiledEntityType>>,
     /// The policy this snapshot was compiled from, for the management API.
     pub source: PolicyFile,
     /// How many clients are in shadow mode (`enforcement: shadow`).
@@ -81,7 +83,8 @@ impl Snapshot {
     /// still deciding on `previous` share the same buckets meanwhile.
     pub fn keep_rate_buckets(&mut self, previous: &Snapshot) {
         for (id, client) in &mut self.clients {
-            if let Some(old) = previous.clients.get(id) {
+            // A client shared with `previous` has its bucket already.
+            if let (Some(client), Some(old)) = (Arc::get_mut(client), previous.clients.get(id)) {
                 client.rate_bucket = old.rate_bucket.clone();
             }
         }
@@ -127,49 +130,132 @@ pub fn compile_hashed(
     compile_inner(policy, ctx, Some(hash))
 }
 
-fn compile_inner(
-    policy: PolicyFile,
+/// [`compile`] of `next`, reusing what `previous` compiled: a client whose
+/// definition is unchanged keeps its compiled form (and its rate bucket),
+/// only the others are compiled. A management change touches one client,
+/// so with 100,000 clients this is the difference between compiling one
+/// and compiling all. Changed entity types change every schema: then
+/// everything is compiled. Compiling is a function of the definition, the
+/// entity types and the secrets it names, so the result is the full
+/// compile's; a secret file changed on disk is read again by a full reload
+/// (SIGHUP), as before.
+pub fn compile_from(
+    previous: &Snapshot,
+    next: PolicyFile,
     ctx: &CompileContext<'_>,
     known_hash: Option<String>,
 ) -> Result<Snapshot, Vec<ConfigError>> {
-    let file = ctx.file.display().to_string();
-    let base_dir = ctx.file.parent().unwrap_or(Path::new("."));
+    if next.entity_types != previous.source.entity_types {
+        let mut snap = compile_inner(next, ctx, known_hash)?;
+        snap.keep_rate_buckets(previous);
+        return Ok(snap);
+    }
     let mut errors = Vec::new();
-    let mut err = |key: String, message: String| {
+    let mut err = error_sink(ctx, &mut errors);
+    let base_dir = ctx.file.parent().unwrap_or(Path::new("."));
+    let (hash, clients) = hashed(&next, known_hash, &mut err, |err| {
+        let mut clients = HashMap::with_capacity(next.clients.len());
+        let mut caches = Caches::default();
+        for (id, def) in &next.clients {
+            let old = previous.clients.get(id);
+            if let (Some(old), Some(old_def)) = (old, previous.source.clients.get(id)) {
+                if old_def == def {
+                    clients.insert(id.clone(), old.clone());
+                    continue;
+                }
+            }
+            let mut client = compile_client(
+                id,
+                def,
+                &next,
+                &previous.entity_types,
+                base_dir,
+                &mut caches,
+                err,
+            );
+            if let Some(old) = old {
+                client.rate_bucket = old.rate_bucket.clone();
+            }
+            clients.insert(id.clone(), Arc::new(client));
+        }
+        clients
+    });
+    drop(err);
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(Snapshot {
+        version: ctx.version,
+        hash,
+        shadow_clients: clients.values().filter(|c| c.shadow_mode).count(),
+        clients,
+        entity_types: previous.entity_types.clone(),
+        source: next,
+    })
+}
+
+/// Collects errors located in the policy file of `ctx`.
+fn error_sink<'e>(
+    ctx: &CompileContext<'_>,
+    errors: &'e mut Vec<ConfigError>,
+) -> impl FnMut(String, String) + 'e {
+    let file = ctx.file.display().to_string();
+    move |key: String, message: String| {
         errors.push(ConfigError {
             file: file.clone(),
             key,
             message,
         })
-    };
+    }
+}
 
-    // The canonical hash is a serialisation of the whole policy: on a second
-    // thread it overlaps compilation instead of adding to it.
-    let (hash, compiled) = match known_hash {
-        Some(hash) => (hash, compile_parts(&policy, base_dir, &mut err)),
-        None => std::thread::scope(|s| {
-            let hash = s.spawn(|| policy_hash(&policy));
-            let compiled = compile_parts(&policy, base_dir, &mut err);
-            // Without its hash a changed policy could look unchanged and a
-            // reload be skipped: no hash, no snapshot.
-            let hash = match hash.join() {
-                Ok(Ok(hash)) => hash,
-                Ok(Err(why)) => {
-                    err(String::new(), format!("{why}; the policy was not loaded"));
-                    String::new()
-                }
-                Err(_) => {
-                    err(
-                        String::new(),
-                        "the policy's hash could not be computed; the policy was not loaded".into(),
-                    );
-                    String::new()
-                }
-            };
-            (hash, compiled)
-        }),
-    };
-    let (clients, entity_types) = compiled;
+/// Runs `work` while the policy's canonical hash (a serialisation of the
+/// whole policy) is computed on a second thread, so that it overlaps the
+/// compilation instead of adding to it; `known_hash` skips it. Without its
+/// hash a changed policy could look unchanged and a reload be skipped: no
+/// hash is an error.
+fn hashed<T: Send, E: FnMut(String, String) + Send>(
+    policy: &PolicyFile,
+    known_hash: Option<String>,
+    err: &mut E,
+    work: impl FnOnce(&mut E) -> T + Send,
+) -> (String, T) {
+    if let Some(hash) = known_hash {
+        return (hash, work(err));
+    }
+    std::thread::scope(|s| {
+        let hash = s.spawn(|| policy_hash(policy));
+        let done = work(err);
+        let hash = match hash.join() {
+            Ok(Ok(hash)) => hash,
+            Ok(Err(why)) => {
+                err(String::new(), format!("{why}; the policy was not loaded"));
+                String::new()
+            }
+            Err(_) => {
+                err(
+                    String::new(),
+                    "the policy's hash could not be computed; the policy was not loaded".into(),
+                );
+                String::new()
+            }
+        };
+        (hash, done)
+    })
+}
+
+fn compile_inner(
+    policy: PolicyFile,
+    ctx: &CompileContext<'_>,
+    known_hash: Option<String>,
+) -> Result<Snapshot, Vec<ConfigError>> {
+    let base_dir = ctx.file.parent().unwrap_or(Path::new("."));
+    let mut errors = Vec::new();
+    let mut err = error_sink(ctx, &mut errors);
+    let (hash, (clients, entity_types)) = hashed(&policy, known_hash, &mut err, |err| {
+        compile_parts(&policy, base_dir, err)
+    });
+    drop(err);
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -178,13 +264,16 @@ fn compile_inner(
         version: ctx.version,
         hash,
         clients,
-        entity_types,
+        entity_types: Arc::new(entity_types),
         source: policy,
         shadow_clients,
     })
 }
 
-type Compiled = (HashMap<String, Client>, HashMap<String, CompiledEntityType>);
+type Compiled = (
+    HashMap<String, Arc<Client>>,
+    HashMap<String, CompiledEntityType>,
+);
 
 /// Error keys are built only when there is an error: a large policy has
 /// hundreds of thousands of clients and normally no error at all.
@@ -222,158 +311,173 @@ fn compile_parts(
         let full = et.full_tree();
         entity_types.insert(name.clone(), CompiledEntityType { def: et, full });
     }
-
     let mut clients = HashMap::with_capacity(policy.clients.len());
-    let mut trees = TreeCache::new();
-    let mut shared: HashMap<SchemasKey<'_>, Arc<HashMap<String, ClientSchemas>>> = HashMap::new();
+    let mut caches = Caches::default();
     for (id, def) in &policy.clients {
-        let key = ClientKey(id);
-        if id.is_empty() {
-            err(key.to_string(), "client id must not be empty".into());
-        }
-        // Basic credentials split at the first colon, so such an id could
-        // never authenticate; control characters have no place in an id.
-        if id.contains(':') || id.chars().any(char::is_control) {
-            err(
-                key.to_string(),
-                "client id must not contain ':' or control characters".into(),
-            );
-        }
-        let secret = match def.secret.resolve(base_dir) {
-            Ok(s) if s.is_empty() => {
-                err(format!("{key}.secret"), "secret must not be empty".into());
-                String::new()
-            }
-            Ok(s) => s,
-            Err(e) => {
-                err(format!("{key}.secret"), e);
-                String::new()
-            }
-        };
-        let previous_secret =
-            def.previous_secret
-                .as_ref()
-                .and_then(|p| match p.secret.resolve(base_dir) {
-                    Ok(s) if !s.is_empty() => Some((s.into_bytes(), p.expires_at)),
-                    _ => None,
-                });
-        let mut features = FeatureSet::empty();
-        for (i, f) in def.features.iter().enumerate() {
-            match Feature::parse(f) {
-                Ok(f) => features.insert(f),
-                Err(e) => err(format!("{key}.features[{i}]"), e),
-            }
-        }
-        let whitelist = match &def.whitelist {
-            None => None,
-            Some(list) => {
-                let mut nets = Vec::with_capacity(list.len());
-                for (i, c) in list.iter().enumerate() {
-                    match parse_cidr(c) {
-                        Ok(n) => nets.push(n),
-                        Err(e) => err(format!("{key}.whitelist[{i}]"), e.to_string()),
-                    }
-                }
-                Some(CidrSet::new(&nets))
-            }
-        };
-        // An owner changes the policy itself: there is no "as if the
-        // gateway were not there" for the management API.
-        if def.enforcement == Enforcement::Shadow && features.contains(Feature::Owner) {
-            err(
-                format!("{key}.enforcement"),
-                "shadow is not allowed for a client with the owner feature".into(),
-            );
-        }
-        if def
-            .tls_client_subject
-            .as_deref()
-            .is_some_and(|s| s.trim().is_empty() || s.trim() != s)
-        {
-            err(
-                format!("{key}.tls_client_subject"),
-                "must be a commonName without leading or trailing spaces".into(),
-            );
-        }
-        for (i, r) in def.roles.iter().enumerate() {
-            if super::roles::role_by_name(r).is_none() {
-                err(
-                    format!("{key}.roles[{i}]"),
-                    format!("{r} is not a built-in role"),
-                );
-            }
-        }
-        let rate_limit = def
-            .rate_limit
-            .as_ref()
-            .and_then(|d| match RateLimit::new(d) {
-                Ok(l) => Some(l),
-                Err(e) => {
-                    err(format!("{key}.rate_limit.{}", e.field), e.message);
-                    None
-                }
-            });
-        let shared_key = SchemasKey(&def.access_schemas);
-        let schemas = match shared.get(&shared_key) {
-            Some(map) => map.clone(),
-            None => {
-                let mut map = HashMap::with_capacity(def.access_schemas.len());
-                let mut failed = false;
-                for (type_name, s) in &def.access_schemas {
-                    let skey = SchemaKey(id, type_name);
-                    let Some(et) = entity_types.get(type_name) else {
-                        if policy.entity_types.contains_key(type_name) {
-                            continue; // already reported as an invalid entity type
-                        }
-                        failed = true;
-                        err(
-                            skey.to_string(),
-                            format!("{type_name} is not a defined entity type"),
-                        );
-                        continue;
-                    };
-                    match compile_schemas(&et.def, type_name, s, &skey, &mut trees) {
-                        Ok(c) => {
-                            map.insert(type_name.clone(), c);
-                        }
-                        Err(es) => {
-                            failed = true;
-                            for (k, m) in es {
-                                err(k, m);
-                            }
-                        }
-                    }
-                }
-                let map = Arc::new(map);
-                // Errors name the client, so a list that failed is compiled
-                // (and reported) again for every client that has it.
-                if !failed {
-                    shared.insert(shared_key, map.clone());
-                }
-                map
-            }
-        };
-        clients.insert(
-            id.clone(),
-            Client {
-                id: id.clone(),
-                secret: secret.into_bytes(),
-                previous_secret,
-                features,
-                whitelist,
-                on_write_violation: def.on_write_violation,
-                shadow_mode: def.enforcement == Enforcement::Shadow,
-                tenant: def.tenant.clone(),
-                roles: def.roles.clone(),
-                schemas,
-                tls_client_subject: def.tls_client_subject.clone(),
-                rate_limit,
-                rate_bucket: Arc::default(),
-            },
+        let client = compile_client(id, def, policy, &entity_types, base_dir, &mut caches, err);
+        clients.insert(id.clone(), Arc::new(client));
+    }
+    (clients, entity_types)
+}
+
+/// What one compile shares between its clients.
+#[derive(Default)]
+struct Caches<'p> {
+    trees: TreeCache<'p>,
+    schemas: HashMap<SchemasKey<'p>, Arc<HashMap<String, ClientSchemas>>>,
+}
+
+/// Compiles one client's definition; problems go to `err`.
+fn compile_client<'p>(
+    id: &'p str,
+    def: &'p ClientDef,
+    policy: &PolicyFile,
+    entity_types: &HashMap<String, CompiledEntityType>,
+    base_dir: &Path,
+    caches: &mut Caches<'p>,
+    err: &mut impl FnMut(String, String),
+) -> Client {
+    let key = ClientKey(id);
+    if id.is_empty() {
+        err(key.to_string(), "client id must not be empty".into());
+    }
+    // Basic credentials split at the first colon, so such an id could
+    // never authenticate; control characters have no place in an id.
+    if id.contains(':') || id.chars().any(char::is_control) {
+        err(
+            key.to_string(),
+            "client id must not contain ':' or control characters".into(),
         );
     }
-
-    (clients, entity_types)
+    let secret = match def.secret.resolve(base_dir) {
+        Ok(s) if s.is_empty() => {
+            err(format!("{key}.secret"), "secret must not be empty".into());
+            String::new()
+        }
+        Ok(s) => s,
+        Err(e) => {
+            err(format!("{key}.secret"), e);
+            String::new()
+        }
+    };
+    let previous_secret =
+        def.previous_secret
+            .as_ref()
+            .and_then(|p| match p.secret.resolve(base_dir) {
+                Ok(s) if !s.is_empty() => Some((s.into_bytes(), p.expires_at)),
+                _ => None,
+            });
+    let mut features = FeatureSet::empty();
+    for (i, f) in def.features.iter().enumerate() {
+        match Feature::parse(f) {
+            Ok(f) => features.insert(f),
+            Err(e) => err(format!("{key}.features[{i}]"), e),
+        }
+    }
+    let whitelist = match &def.whitelist {
+        None => None,
+        Some(list) => {
+            let mut nets = Vec::with_capacity(list.len());
+            for (i, c) in list.iter().enumerate() {
+                match parse_cidr(c) {
+                    Ok(n) => nets.push(n),
+                    Err(e) => err(format!("{key}.whitelist[{i}]"), e.to_string()),
+                }
+            }
+            Some(CidrSet::new(&nets))
+        }
+    };
+    // An owner changes the policy itself: there is no "as if the
+    // gateway were not there" for the management API.
+    if def.enforcement == Enforcement::Shadow && features.contains(Feature::Owner) {
+        err(
+            format!("{key}.enforcement"),
+            "shadow is not allowed for a client with the owner feature".into(),
+        );
+    }
+    if def
+        .tls_client_subject
+        .as_deref()
+        .is_some_and(|s| s.trim().is_empty() || s.trim() != s)
+    {
+        err(
+            format!("{key}.tls_client_subject"),
+            "must be a commonName without leading or trailing spaces".into(),
+        );
+    }
+    for (i, r) in def.roles.iter().enumerate() {
+        if super::roles::role_by_name(r).is_none() {
+            err(
+                format!("{key}.roles[{i}]"),
+                format!("{r} is not a built-in role"),
+            );
+        }
+    }
+    let rate_limit = def
+        .rate_limit
+        .as_ref()
+        .and_then(|d| match RateLimit::new(d) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                err(format!("{key}.rate_limit.{}", e.field), e.message);
+                None
+            }
+        });
+    let shared_key = SchemasKey(&def.access_schemas);
+    let schemas = match caches.schemas.get(&shared_key) {
+        Some(map) => map.clone(),
+        None => {
+            let mut map = HashMap::with_capacity(def.access_schemas.len());
+            let mut failed = false;
+            for (type_name, s) in &def.access_schemas {
+                let skey = SchemaKey(id, type_name);
+                let Some(et) = entity_types.get(type_name) else {
+                    if policy.entity_types.contains_key(type_name) {
+                        continue; // already reported as an invalid entity type
+                    }
+                    failed = true;
+                    err(
+                        skey.to_string(),
+                        format!("{type_name} is not a defined entity type"),
+                    );
+                    continue;
+                };
+                match compile_schemas(&et.def, type_name, s, &skey, &mut caches.trees) {
+                    Ok(c) => {
+                        map.insert(type_name.clone(), c);
+                    }
+                    Err(es) => {
+                        failed = true;
+                        for (k, m) in es {
+                            err(k, m);
+                        }
+                    }
+                }
+            }
+            let map = Arc::new(map);
+            // Errors name the client, so a list that failed is compiled
+            // (and reported) again for every client that has it.
+            if !failed {
+                caches.schemas.insert(shared_key, map.clone());
+            }
+            map
+        }
+    };
+    Client {
+        id: id.to_string(),
+        secret: secret.into_bytes(),
+        previous_secret,
+        features,
+        whitelist,
+        on_write_violation: def.on_write_violation,
+        shadow_mode: def.enforcement == Enforcement::Shadow,
+        tenant: def.tenant.clone(),
+        roles: def.roles.clone(),
+        schemas,
+        tls_client_subject: def.tls_client_subject.clone(),
+        rate_limit,
+        rate_bucket: Arc::default(),
+    }
 }
 
 /// A client's `access_schemas` by content. Large policies give thousands of
@@ -566,5 +670,72 @@ entity_types:
                 "clients.d.access_schemas.other",
             ]
         );
+    }
+
+    #[test]
+    fn compiling_from_the_previous_version_equals_compiling_everything() {
+        let ctx = CompileContext {
+            file: Path::new("p.yaml"),
+            version: 2,
+        };
+        let prev = compile_text(
+            r#"
+  a: {secret: s1, features: [direct_read_access], access_schemas: {user: {read: [givenName]}}}
+  b: {secret: s2, whitelist: ["10.0.0.0/8"]}
+  c: {secret: s3}
+"#,
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        let mut next = prev.source.clone();
+        next.clients.remove("c");
+        let a = next.clients.get_mut("a").unwrap();
+        a.features = vec!["direct_access".into()];
+        a.access_schemas.get_mut("user").unwrap().read = Some(vec!["email".into()]);
+        let mut d = next.clients["b"].clone();
+        d.whitelist = Some(vec!["192.0.2.0/24".into()]);
+        next.clients.insert("d".into(), d);
+        let from =
+            compile_from(&prev, next.clone(), &ctx, None).unwrap_or_else(|e| panic!("{e:?}"));
+        let full = compile(next.clone(), &ctx).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(from.hash, full.hash);
+        let mut ids: Vec<&String> = from.clients.keys().collect();
+        ids.sort();
+        assert_eq!(ids, ["a", "b", "d"]);
+        // The changed client is compiled anew, its bucket kept; the
+        // unchanged one is shared.
+        assert!(from.clients["a"].features.contains(Feature::DirectAccess));
+        assert!(!from.clients["a"]
+            .features
+            .contains(Feature::DirectReadAccess));
+        let read = from.clients["a"].schemas["user"].read.clone().unwrap();
+        assert!(read.child("email").is_some() && read.child("givenName").is_none());
+        assert!(Arc::ptr_eq(
+            &from.clients["a"].rate_bucket,
+            &prev.clients["a"].rate_bucket
+        ));
+        assert!(!Arc::ptr_eq(&from.clients["a"], &prev.clients["a"]));
+        assert!(Arc::ptr_eq(&from.clients["b"], &prev.clients["b"]));
+        let ip = |c: &Client, a: &str| c.whitelist.as_ref().unwrap().contains(a.parse().unwrap());
+        assert!(ip(&from.clients["d"], "192.0.2.7") && !ip(&from.clients["d"], "10.1.1.1"));
+        assert_eq!(from.shadow_clients, full.shadow_clients);
+        // A change that does not compile is refused with the full compile's errors.
+        let mut bad = next.clone();
+        bad.clients.get_mut("b").unwrap().features = vec!["fly".into()];
+        let keys = |r: Result<Snapshot, Vec<ConfigError>>| {
+            r.err()
+                .unwrap()
+                .into_iter()
+                .map(|e| e.key)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            keys(compile_from(&prev, bad.clone(), &ctx, None)),
+            keys(compile(bad, &ctx))
+        );
+        // New entity types: everything is compiled again.
+        let mut typed = next;
+        typed.entity_types.get_mut("user").unwrap().attr_defs.pop();
+        let err = keys(compile_from(&from, typed, &ctx, None));
+        assert_eq!(err, ["clients.a.access_schemas.user.read"]);
     }
 }

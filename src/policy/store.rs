@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 
-use super::compile::{compile, compile_hashed, CompileContext, Snapshot};
+use super::compile::{compile, compile_from, compile_hashed, CompileContext, Snapshot};
 use super::model::PolicyFile;
 use super::persist::write_atomically;
 use crate::config::settings::{from_yaml, ConfigError};
@@ -181,15 +181,17 @@ impl PolicyStore {
         current: &Snapshot,
     ) -> Result<Snapshot, Vec<ConfigError>> {
         let version = self.next_version.fetch_add(1, Ordering::SeqCst);
-        let mut snap = compile(
+        // Only what the change touched is compiled; the rest is shared
+        // with `current`, rate buckets included.
+        compile_from(
+            current,
             next,
             &CompileContext {
                 file: &self.path,
                 version,
             },
-        )?;
-        snap.keep_rate_buckets(current);
-        Ok(snap)
+            None,
+        )
     }
 
     /// Sets what is told of the reloads the store makes by itself.
@@ -405,12 +407,14 @@ impl PolicyStore {
         let before = self.current.load_full();
         let mut after = before.source.clone();
         let out = change(&mut after, &before)?;
-        let errors = match compile(
+        let errors = match compile_from(
+            &before,
             after.clone(),
             &CompileContext {
                 file: &self.path,
                 version: before.version,
             },
+            None,
         ) {
             Ok(_) => Vec::new(),
             Err(errors) => errors,

@@ -10,7 +10,7 @@ use super::layout::{self, Guard};
 use super::{CommitError, Etcd};
 use crate::config::settings::ConfigError;
 use crate::config::store::EtcdSettings;
-use crate::policy::compile::{compile_hashed, CompileContext, Snapshot};
+use crate::policy::compile::{compile_from, compile_hashed, CompileContext, Snapshot};
 use crate::policy::model::PolicyFile;
 use crate::policy::store::{lock, Backend, ChangeError, PolicyStore};
 
@@ -119,9 +119,8 @@ impl PolicyStore {
             file: &self.path,
             version,
         };
-        match compile_hashed(policy.clone(), &ctx, hash) {
-            Ok(mut snap) => {
-                snap.keep_rate_buckets(&self.current.load());
+        match compile_from(&self.current.load(), policy.clone(), &ctx, Some(hash)) {
+            Ok(snap) => {
                 let snap = Arc::new(snap);
                 self.current.store(snap.clone());
                 self.record(source, &[]);
