@@ -235,9 +235,15 @@ pub fn mounts(pod: &Yaml, c: &Yaml) -> Vec<(PathBuf, Yaml)> {
 
 /// The volume source (`configMap`, `secret`) a path is read from, with the
 /// source's name and the key the path is (`items` mapped back to keys).
+/// Mounts of volumes the pod spec does not list (a StatefulSet's claims)
+/// are not sources.
 pub fn volume_key(pod: &Yaml, c: &Yaml, path: &str) -> (&'static str, String, String) {
-    for (at, v) in mounts(pod, c) {
-        let Ok(rest) = Path::new(path).strip_prefix(&at) else {
+    let volumes = pod["volumes"].as_sequence().unwrap();
+    for m in c["volumeMounts"].as_sequence().unwrap() {
+        let Some(v) = volumes.iter().find(|v| v["name"] == m["name"]) else {
+            continue;
+        };
+        let Ok(rest) = Path::new(path).strip_prefix(s(&m["mountPath"])) else {
             continue;
         };
         let rest = rest.to_str().unwrap();
