@@ -18,35 +18,15 @@ use common::deploy::*;
 use common::*;
 use serde_yaml::Value as Yaml;
 
-const OVERLAY: &str = "deploy/kubernetes-etcd";
+const OVERLAY: &str = ETCD_OVERLAY;
 const COMPOSE: &str = "deploy/docker/compose-fleet.yaml";
 
 // ---------------------------------------------------------------------------
 // Loading
 // ---------------------------------------------------------------------------
 
-/// Every object in `dir`, with its file.
-fn objects_in(dir: &str) -> Vec<(PathBuf, Yaml)> {
-    yaml_files(dir)
-        .into_iter()
-        .flat_map(|p| documents(&p).into_iter().map(move |d| (p.clone(), d)))
-        .collect()
-}
-
-fn find(dir: &str, kind: &str, name: &str) -> Yaml {
-    let found: Vec<Yaml> = objects_in(dir)
-        .into_iter()
-        .map(|(_, d)| d)
-        .filter(|d| {
-            d["kind"].as_str() == Some(kind) && d["metadata"]["name"].as_str() == Some(name)
-        })
-        .collect();
-    assert_eq!(found.len(), 1, "exactly one {kind} {name} in {dir}");
-    found.into_iter().next().unwrap()
-}
-
 fn overlay(kind: &str, name: &str) -> Yaml {
-    find(OVERLAY, kind, name)
+    find_object(OVERLAY, kind, name)
 }
 
 /// The overlay's recordgate settings (configmap-patch.yaml), parsed.
@@ -55,51 +35,9 @@ fn etcd_settings() -> Yaml {
     serde_yaml::from_str(s(&cm["data"]["settings.yaml"])).unwrap()
 }
 
-/// Keys of a Secret template.
-fn secret_keys(dir: &str, name: &str) -> BTreeSet<String> {
-    let secret = find(dir, "Secret", name);
-    assert_eq!(
-        secret["metadata"]["annotations"]["config.kubernetes.io/local-config"].as_str(),
-        Some("true"),
-        "Secret {name} is a template kustomize never applies"
-    );
-    secret["stringData"]
-        .as_mapping()
-        .unwrap()
-        .keys()
-        .map(|k| s(k).to_string())
-        .collect()
-}
-
-/// Environment variables a container gets, each with the Secret it comes
-/// from (`None`: a literal value).
-fn container_env(c: &Yaml) -> BTreeMap<String, Option<String>> {
-    let mut out = BTreeMap::new();
-    for e in c["envFrom"].as_sequence().into_iter().flatten() {
-        if let Some(name) = e["secretRef"]["name"].as_str() {
-            let dir = if name == "recordgate-secrets" {
-                "deploy/kubernetes"
-            } else {
-                OVERLAY
-            };
-            for k in secret_keys(dir, name) {
-                out.insert(k, Some(name.to_string()));
-            }
-        }
-    }
-    for e in c["env"].as_sequence().into_iter().flatten() {
-        let r = &e["valueFrom"]["secretKeyRef"];
-        let from = r["name"].as_str().map(|n| {
-            assert!(
-                secret_keys(OVERLAY, n).contains(s(&r["key"])),
-                "Secret {n} has no key {:?}",
-                r["key"]
-            );
-            n.to_string()
-        });
-        out.insert(s(&e["name"]).to_string(), from);
-    }
-    out
+/// The data of a ConfigMap as the overlay renders it.
+fn configmap_data(name: &str) -> BTreeMap<String, String> {
+    configmap_data_in(&[BASE, OVERLAY], name)
 }
 
 /// The compose file, YAML merge keys (`<<: *recordgate`) applied.
@@ -107,104 +45,6 @@ fn compose() -> Yaml {
     let mut y = documents(&repo_path(COMPOSE)).pop().unwrap();
     y.apply_merge().unwrap();
     y
-}
-
-/// `(mount path, volume)` of a container in a pod spec.
-fn mounts(pod: &Yaml, c: &Yaml) -> Vec<(PathBuf, Yaml)> {
-    let volumes = pod["volumes"].as_sequence().unwrap();
-    c["volumeMounts"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            let v = volumes
-                .iter()
-                .find(|v| v["name"] == m["name"])
-                .unwrap_or_else(|| panic!("no volume {:?}", m["name"]));
-            (PathBuf::from(s(&m["mountPath"])), v.clone())
-        })
-        .collect()
-}
-
-/// The ConfigMap (`configMap.name`) and key a path is read from.
-fn configmap_key(pod: &Yaml, c: &Yaml, path: &str) -> (String, String) {
-    for (at, v) in mounts(pod, c) {
-        if let (Ok(rest), Some(cm)) = (
-            Path::new(path).strip_prefix(&at),
-            v["configMap"]["name"].as_str(),
-        ) {
-            return (cm.to_string(), rest.to_str().unwrap().to_string());
-        }
-    }
-    panic!("{path} is on no ConfigMap mount");
-}
-
-/// The data of a ConfigMap as the overlay renders it: the overlay's
-/// version if it has one (a patch: its keys win, `null` deletes), over
-/// the base's.
-fn configmap_data(name: &str) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    let mut layers = Vec::new();
-    for dir in ["deploy/kubernetes", OVERLAY] {
-        layers.extend(
-            objects_in(dir).into_iter().map(|(_, d)| d).filter(|d| {
-                d["kind"] == "ConfigMap" && d["metadata"]["name"].as_str() == Some(name)
-            }),
-        );
-    }
-    assert!(!layers.is_empty(), "no ConfigMap {name}");
-    for cm in layers {
-        for (k, v) in cm["data"].as_mapping().unwrap() {
-            match v.as_str() {
-                Some(text) => out.insert(s(k).to_string(), text.to_string()),
-                None => out.remove(s(k)),
-            };
-        }
-    }
-    out
-}
-
-/// Runs `policy import FILE --config SETTINGS` as `argv` spells it, with
-/// the settings' etcd pointed at a closed loopback port: the binary must
-/// accept the arguments, read both files, validate the policy (every
-/// `{env: VAR}` set) and fail only at reaching etcd.
-fn assert_import_reaches_etcd(argv: &[String], settings: &str, policy: &str, what: &str) {
-    assert_eq!(&argv[..2], ["policy", "import"], "{what}: {argv:?}");
-    let dir = tempfile::tempdir().unwrap();
-    let mut y: Yaml = serde_yaml::from_str(settings).unwrap();
-    let closed = free_port();
-    y["policy_store"]["etcd"]["endpoints"] = Yaml::from(vec![format!("http://127.0.0.1:{closed}")]);
-    y["policy_store"]["etcd"]["connect_timeout_ms"] = Yaml::from(300);
-    y["policy_store"]["etcd"]["request_timeout_ms"] = Yaml::from(500);
-    let mut vars = BTreeSet::new();
-    env_refs(&y, &mut vars);
-    env_refs(&serde_yaml::from_str(policy).unwrap(), &mut vars);
-    std::fs::write(
-        dir.path().join("settings.yaml"),
-        serde_yaml::to_string(&y).unwrap(),
-    )
-    .unwrap();
-    std::fs::write(dir.path().join("policy.yaml"), policy).unwrap();
-    let mut args = argv.to_vec();
-    let file = argv
-        .iter()
-        .skip(2)
-        .position(|a| !a.starts_with('-'))
-        .unwrap()
-        + 2;
-    args[file] = dir.path().join("policy.yaml").display().to_string();
-    let ci = args
-        .iter()
-        .position(|a| a == "--config" || a == "-c")
-        .unwrap();
-    args[ci + 1] = dir.path().join("settings.yaml").display().to_string();
-    let (ok, out) = run(&args, &vars);
-    assert!(!ok, "{what}: imported into a closed port?\n{out}");
-    assert!(
-        !out.contains("Usage:") && !out.contains("policy.yaml:") && out.contains("connect"),
-        "{what}: `recordgate {}` failed before reaching etcd:\n{out}",
-        args.join(" ")
-    );
 }
 
 // ---------------------------------------------------------------------------
@@ -297,7 +137,7 @@ fn kustomization_lists_only_existing_files_and_patches_base_objects() {
     // Every patch targets an object of the base, by kind and name.
     for p in &patches {
         for d in documents(&dir.join(p)) {
-            find(
+            find_object(
                 "deploy/kubernetes",
                 s(&d["kind"]),
                 s(&d["metadata"]["name"]),
@@ -317,39 +157,13 @@ fn kustomization_lists_only_existing_files_and_patches_base_objects() {
         "kustomization images do not name {image_name}"
     );
 
-    // With kubectl at hand, render it: no Secret in the output, policy.yaml
-    // gone from the gateway's ConfigMap, ETCD_PASSWORD in the Deployment.
-    let ok = Command::new("kubectl")
-        .args(["version", "--client"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        println!("NOTE: kubectl not on PATH; `kubectl kustomize {OVERLAY}` skipped");
+    // With kubectl at hand, render it: no Secret in the output, the seed
+    // (the base's policy.yaml) kept, ETCD_PASSWORD in the Deployment, the
+    // import Job's seed an existing key.
+    let Some(docs) = kubectl_render(OVERLAY) else {
         return;
-    }
-    let out = Command::new("kubectl")
-        .arg("kustomize")
-        .arg(&dir)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl kustomize {OVERLAY}:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rendered = String::from_utf8(out.stdout).unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let file = tmp.path().join("rendered.yaml");
-    std::fs::write(&file, &rendered).unwrap();
-    let docs = documents(&file);
-    let named = |kind: &str, name: &str| {
-        docs.iter()
-            .find(|d| d["kind"] == kind && d["metadata"]["name"].as_str() == Some(name))
-            .unwrap_or_else(|| panic!("rendered output has no {kind} {name}"))
     };
+    let named = |kind: &str, name: &str| rendered(&docs, kind, name);
     assert!(
         docs.iter().all(|d| d["kind"] != "Secret"),
         "a Secret template was rendered"
@@ -358,10 +172,16 @@ fn kustomization_lists_only_existing_files_and_patches_base_objects() {
         .iter()
         .all(|d| d["metadata"]["namespace"] == "recordgate" || d["kind"] == "Namespace"));
     let cm = named("ConfigMap", "recordgate-config");
-    assert!(
-        cm["data"]["policy.yaml"].is_null(),
-        "policy.yaml is still in recordgate-config"
+    assert_eq!(
+        cm["data"]["policy.yaml"],
+        find_object(BASE, "ConfigMap", "recordgate-config")["data"]["policy.yaml"],
+        "the seed is the base's policy.yaml"
     );
+    let job = named("Job", "recordgate-policy-import");
+    let pod = &job["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    let (seed_cm, seed_key) = configmap_key(pod, c, &strings(&c["args"])[2]);
+    assert!(named("ConfigMap", &seed_cm)["data"][seed_key.as_str()].is_string());
     assert_eq!(
         cm["data"]["settings.yaml"],
         overlay("ConfigMap", "recordgate-config")["data"]["settings.yaml"]
@@ -387,10 +207,8 @@ fn overlay_settings_and_seed_policy_pass_recordgate_check() {
     let settings = etcd_settings();
     assert_eq!(settings["policy_store"]["kind"], "etcd");
     let data = configmap_data("recordgate-config");
-    assert!(
-        !data.contains_key("policy.yaml"),
-        "the policy is in etcd, not the ConfigMap"
-    );
+    // The seed only (the import Job's): the gateway reads its cache.
+    assert_ne!(s(&settings["policy"]), "policy.yaml");
     let mut vars = BTreeSet::new();
     env_refs(&settings, &mut vars);
     assert!(vars.contains("ETCD_PASSWORD"), "{vars:?}");
@@ -402,8 +220,7 @@ fn overlay_settings_and_seed_policy_pass_recordgate_check() {
     assert_check_passes(&file, &vars, "deploy/kubernetes-etcd settings.yaml");
 
     // The seed policy, placed where the cache would be, passes too.
-    let seed =
-        s(&overlay("ConfigMap", "recordgate-policy-seed")["data"]["policy.yaml"]).to_string();
+    let seed = data["policy.yaml"].clone();
     let mut y = settings.clone();
     y["policy"] = Yaml::from("policy-cache.yaml");
     std::fs::write(dir.path().join("policy-cache.yaml"), &seed).unwrap();
@@ -414,11 +231,15 @@ fn overlay_settings_and_seed_policy_pass_recordgate_check() {
         seed_vars.len() > vars.len(),
         "the seed's client secrets are {{env: VAR}}"
     );
-    assert_check_passes(&file, &seed_vars, "policy-seed.yaml");
+    assert_check_passes(
+        &file,
+        &seed_vars,
+        "the seed (recordgate-config policy.yaml)",
+    );
 
     // The gateway container gets every variable, from a Secret; the cache,
     // audit log, pid file and upgrade socket are on writable emptyDirs.
-    let base = find("deploy/kubernetes", "Deployment", "recordgate");
+    let base = find_object("deploy/kubernetes", "Deployment", "recordgate");
     let patch = overlay("Deployment", "recordgate");
     let mut env = container_env(&base["spec"]["template"]["spec"]["containers"][0]);
     env.extend(container_env(
@@ -484,10 +305,15 @@ fn import_job_runs_the_real_cli_on_its_mounts() {
     let file = &args[2];
     let config = &args[args.iter().position(|a| a == "--config").unwrap() + 1];
 
-    // Both paths are keys of mounted ConfigMaps: the seed, and the
-    // gateway's own settings (the etcd store the replicas use).
+    // Both paths are keys of mounted ConfigMaps: the seed (the base's
+    // policy.yaml), and the gateway's own settings (the etcd store the
+    // replicas use). A seed only: --if-empty.
+    assert!(args.contains(&"--if-empty".to_string()), "{args:?}");
     let (seed_cm, seed_key) = configmap_key(pod, c, file);
-    assert_eq!(seed_cm, "recordgate-policy-seed");
+    assert_eq!(
+        (seed_cm.as_str(), seed_key.as_str()),
+        ("recordgate-config", "policy.yaml")
+    );
     let (cfg_cm, cfg_key) = configmap_key(pod, c, config);
     assert_eq!(cfg_cm, "recordgate-config");
     let seed = configmap_data(&seed_cm)
@@ -583,6 +409,7 @@ fn compose_fleet_wires_etcd_import_replicas_and_demo() {
     // The import: the real CLI, the demo policy, after etcd is healthy.
     let import = &services["import"];
     let argv = strings(&import["command"]);
+    assert!(argv.contains(&"--if-empty".to_string()), "{argv:?}");
     settings_in(import, &argv);
     let seed = binds(import)
         .remove(&argv[2])
@@ -686,93 +513,187 @@ fn etcd_statefulset_serves_the_endpoints_the_settings_name() {
             && sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == m["name"]));
 }
 
-#[test]
-fn etcd_role_is_restricted_to_the_configured_prefix() {
-    let settings = etcd_settings();
-    let etcd = &settings["policy_store"]["etcd"];
-    let prefix = s(&etcd["prefix"]);
-    let user = s(&etcd["user"]);
-    let password_var = s(&etcd["password"]["env"]);
+// ---------------------------------------------------------------------------
+// The etcd-auth Job: idempotent, the role restricted to the prefix
+// ---------------------------------------------------------------------------
 
-    // The Job's etcdctl commands, in the order they run.
+/// The etcd-auth Job's one container and its script.
+fn auth_script() -> (Yaml, String) {
     let job = overlay("Job", "etcd-auth");
     let pod = &job["spec"]["template"]["spec"];
-    let containers: Vec<Yaml> = pod["initContainers"]
-        .as_sequence()
-        .into_iter()
-        .flatten()
-        .chain(pod["containers"].as_sequence().unwrap())
-        .cloned()
+    assert!(pod["initContainers"].is_null(), "one container runs it all");
+    let cs = pod["containers"].as_sequence().unwrap();
+    assert_eq!(cs.len(), 1);
+    let argv = strings(&cs[0]["command"]);
+    assert_eq!(&argv[..2], ["/bin/sh", "-c"], "{argv:?}");
+    assert_eq!(argv.len(), 3);
+    (cs[0].clone(), argv[2].clone())
+}
+
+#[test]
+fn etcd_auth_job_is_idempotent_and_restricted_to_the_prefix() {
+    let settings = etcd_settings();
+    let etcd = &settings["policy_store"]["etcd"];
+    let (prefix, user) = (s(&etcd["prefix"]), s(&etcd["user"]));
+    let password_var = s(&etcd["password"]["env"]);
+    let (c, script) = auth_script();
+    // A shell and etcdctl, the same etcd version as the members.
+    let sts = overlay("StatefulSet", "etcd");
+    let member_image = s(&sts["spec"]["template"]["spec"]["containers"][0]["image"]);
+    let version = member_image.rsplit_once(":v").unwrap().1;
+    assert_eq!(s(&c["image"]), format!("registry.k8s.io/etcd:{version}-0"));
+    let sc = &c["securityContext"];
+    assert_eq!(sc["runAsNonRoot"].as_bool(), Some(true));
+    assert_eq!(sc["readOnlyRootFilesystem"].as_bool(), Some(true));
+    assert_eq!(sc["allowPrivilegeEscalation"].as_bool(), Some(false));
+    assert_eq!(strings(&sc["capabilities"]["drop"]), ["ALL"]);
+
+    let lines: Vec<&str> = script
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .collect();
-    let mut steps: Vec<Vec<String>> = Vec::new();
-    for c in &containers {
-        assert_eq!(s(&c["image"]), "quay.io/coreos/etcd:v3.5.17");
-        let argv = strings(&c["command"]);
-        assert!(argv[0].ends_with("/etcdctl"), "{argv:?}");
-        let env = container_env(c);
-        // Root's password and the gateway's come from the Secret the
-        // gateway's ETCD_PASSWORD comes from.
-        for v in ["ETCD_ROOT_PASSWORD", password_var, "ETCDCTL_PASSWORD"] {
-            assert_eq!(
-                env.get(v),
-                Some(&Some("recordgate-etcd".to_string())),
-                "{v} in {argv:?}"
+    assert_eq!(lines[0], "set -eu", "stops at the first failed step");
+    assert!(
+        !script.contains("set -x"),
+        "set -x would print the passwords"
+    );
+    // A bounded wait for etcd, then a failure the Job retries.
+    assert!(script.contains("until etcdctl endpoint health") && script.contains("exit 1"));
+    // Passwords: from the Secret, only on the `user add` lines.
+    let env = container_env(&c);
+    for v in ["ETCD_ROOT_PASSWORD", password_var, "ETCDCTL_PASSWORD"] {
+        assert_eq!(
+            env.get(v),
+            Some(&Some("recordgate-etcd".to_string())),
+            "{v}"
+        );
+    }
+    for l in &lines {
+        if l.contains("PASSWORD") {
+            assert!(
+                l.starts_with("etcdctl user add "),
+                "a password outside `user add`: {l}"
             );
         }
-        steps.push(argv[1..].to_vec());
     }
+    // Every `user add` / `role add` runs only if `user get` / `role get`
+    // finds nothing.
+    for (i, l) in lines.iter().enumerate() {
+        for what in ["user", "role"] {
+            if let Some(rest) = l.strip_prefix(&format!("etcdctl {what} add ")) {
+                let name = rest.split_whitespace().next().unwrap();
+                assert_eq!(
+                    lines[i - 1],
+                    format!("if ! etcdctl {what} get {name} >/dev/null 2>&1; then"),
+                    "`{l}` is not guarded"
+                );
+            }
+        }
+    }
+
+    let steps = etcdctl_steps(&script);
     let pos = |want: &[&str]| {
         steps
             .iter()
             .position(|st| st.len() >= want.len() && st.iter().zip(want).all(|(a, b)| a == b))
             .unwrap_or_else(|| panic!("no step {want:?} in {steps:?}"))
     };
+    let add_user = pos(&["user", "add", user]);
+    assert!(steps[add_user].contains(&format!("--new-user-password=\"${password_var}\"")));
+    let root = pos(&["user", "add", "root"]);
+    assert!(steps[root].contains(&"--new-user-password=\"$ETCD_ROOT_PASSWORD\"".to_string()));
     // The gateway's user holds one role, allowed read-write on the prefix
     // and nothing else.
-    let add_user = pos(&["user", "add", user]);
-    assert!(steps[add_user].contains(&format!("--new-user-password=$({password_var})")));
-    let grants: Vec<&Vec<String>> = steps
-        .iter()
-        .filter(|st| st.len() > 1 && st[0] == "user" && st[1] == "grant-role")
-        .collect();
+    let of = |a: &str, b: &str| -> Vec<&Vec<String>> {
+        steps
+            .iter()
+            .filter(|st| st.len() > 1 && st[0] == a && st[1] == b)
+            .collect()
+    };
+    let grants = of("user", "grant-role");
     assert_eq!(grants.len(), 1, "{grants:?}");
     assert_eq!(grants[0][2], user);
     let role = grants[0][3].clone();
     assert_ne!(role, "root");
-    let perms: Vec<&Vec<String>> = steps
-        .iter()
-        .filter(|st| st.len() > 1 && st[0] == "role" && st[1] == "grant-permission")
-        .collect();
+    let perms = of("role", "grant-permission");
     assert_eq!(perms.len(), 1, "{perms:?}");
-    let perm = perms[0];
-    assert_eq!(perm[2], role);
-    assert_eq!(perm[3], "readwrite");
-    assert_eq!(
-        perm[4], prefix,
-        "the role is granted another key than the prefix"
-    );
-    assert!(
-        perm[5..]
-            .iter()
-            .any(|f| f == "--prefix" || f == "--prefix=true"),
-        "{perm:?} grants one key, not the prefix"
-    );
-    assert!(
-        !perm.iter().any(|f| f.starts_with("--from-key")),
-        "{perm:?} grants a range beyond the prefix"
-    );
+    assert_eq!(perms[0][2..5], [role.as_str(), "readwrite", prefix]);
+    assert!(perms[0][5..]
+        .iter()
+        .any(|f| f == "--prefix" || f == "--prefix=true"));
+    assert!(!perms[0].iter().any(|f| f.starts_with("--from-key")));
     // Root exists before auth is enabled, which comes last.
-    let root = pos(&["user", "add", "root"]);
-    assert!(steps[root].contains(&"--new-user-password=$(ETCD_ROOT_PASSWORD)".to_string()));
     let enable = pos(&["auth", "enable"]);
     assert_eq!(enable, steps.len() - 1, "auth enable runs last");
     assert!(root < enable && pos(&["role", "add", &role]) < enable && add_user < enable);
     assert_eq!(
-        pod["restartPolicy"], "OnFailure",
-        "a failed step is retried in place"
+        overlay("Job", "etcd-auth")["spec"]["template"]["spec"]["restartPolicy"],
+        "OnFailure"
     );
     assert_eq!(
         s(&overlay("ConfigMap", "etcd-client")["data"]["ETCDCTL_USER"]),
         "root"
     );
+}
+
+/// The script, run twice against a real etcd (with the image's shell: a
+/// bash as `sh`, i.e. POSIX mode): both runs succeed, and the recordgate
+/// user may write under the prefix only.
+#[test]
+fn etcd_auth_script_runs_twice_against_a_real_etcd() {
+    let (c, script) = auth_script();
+    let cluster = common::etcd::EtcdCluster::start(1);
+    let endpoints = cluster.endpoints().join(",");
+    let mut env: BTreeMap<String, String> = configmap_data("etcd-client").into_iter().collect();
+    env.insert("ETCDCTL_ENDPOINTS".into(), endpoints.clone());
+    for (k, from) in container_env(&c) {
+        assert!(from.is_some(), "{k}");
+    }
+    env.insert("ETCDCTL_PASSWORD".into(), "root pw".into());
+    env.insert("ETCD_ROOT_PASSWORD".into(), "root pw".into());
+    env.insert("ETCD_PASSWORD".into(), "gateway pw".into());
+    let sh = |args: &[&str], env: &BTreeMap<String, String>| {
+        let mut cmd = Command::new(args[0]);
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("ETCD") {
+                cmd.env_remove(k);
+            }
+        }
+        let out = cmd
+            .args(&args[1..])
+            .envs(env)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !text.contains("root pw") && !text.contains("gateway pw"),
+            "{text}"
+        );
+        (out.status.success(), text)
+    };
+    for run in 1..=2 {
+        let (ok, out) = sh(&["bash", "--posix", "-c", &script], &env);
+        assert!(ok, "run {run} of the etcd-auth script failed:\n{out}");
+    }
+    let mut gw = BTreeMap::from([
+        ("ETCDCTL_API".to_string(), "3".to_string()),
+        ("ETCDCTL_ENDPOINTS".to_string(), endpoints),
+        (
+            "ETCDCTL_USER".to_string(),
+            "recordgate:gateway pw".to_string(),
+        ),
+    ]);
+    let (ok, out) = sh(&["etcdctl", "put", "/recordgate/x", "1"], &gw);
+    assert!(ok, "{out}");
+    let (ok, out) = sh(&["etcdctl", "put", "/other", "1"], &gw);
+    assert!(!ok && out.contains("permission denied"), "{out}");
+    gw.remove("ETCDCTL_USER");
+    let (ok, out) = sh(&["etcdctl", "get", "/recordgate/x"], &gw);
+    assert!(!ok, "auth is not on: {out}");
 }
