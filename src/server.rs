@@ -318,6 +318,14 @@ pub fn serve(settings: Settings, opts: ServeOptions) -> Result<(), String> {
         )?)),
         None => None,
     };
+    // With the etcd store a fleet shares its token bindings too.
+    if let (Some(store), Some(etcd)) = (&tokens, shared_store(&settings)) {
+        let base = settings
+            .policy
+            .parent()
+            .unwrap_or(std::path::Path::new("."));
+        store.share(etcd, base)?;
+    }
     let (gateway, book) = build_gateway(settings.clone(), policy.clone(), tokens.clone())?;
     policy.set_fleet_audit(gateway.management.audit.clone());
     policy.set_reload_hook(Box::new(count_reload));
@@ -439,6 +447,15 @@ fn count_reload(source: &str, snap: Option<&crate::policy::Snapshot>) {
             );
         }
         None => metrics::POLICY_RELOADS.inc(&[source, "failure"]),
+    }
+}
+
+/// The etcd settings, when the policy (and so the token bindings) is
+/// shared through etcd.
+fn shared_store(settings: &Settings) -> Option<&crate::config::store::EtcdSettings> {
+    match settings.policy_store.kind {
+        crate::config::store::StoreKind::Etcd => settings.policy_store.etcd.as_ref(),
+        crate::config::store::StoreKind::File => None,
     }
 }
 

@@ -334,6 +334,16 @@ pub static LOG_LINES_DROPPED: LazyLock<Metric<IntCounter>> = LazyLock::new(|| {
     )
 });
 
+pub static TOKEN_BINDINGS_UNSHARED: LazyLock<Metric<IntCounter>> = LazyLock::new(|| {
+    make(
+        "recordgate_token_bindings_unshared_total",
+        IntCounter::new(
+            "recordgate_token_bindings_unshared_total",
+            "Token bindings etcd did not take (it did not answer): honoured by this replica only",
+        ),
+    )
+});
+
 pub static SHADOW_REMOVED: LazyLock<Metric<IntCounterVec>> = counter_vec!(
     "recordgate_shadow_removed_attributes_total",
     "Attributes a client's shadow schema would have removed (direction: request, response); nothing was removed",
@@ -641,6 +651,7 @@ pub fn init() -> Result<(), String> {
     LazyLock::force(&SHADOW_REMOVED);
     LazyLock::force(&POLICY_SHADOW_CLIENTS);
     LazyLock::force(&TOKEN_BINDINGS);
+    LazyLock::force(&TOKEN_BINDINGS_UNSHARED);
     for kind in ["access", "refresh"] {
         TOKENS_BOUND.series(&[kind]);
     }

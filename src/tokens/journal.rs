@@ -35,7 +35,8 @@ struct Line<'a> {
     client_tag: String,
 }
 
-fn encode(digest: &Digest, b: &Binding) -> Result<Vec<u8>, String> {
+/// One binding as a JSON line (also its value in etcd, `shared`).
+pub(super) fn encode(digest: &Digest, b: &Binding) -> Result<Vec<u8>, String> {
     let line = Line {
         digest: URL_SAFE_NO_PAD.encode(digest),
         kind: b.kind,
@@ -49,7 +50,7 @@ fn encode(digest: &Digest, b: &Binding) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-fn decode(text: &str) -> Option<(Digest, Binding)> {
+pub(super) fn decode(text: &str) -> Option<(Digest, Binding)> {
     let line: Line<'_> = serde_json::from_str(text).ok()?;
     let digest: Digest = URL_SAFE_NO_PAD.decode(&line.digest).ok()?.try_into().ok()?;
     let client_tag: ClientTag = URL_SAFE_NO_PAD

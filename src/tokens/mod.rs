@@ -12,6 +12,7 @@
 //! working without a walk over the bindings.
 
 pub mod journal;
+pub mod shared;
 pub mod table;
 
 use std::path::Path;
@@ -26,6 +27,7 @@ use sha2::Sha256;
 
 use crate::config::tokens::{TokenSettings, MIN_HASH_KEY_BYTES};
 use crate::ops::metrics;
+use crate::policy::etcd::range::RangeSink;
 use crate::policy::Client;
 use journal::Journal;
 pub use table::{Binding, ClientTag, Digest, Removal, Table, TokenKind};
@@ -79,6 +81,8 @@ pub struct TokenStore {
     journal: Mutex<Journal>,
     lifetimes: Lifetimes,
     sweep_every: Duration,
+    /// With the etcd policy store: the fleet's bindings ([`shared`]).
+    shared: std::sync::OnceLock<shared::Shared>,
 }
 
 /// The keyed hash, from `tokens.hash_key` (`check` calls it to find a
@@ -141,6 +145,7 @@ impl TokenStore {
                 refresh: settings.refresh_lifetime_secs,
             },
             sweep_every: Duration::from_secs(settings.sweep_interval_secs),
+            shared: std::sync::OnceLock::new(),
         })
     }
 
@@ -213,6 +218,12 @@ impl TokenStore {
                 },
             ));
         }
+        // The fleet's first (outside the journal's lock: it waits for
+        // etcd): etcd holds the binding before the token is handed out, and
+        // the other replicas' watches bring it within milliseconds.
+        if let Some(shared) = self.shared.get() {
+            shared.publish(&bindings, now);
+        }
         let mut journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
         for (d, b) in &bindings {
             journal.append(d, b)?;
@@ -232,6 +243,48 @@ impl TokenStore {
         }
         metrics::TOKEN_BINDINGS.set(table.len() as i64);
         Ok(())
+    }
+
+    /// Shares this replica's bindings with the fleet through etcd, and
+    /// follows the fleet's ([`shared`]).
+    pub fn share(
+        self: &Arc<Self>,
+        settings: &crate::config::store::EtcdSettings,
+        base: &Path,
+    ) -> Result<(), String> {
+        // Set before the watch starts: what it brings goes through it.
+        let _ = self.shared.set(shared::Shared::connect(settings, base)?);
+        if let Some(shared) = self.shared.get() {
+            let sink: std::sync::Weak<dyn RangeSink> = Arc::downgrade(self) as _;
+            shared.follow(sink);
+        }
+        Ok(())
+    }
+
+    /// Another replica's bindings (or this one's, back from etcd), into the
+    /// table only: etcd is where they are kept.
+    fn insert_shared(&self, bindings: Vec<(Digest, Binding)>) {
+        let mut table = self.table.write().unwrap_or_else(|p| p.into_inner());
+        for (d, b) in bindings {
+            if table.get(&d) == Some(&b) {
+                continue;
+            }
+            let evicted = table.insert(d, b);
+            if evicted > 0 {
+                metrics::TOKEN_BINDINGS_REMOVED
+                    .inc_by(&[Removal::Capacity.label()], evicted as u64);
+            }
+        }
+        metrics::TOKEN_BINDINGS.set(table.len() as i64);
+    }
+
+    /// A binding etcd let expire.
+    fn remove_shared(&self, digest: &Digest) {
+        let mut table = self.table.write().unwrap_or_else(|p| p.into_inner());
+        if table.remove(digest) {
+            metrics::TOKEN_BINDINGS_REMOVED.inc_by(&[Removal::Expired.label()], 1);
+        }
+        metrics::TOKEN_BINDINGS.set(table.len() as i64);
     }
 
     /// Drops expired bindings, and rewrites the file when it holds far
@@ -256,6 +309,46 @@ impl TokenStore {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// The fleet's bindings, as the watch on etcd brings them.
+impl RangeSink for TokenStore {
+    fn reset(&self, entries: Vec<(Vec<u8>, Vec<u8>)>) {
+        let Some(shared) = self.shared.get() else {
+            return;
+        };
+        let now = now_secs();
+        let bindings: Vec<_> = entries
+            .iter()
+            .filter_map(|(k, v)| shared.binding(k, v, now))
+            .collect();
+        tracing::info!(
+            bindings = bindings.len(),
+            "the fleet's token bindings read from etcd"
+        );
+        self.insert_shared(bindings);
+    }
+
+    fn put(&self, key: &[u8], value: &[u8]) {
+        let Some(shared) = self.shared.get() else {
+            return;
+        };
+        match shared.binding(key, value, now_secs()) {
+            Some(binding) => self.insert_shared(vec![binding]),
+            None => {
+                tracing::debug!(key = %String::from_utf8_lossy(key), "a token binding in etcd was not read")
+            }
+        }
+    }
+
+    fn delete(&self, key: &[u8]) {
+        let Some(shared) = self.shared.get() else {
+            return;
+        };
+        if let Some(digest) = shared.digest_of(key) {
+            self.remove_shared(&digest);
+        }
     }
 }
 

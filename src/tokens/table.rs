@@ -107,6 +107,12 @@ impl Table {
         evicted
     }
 
+    /// Drops one binding (another replica's, that etcd let expire);
+    /// whether it was there.
+    pub fn remove(&mut self, digest: &Digest) -> bool {
+        self.map.remove(digest).is_some()
+    }
+
     /// Drops every binding expired at `now`; returns how many.
     pub fn sweep(&mut self, now: i64) -> usize {
         let before = self.map.len();

@@ -11,6 +11,7 @@
 pub mod etcd;
 pub mod fleet;
 pub mod relay;
+pub mod tokens;
 
 /// Loading and checking the deployment files under deploy/.
 pub mod deploy;

@@ -7,6 +7,10 @@
 //! | `P` `guard` | `{"hash": ...}`: the hash of the whole committed policy |
 //! | `P` `audit/` change id | the audit entry of the change (JSON) |
 //! | `P` `fence/` change id | empty: this change can never commit (its outcome was unknown, then settled) |
+//! | `P` `tokens/` digest | a token binding of the fleet (`tokens::shared`), leased for its lifetime |
+//!
+//! The policy is every key before `P` `tokens/`: the policy's reads and
+//! watch never see the bindings, however many there are.
 //!
 //! A change id starts with the time of the change in milliseconds, zero
 //! padded, so that entries older than the retention are one key range to
@@ -30,6 +34,13 @@ pub const ENTITY_TYPES: &str = "entity_types/";
 pub const GUARD: &str = "guard";
 pub const AUDIT: &str = "audit/";
 pub const FENCE: &str = "fence/";
+/// Sorts after every key of the policy.
+pub const TOKENS: &str = "tokens/";
+
+/// The end (exclusive) of the policy's key range under `prefix`.
+pub fn policy_end(prefix: &str) -> String {
+    format!("{prefix}{TOKENS}")
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Guard {

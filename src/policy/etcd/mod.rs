@@ -11,6 +11,7 @@
 mod cache;
 pub mod cli;
 pub mod layout;
+pub mod range;
 mod sync;
 mod watch;
 
@@ -157,7 +158,7 @@ impl Etcd {
 
     /// Runs `fut` on the etcd runtime and waits for it from a blocking
     /// thread, within `limit`.
-    fn run<T: Send + 'static>(
+    pub(crate) fn run<T: Send + 'static>(
         &self,
         limit: Duration,
         fut: impl std::future::Future<Output = T> + Send + 'static,
@@ -422,7 +423,7 @@ fn classify(e: etcd_client::Error) -> CommitError {
 
 /// Every key under `prefix` at one revision, page by page.
 pub(crate) async fn read_all(mut client: Client, prefix: String) -> Result<(Mirror, i64), String> {
-    let end = prefix_end(&prefix);
+    let end = layout::policy_end(&prefix).into_bytes();
     let mut mirror = Mirror::default();
     let mut from = prefix.as_bytes().to_vec();
     let mut revision = 0;

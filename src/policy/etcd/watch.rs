@@ -78,7 +78,7 @@ async fn follow(etcd: Arc<Etcd>, store: Weak<PolicyStore>) {
         }
         let from = etcd.state().applied_revision + 1;
         let opts = WatchOptions::new()
-            .with_prefix()
+            .with_range(layout::policy_end(&etcd.prefix))
             .with_start_revision(from)
             .with_progress_notify();
         let mut client = etcd.client();
