@@ -120,3 +120,34 @@ fn etcd_lets_a_binding_expire_with_its_token_on_every_replica() {
             .any(|l| l == "recordgate_token_bindings 0")
     });
 }
+
+#[test]
+fn with_etcd_away_a_sign_in_still_works_through_its_replica_and_is_counted() {
+    let mut cluster = EtcdCluster::start(1);
+    import(&cluster, &demo_policy());
+    let up = demo_upstream();
+    let a = replica(&up, &cluster, json!({}));
+    cluster.kill(0);
+    // Once the watch has lost etcd, a sign-in does not wait for it.
+    std::thread::sleep(Duration::from_millis(500));
+    let started = std::time::Instant::now();
+    let token = token_of(&sign_in(&a, "5"), "access_token");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    read_with(&a, &token).assert_ok();
+    let metrics = a.admin_get("/metrics").text();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "recordgate_token_bindings_unshared_total 2"),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("token"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}

@@ -72,9 +72,9 @@ impl Shared {
     pub fn publish(&self, bindings: &[(Digest, Binding)], now: i64) {
         let entries: Result<Vec<_>, String> = bindings
             .iter()
-            .map(|(d, b)| Ok((self.key(d), journal::encode(d, b)?, b.expires_at - now)))
+            .map(|(d, b)| Ok((self.key(d), journal::encode(d, b)?, b.expires_at)))
             .collect();
-        if let Err(e) = entries.and_then(|entries| self.etcd.put_expiring(entries)) {
+        if let Err(e) = entries.and_then(|entries| self.etcd.put_expiring(entries, now)) {
             metrics::TOKEN_BINDINGS_UNSHARED.inc_by(bindings.len() as u64);
             tracing::warn!(error = %e, "a token binding was not shared through etcd: only this replica honours it");
         }

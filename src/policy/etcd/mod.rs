@@ -85,6 +85,8 @@ pub struct Etcd {
     pub(crate) state: Mutex<SyncState>,
     /// The replica's last-good copy (a store's, not the CLI's).
     pub(crate) cache: std::sync::OnceLock<cache::CacheWriter>,
+    /// Leases of expiring keys ([`range`]), by the unix time they end.
+    leases: Mutex<std::collections::BTreeMap<i64, i64>>,
 }
 
 fn prefix_end(prefix: &str) -> Vec<u8> {
@@ -153,6 +155,7 @@ impl Etcd {
             audit_retention: Duration::from_secs(settings.audit_retention_secs),
             state: Mutex::new(SyncState::default()),
             cache: std::sync::OnceLock::new(),
+            leases: Mutex::default(),
         })
     }
 

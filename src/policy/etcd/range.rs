@@ -6,6 +6,7 @@
 //! back-off and resumes; after a compaction it reads the range whole again.
 //! Unlike the policy, a range has no guard: each key stands alone.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -30,31 +31,112 @@ fn jittered(d: Duration) -> Duration {
     d.mul_f64(0.5 + rand::random::<f64>())
 }
 
+/// Keys that expire close together share one lease (a lease per key would
+/// make etcd keep, and expire, one lease per token): a key outlives its
+/// expiry by at most a tenth of its lifetime, and never by more than this.
+const LEASE_BUCKET_MAX_SECS: i64 = 60;
+
+/// The end of the lease bucket a key written at `now` and expiring at
+/// `expires_at` goes in: never before `expires_at`.
+fn bucket_end(expires_at: i64, now: i64) -> i64 {
+    let size = ((expires_at - now) / 10).clamp(1, LEASE_BUCKET_MAX_SECS);
+    expires_at.div_euclid(size) * size + size
+}
+
 impl Etcd {
-    /// Writes `entries` (key, value, lifetime in seconds) in one
-    /// transaction, each key on a lease of its lifetime. Blocking, within
-    /// the request time-out for the leases and again for the transaction.
-    pub(crate) fn put_expiring(&self, entries: Vec<(String, Vec<u8>, i64)>) -> Result<(), String> {
-        let client = self.client();
-        let answered = self.run(self.request_timeout * 2, async move {
-            let mut ops = Vec::with_capacity(entries.len());
-            for (key, value, ttl) in entries {
-                let lease = client
-                    .clone()
-                    .lease_grant(ttl.max(1), None)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let opts = PutOptions::new().with_lease(lease.id());
-                ops.push(TxnOp::put(key, value, Some(opts)));
+    /// Writes `entries` (key, value, unix time it expires) in one
+    /// transaction, each key on a lease that ends soon after it (see
+    /// [`bucket_end`]). Blocking, within the request time-out for the leases it needs
+    /// and again for the transaction. Refused at once while the range's
+    /// watch cannot reach etcd, so a caller is not held up by an etcd that
+    /// is away.
+    pub(crate) fn put_expiring(
+        &self,
+        entries: Vec<(String, Vec<u8>, i64)>,
+        now: i64,
+    ) -> Result<(), String> {
+        if let Some(why) = self.state().pending.clone() {
+            return Err(format!("etcd is not reachable: {why}"));
+        }
+        let mut last = String::new();
+        // A lease the cache remembers may be gone (etcd restored, say):
+        // then once more with fresh leases.
+        for _ in 0..2 {
+            let leases = self.leases_for(entries.iter().map(|e| e.2), now)?;
+            let ops: Vec<TxnOp> = entries
+                .iter()
+                .map(|(key, value, expires_at)| {
+                    let lease = leases
+                        .get(&bucket_end(*expires_at, now))
+                        .copied()
+                        .unwrap_or(0);
+                    TxnOp::put(
+                        key.clone(),
+                        value.clone(),
+                        Some(PutOptions::new().with_lease(lease)),
+                    )
+                })
+                .collect();
+            let mut client = self.client();
+            let done = self
+                .run(self.request_timeout, async move {
+                    client.txn(Txn::new().and_then(ops)).await
+                })
+                .unwrap_or_else(|| {
+                    Err(etcd_client::Error::InvalidArgs(
+                        "etcd did not answer in time".into(),
+                    ))
+                });
+            match done {
+                Ok(_) => return Ok(()),
+                Err(e) => {
+                    last = e.to_string();
+                    if !last.contains("lease not found") {
+                        return Err(last);
+                    }
+                    self.lease_cache().clear();
+                }
             }
-            client
-                .clone()
-                .txn(Txn::new().and_then(ops))
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        });
-        answered.unwrap_or_else(|| Err("etcd did not answer in time".into()))
+        }
+        Err(last)
+    }
+
+    fn lease_cache(&self) -> std::sync::MutexGuard<'_, BTreeMap<i64, i64>> {
+        self.leases.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The lease of every bucket the expiries fall in, granted where the
+    /// cache has none.
+    fn leases_for(
+        &self,
+        expiries: impl Iterator<Item = i64>,
+        now: i64,
+    ) -> Result<BTreeMap<i64, i64>, String> {
+        let mut cache = self.lease_cache();
+        // Buckets that have ended are gone from etcd too.
+        *cache = cache.split_off(&(now + 1));
+        let mut out = BTreeMap::new();
+        for end in expiries.map(|e| bucket_end(e, now)) {
+            if let Some(id) = cache.get(&end) {
+                out.insert(end, *id);
+                continue;
+            }
+            let mut client = self.client();
+            let ttl = (end - now).max(1);
+            let granted = self
+                .run(self.request_timeout, async move {
+                    client.lease_grant(ttl, None).await
+                })
+                .unwrap_or_else(|| {
+                    Err(etcd_client::Error::InvalidArgs(
+                        "etcd did not answer in time".into(),
+                    ))
+                })
+                .map_err(|e| e.to_string())?;
+            cache.insert(end, granted.id());
+            out.insert(end, granted.id());
+        }
+        Ok(out)
     }
 
     /// Follows the keys under `from` (a folder of the prefix) into `sink`
@@ -112,6 +194,7 @@ async fn follow(etcd: Arc<Etcd>, from: String, sink: Weak<dyn RangeSink>) {
                     applied = revision;
                 }
                 Err(e) => {
+                    etcd.state().pending = Some(e.to_string());
                     tracing::debug!(range = %from, error = %e, "etcd range not read; trying again");
                     drop(s);
                     tokio::time::sleep(jittered(backoff)).await;
@@ -128,6 +211,7 @@ async fn follow(etcd: Arc<Etcd>, from: String, sink: Weak<dyn RangeSink>) {
         let mut stream = match client.watch(from.clone(), Some(opts)).await {
             Ok(stream) => stream,
             Err(e) => {
+                etcd.state().pending = Some(e.to_string());
                 tracing::debug!(range = %from, error = %e, "etcd range watch not made; trying again");
                 tokio::time::sleep(jittered(backoff)).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -135,10 +219,15 @@ async fn follow(etcd: Arc<Etcd>, from: String, sink: Weak<dyn RangeSink>) {
             }
         };
         backoff = BACKOFF_MIN;
+        etcd.state().pending = None;
         loop {
             let message = match stream.message().await {
                 Ok(Some(m)) => m,
-                Ok(None) | Err(_) => break,
+                Ok(None) => break,
+                Err(e) => {
+                    etcd.state().pending = Some(e.to_string());
+                    break;
+                }
             };
             if message.canceled() {
                 // Compacted past what was applied: read it all again.
@@ -146,19 +235,46 @@ async fn follow(etcd: Arc<Etcd>, from: String, sink: Weak<dyn RangeSink>) {
                 break;
             }
             let Some(s) = sink.upgrade() else { return };
+            // One revision can hold several events (a lease's keys expire
+            // together): the applied revision moves after the message.
+            let seen = applied;
             for event in message.events() {
                 let Some(kv) = event.kv() else { continue };
-                if kv.mod_revision() <= applied {
+                if kv.mod_revision() <= seen {
                     continue;
                 }
                 match event.event_type() {
                     EventType::Put => s.put(kv.key(), kv.value()),
                     EventType::Delete => s.delete(kv.key()),
                 }
-                applied = kv.mod_revision();
+                applied = applied.max(kv.mod_revision());
             }
         }
         tokio::time::sleep(jittered(backoff)).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bucket_ends_after_its_keys_and_not_long_after() {
+        let now = 1_000_000;
+        for life in [1, 2, 9, 10, 59, 600, 3600, 30 * 86400] {
+            let expires = now + life;
+            let end = bucket_end(expires, now);
+            assert!(end >= expires, "{life}: {end} before {expires}");
+            assert!(
+                end - expires <= (life / 10).clamp(1, LEASE_BUCKET_MAX_SECS),
+                "{life}"
+            );
+        }
+        // Tokens of one kind issued within a bucket share its lease.
+        assert_eq!(
+            bucket_end(now + 3600, now),
+            bucket_end(now + 3610, now + 10)
+        );
     }
 }
