@@ -151,3 +151,59 @@ fn with_etcd_away_a_sign_in_still_works_through_its_replica_and_is_counted() {
             .join("\n")
     );
 }
+
+/// `cargo test --release --test tokens_fleet -- --ignored --nocapture`:
+/// the cost of sharing a binding, as the `/oauth/token` call that makes it
+/// takes, through a replica on the etcd store against one on the file
+/// store (bindings local), alternating.
+#[test]
+#[ignore]
+fn measure_token_issuance_with_shared_bindings() {
+    let cluster = EtcdCluster::start(3);
+    import(&cluster, &demo_policy());
+    let up = demo_upstream();
+    let shared = replica(&up, &cluster, json!({}));
+    let local = GatewayBuilder::new(&up)
+        .policy(&demo_policy())
+        .setting("tokens", tokens_settings(json!({})))
+        .start();
+    let exchange = |gw: &Gateway, id: &str| {
+        let code = gw
+            .post_form(
+                "/access/getAuthorizationCode",
+                Some(("demo-owner", "owner-secret")),
+                &[
+                    ("type_name", "user"),
+                    ("id", id),
+                    ("redirect_uri", "https://app.example/cb"),
+                    ("for_client_id", "mobile-app"),
+                ],
+            )
+            .assert_ok();
+        let code = code["authorizationCode"].as_str().unwrap().to_string();
+        let t = std::time::Instant::now();
+        gw.post_form(
+            "/oauth/token",
+            Some(("mobile-app", "mobile-secret")),
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", "https://app.example/cb"),
+            ],
+        )
+        .assert_ok();
+        t.elapsed()
+    };
+    let (mut s, mut l) = (Vec::new(), Vec::new());
+    for i in 0..200 {
+        let id = (i % 30 + 1).to_string();
+        s.push(exchange(&shared, &id));
+        l.push(exchange(&local, &id));
+    }
+    s.sort();
+    l.sort();
+    println!(
+        "/oauth/token, 200 each: shared through etcd (3 members) p50 {:?} p99 {:?}; local p50 {:?} p99 {:?}",
+        s[100], s[197], l[100], l[197]
+    );
+}
