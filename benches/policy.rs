@@ -131,7 +131,7 @@ fn with_clients(n: usize) -> PolicyFile {
         );
         p.clients.insert(
             format!("client-{i:06}"),
-            ClientDef {
+            std::sync::Arc::new(ClientDef {
                 secret: SecretSource::Inline(format!("secret-{i}")),
                 description: String::new(),
                 features: vec!["direct_read_access".into()],
@@ -144,7 +144,7 @@ fn with_clients(n: usize) -> PolicyFile {
                 previous_secret: None,
                 tls_client_subject: None,
                 rate_limit: None,
-            },
+            }),
         );
     }
     p

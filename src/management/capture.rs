@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use serde_json::{json, Value};
 
@@ -237,7 +238,9 @@ fn target<'p>(
         .unwrap_or(caller.client_id)
         .to_string();
     match policy.clients.get_mut(&id) {
-        Some(c) => Ok((id, c)),
+        // The copy of the policy shares the client with the running one
+        // until it is changed here.
+        Some(c) => Ok((id, Arc::make_mut(c))),
         None => Err(ApiError::invalid_argument(
             "for_client_id",
             "for_client_id isnot avalid id",
@@ -335,7 +338,7 @@ pub fn apply(
             let secret = generate_secret();
             policy.clients.insert(
                 id.clone(),
-                ClientDef {
+                Arc::new(ClientDef {
                     secret: SecretSource::Inline(secret.clone()),
                     description: description.clone(),
                     features: features.clone(),
@@ -348,7 +351,7 @@ pub fn apply(
                     previous_secret: None,
                     tls_client_subject: None,
                     rate_limit: None,
-                },
+                }),
             );
             Ok(Change {
                 response: json!({
@@ -511,7 +514,7 @@ fn set_access_schema(
             list.push(dotted);
         }
     }
-    let Some(client) = policy.clients.get_mut(&id) else {
+    let Some(client) = policy.clients.get_mut(&id).map(Arc::make_mut) else {
         return Err(ApiError::invalid_argument(
             "for_client_id",
             "for_client_id isnot avalid id",
@@ -549,7 +552,7 @@ fn promote_access_schema(
             ))
         }
     };
-    let Some(client) = policy.clients.get_mut(&id) else {
+    let Some(client) = policy.clients.get_mut(&id).map(Arc::make_mut) else {
         return Err(ApiError::invalid_argument(
             "for_client_id",
             "for_client_id isnot avalid id",

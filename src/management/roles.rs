@@ -75,6 +75,7 @@ fn find<'s>(
         .clients
         .get(path.client)
         .filter(|c| c.tenant.as_deref() == Some(path.tenant))
+        .map(|c| &**c)
         .ok_or_else(RoleError::not_found)
 }
 
@@ -158,6 +159,7 @@ pub fn replace(
         .clients
         .get_mut(path.client)
         .filter(|c| c.tenant.as_deref() == Some(path.tenant))
+        .map(std::sync::Arc::make_mut)
         .ok_or_else(RoleError::not_found)?;
     client.roles = names.iter().map(|n| n.to_string()).collect();
     Ok(Value::Array(

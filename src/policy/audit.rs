@@ -25,7 +25,7 @@ pub struct AuditEntry<'a> {
 }
 
 /// A client as it appears in the audit log: everything but secret material.
-pub fn redacted_client(c: Option<&ClientDef>) -> Value {
+pub fn redacted_client(c: Option<&std::sync::Arc<ClientDef>>) -> Value {
     let Some(c) = c else { return Value::Null };
     let mut v = serde_json::to_value(c).unwrap_or(Value::Null);
     if let Value::Object(m) = &mut v {

@@ -159,7 +159,7 @@ pub fn compile_from(
         for (id, def) in &next.clients {
             let old = previous.clients.get(id);
             if let (Some(old), Some(old_def)) = (old, previous.source.clients.get(id)) {
-                if old_def == def {
+                if Arc::ptr_eq(old_def, def) || old_def == def {
                     clients.insert(id.clone(), old.clone());
                     continue;
                 }
@@ -688,12 +688,12 @@ entity_types:
         .unwrap_or_else(|e| panic!("{e:?}"));
         let mut next = prev.source.clone();
         next.clients.remove("c");
-        let a = next.clients.get_mut("a").unwrap();
+        let a = Arc::make_mut(next.clients.get_mut("a").unwrap());
         a.features = vec!["direct_access".into()];
         a.access_schemas.get_mut("user").unwrap().read = Some(vec!["email".into()]);
-        let mut d = next.clients["b"].clone();
+        let mut d = (*next.clients["b"]).clone();
         d.whitelist = Some(vec!["192.0.2.0/24".into()]);
-        next.clients.insert("d".into(), d);
+        next.clients.insert("d".into(), Arc::new(d));
         let from =
             compile_from(&prev, next.clone(), &ctx, None).unwrap_or_else(|e| panic!("{e:?}"));
         let full = compile(next.clone(), &ctx).unwrap_or_else(|e| panic!("{e:?}"));
@@ -720,7 +720,7 @@ entity_types:
         assert_eq!(from.shadow_clients, full.shadow_clients);
         // A change that does not compile is refused with the full compile's errors.
         let mut bad = next.clone();
-        bad.clients.get_mut("b").unwrap().features = vec!["fly".into()];
+        Arc::make_mut(bad.clients.get_mut("b").unwrap()).features = vec!["fly".into()];
         let keys = |r: Result<Snapshot, Vec<ConfigError>>| {
             r.err()
                 .unwrap()

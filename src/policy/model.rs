@@ -2,6 +2,7 @@
 //! `compile` turns it into the immutable snapshot that requests read.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -14,8 +15,12 @@ use crate::schema::AttrDef;
 pub struct PolicyFile {
     #[serde(default, deserialize_with = "unique_keys")]
     pub entity_types: BTreeMap<String, EntityTypeDef>,
+    /// Shared between versions: a copy of the policy (every management
+    /// change makes one) copies pointers, and a client the change did not
+    /// touch is the same allocation in both, so a diff or a recompile
+    /// recognises it by pointer.
     #[serde(default, deserialize_with = "unique_keys")]
-    pub clients: BTreeMap<String, ClientDef>,
+    pub clients: BTreeMap<String, Arc<ClientDef>>,
 }
 
 /// A map whose keys must be unique: YAML allows a key twice and serde would

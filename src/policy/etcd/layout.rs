@@ -218,7 +218,12 @@ pub type Write = (String, Option<Vec<u8>>);
 pub fn diff(prefix: &str, before: &PolicyFile, after: &PolicyFile) -> Result<Vec<Write>, String> {
     let mut out = Vec::new();
     for (id, c) in &after.clients {
-        if before.clients.get(id) != Some(c) {
+        // A client the change did not touch is the same allocation.
+        let same = before
+            .clients
+            .get(id)
+            .is_some_and(|b| std::sync::Arc::ptr_eq(b, c) || b == c);
+        if !same {
             out.push((client_key(prefix, id), Some(json(c)?)));
         }
     }
@@ -283,7 +288,11 @@ mod tests {
         let before = policy();
         let mut after = before.clone();
         after.clients.remove("login-app");
-        if let Some(c) = after.clients.get_mut("crm-writer") {
+        if let Some(c) = after
+            .clients
+            .get_mut("crm-writer")
+            .map(std::sync::Arc::make_mut)
+        {
             c.description = "changed".into();
         }
         let d = diff("/rg/", &before, &after).unwrap();
