@@ -303,18 +303,7 @@ fn tls_settings_pass_recordgate_check() {
 /// certificates, each directory laid out as cert-manager's Secrets are:
 /// ca.crt, tls.crt, tls.key. Returns the directory holding both.
 fn make_pki(dir: &Path) -> PathBuf {
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let openssl = |args: &[&str]| openssl(dir, args);
     let ec = [
         "-newkey",
         "ec",

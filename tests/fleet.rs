@@ -586,19 +586,6 @@ fn measure_propagation_and_write_latency() {
     }
 }
 
-fn openssl(dir: &std::path::Path, args: &[&str]) {
-    let out = std::process::Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A CA made here, and a certificate it signed for 127.0.0.1.
 fn test_ca(dir: &std::path::Path, name: &str) {
     let ec = [

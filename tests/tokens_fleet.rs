@@ -168,30 +168,9 @@ fn measure_token_issuance_with_shared_bindings() {
         .setting("tokens", tokens_settings(json!({})))
         .start();
     let exchange = |gw: &Gateway, id: &str| {
-        let code = gw
-            .post_form(
-                "/access/getAuthorizationCode",
-                Some(("demo-owner", "owner-secret")),
-                &[
-                    ("type_name", "user"),
-                    ("id", id),
-                    ("redirect_uri", "https://app.example/cb"),
-                    ("for_client_id", "mobile-app"),
-                ],
-            )
-            .assert_ok();
-        let code = code["authorizationCode"].as_str().unwrap().to_string();
+        let code = authorization_code(gw, id);
         let t = std::time::Instant::now();
-        gw.post_form(
-            "/oauth/token",
-            Some(("mobile-app", "mobile-secret")),
-            &[
-                ("grant_type", "authorization_code"),
-                ("code", &code),
-                ("redirect_uri", "https://app.example/cb"),
-            ],
-        )
-        .assert_ok();
+        exchange_code(gw, &code);
         t.elapsed()
     };
     let (mut s, mut l) = (Vec::new(), Vec::new());

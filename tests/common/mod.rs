@@ -835,6 +835,20 @@ impl Drop for Gateway {
 }
 
 /// Runs `recordgate <args>` to completion (bounded by the command itself).
+/// Runs `openssl` with `args` in `dir`; panics with its stderr if it fails.
+pub fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 pub fn run_cli(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_recordgate"))
         .args(args)

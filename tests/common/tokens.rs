@@ -47,6 +47,12 @@ pub fn with_token(gw: &Gateway, token: &str, path: &str, fields: &[(&str, &str)]
 /// A user's sign-in: the owner gets a code for the mobile app, the app
 /// exchanges it with its own credentials. Returns the answer.
 pub fn sign_in(gw: &Gateway, id: &str) -> Value {
+    let code = authorization_code(gw, id);
+    exchange_code(gw, &code)
+}
+
+/// The owner's authorization code for the mobile app, for user `id`.
+pub fn authorization_code(gw: &Gateway, id: &str) -> String {
     let code = gw
         .post_form(
             "/access/getAuthorizationCode",
@@ -59,13 +65,17 @@ pub fn sign_in(gw: &Gateway, id: &str) -> Value {
             ],
         )
         .assert_ok();
-    let code = code["authorizationCode"].as_str().unwrap().to_string();
+    code["authorizationCode"].as_str().unwrap().to_string()
+}
+
+/// The mobile app exchanges `code` for tokens; the answer.
+pub fn exchange_code(gw: &Gateway, code: &str) -> Value {
     gw.post_form(
         "/oauth/token",
         Some(("mobile-app", "mobile-secret")),
         &[
             ("grant_type", "authorization_code"),
-            ("code", &code),
+            ("code", code),
             ("redirect_uri", "https://app.example/cb"),
         ],
     )
