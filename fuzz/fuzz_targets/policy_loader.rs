@@ -37,6 +37,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     for c in policy.clients.values_mut() {
+        let c = std::sync::Arc::make_mut(c);
         sandbox(&mut c.secret);
         if let Some(p) = c.previous_secret.as_mut() {
             sandbox(&mut p.secret);
