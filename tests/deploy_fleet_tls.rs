@@ -375,31 +375,6 @@ impl Drop for Etcd {
     }
 }
 
-/// A command without the inherited ETCD*/ETCDCTL* variables (flags to
-/// etcd and etcdctl), with `env`; returns (success, stdout + stderr).
-fn run_clean(argv: &[&str], env: &BTreeMap<String, String>) -> (bool, String) {
-    let mut cmd = Command::new(argv[0]);
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("ETCD") {
-            cmd.env_remove(k);
-        }
-    }
-    let out = cmd
-        .args(&argv[1..])
-        .envs(env)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
 /// etcd with the StatefulSet patch's flags (loopback ports, files made
 /// here), the etcd-auth script with the etcd-client ConfigMap's TLS
 /// environment (run twice), then the gateway's TLS settings: `policy
