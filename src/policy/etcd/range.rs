@@ -63,20 +63,22 @@ impl Etcd {
         // then once more with fresh leases.
         for _ in 0..2 {
             let leases = self.leases_for(entries.iter().map(|e| e.2), now)?;
+            // Never a key without its lease (lease 0): it would outlive its
+            // token in etcd for ever.
             let ops: Vec<TxnOp> = entries
                 .iter()
                 .map(|(key, value, expires_at)| {
                     let lease = leases
                         .get(&bucket_end(*expires_at, now))
                         .copied()
-                        .unwrap_or(0);
-                    TxnOp::put(
+                        .ok_or_else(|| format!("no lease for {key}"))?;
+                    Ok(TxnOp::put(
                         key.clone(),
                         value.clone(),
                         Some(PutOptions::new().with_lease(lease)),
-                    )
+                    ))
                 })
-                .collect();
+                .collect::<Result<_, String>>()?;
             let mut client = self.client();
             let done = self
                 .run(self.request_timeout, async move {
